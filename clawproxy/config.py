@@ -1,0 +1,622 @@
+"""The gateway's configuration: typed sections with a default for every key, and its loader.
+
+The YAML layout of the original design is the contract (sections ``server``, ``model``,
+``gateway``, ``logging``); new keys extend it. Durations are stored as float seconds, sizes
+as int bytes.
+
+Theory of operation: the frozen dataclasses below *are* the schema. The loader walks them
+with ``dataclasses.fields`` and ``typing.get_type_hints``, so adding a section means adding a
+dataclass and a field on ``Config``, plus any rules in ``RULES``; the loader itself does not
+change. Every value goes through two steps, both named by its dotted key (``server.port``):
+
+1. Coercion by annotation (``str``, ``int``, ``float``, ``bool``, ``X | None``, ``list[X]``,
+   ``tuple[X, ...]``, a nested section) or by the field's metadata kind (``DURATION``:
+   ``"30s"`` -> 30.0; ``SIZE``: ``"1MiB"`` -> 1048576). A bool never passes for a number,
+   because YAML ``true`` would otherwise become 1.
+2. The rule for that key in ``RULES``: what is expected, a predicate, an optional normaliser.
+
+Every failure is a ``ConfigError`` whose message is one line starting with the key, so a typo
+in a long file is found from a single log line. Ports may be 0, meaning "let the OS pick a
+free port" (tests and the demo rely on it). A section written as an empty YAML key (all of
+its keys commented out) is null, and counts as all defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import ipaddress
+import math
+import os
+import re
+import types
+import typing
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass, field
+from fractions import Fraction
+from functools import cache
+from typing import Any, Final, NamedTuple
+
+import yaml
+
+KIB = 1024
+MIB = 1024 * KIB
+
+CONFIG_ENV_VAR: Final = "CLAWPROXY_CONFIG"
+
+# Field metadata markers: the loader parses these fields with parse_duration / parse_size.
+DURATION: Final = {"kind": "duration"}
+SIZE: Final = {"kind": "size"}
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "0.0.0.0"
+    port: int = 8080
+    # Bounds the wait for Ollama's first byte and any silence between its chunks.
+    timeout: float = field(default=30.0, metadata=DURATION)
+    max_body_bytes: int = field(default=1 * MIB, metadata=SIZE)
+    # h11's own default and what nginx/Envoy/HAProxy use in the same range (RELIABILITY 1.1).
+    max_header_bytes: int = field(default=16 * KIB, metadata=SIZE)
+    max_request_line_bytes: int = field(default=8 * KIB, metadata=SIZE)
+    max_headers: int = 100
+    # Longer than nginx's upstream keepalive_timeout (60s), so nginx always closes first.
+    keepalive_timeout: float = field(default=75.0, metadata=DURATION)
+    max_requests_per_connection: int = 1000
+    # Absolute deadlines from the first byte of a request head / body (slowloris, slow POST).
+    header_timeout: float = field(default=10.0, metadata=DURATION)
+    body_timeout: float = field(default=30.0, metadata=DURATION)
+    max_connections: int = 2048
+    # A client that accepts no bytes for this long is dropped (nginx send_timeout).
+    send_timeout: float = field(default=60.0, metadata=DURATION)
+    drain_timeout: float = field(default=30.0, metadata=DURATION)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    name: str = "qwen3:32b"
+    endpoint: str = "http://localhost:11434"
+    context_length: int = 4096
+    temperature: float = 0.7
+    top_p: float = 0.9
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConfig:
+    connect_timeout: float = field(default=5.0, metadata=DURATION)
+    # Idle keep-alive connections kept per endpoint; busy ones are bounded by admission.
+    pool_size: int = 8
+    # A single NDJSON line longer than this is a broken upstream, not a token.
+    max_line_bytes: int = field(default=1 * MIB, metadata=SIZE)
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    debug_port: int = 18789
+    debug_host: str = "127.0.0.1"
+    max_concurrent: int = 4
+    queue_size: int = 3
+    # None means "same as server.timeout".
+    queue_timeout: float | None = field(default=None, metadata=DURATION)
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    level: str = "info"
+    # None logs to stderr.
+    file: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+def queue_timeout_s(config: Config) -> float:
+    """How long a queued request may wait for a slot: ``gateway.queue_timeout`` or its fallback."""
+    queued = config.gateway.queue_timeout
+    return config.server.timeout if queued is None else queued
+
+
+class ConfigError(Exception):
+    """An unusable configuration. ``str()`` is one line that starts with the file (if any)
+    and the dotted key; ``key`` holds that key (None for whole-file problems)."""
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+        # Set when the bad value came from ``overrides``, so no file path is blamed.
+        self.from_override = False
+
+
+# ---------------------------------------------------------------------------------------------
+# Scalar parsers: durations, sizes, endpoints.
+
+_NUMBER_UNIT = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([A-Za-z]*)")
+_DURATION_UNITS_S: Final = {
+    "": Fraction(1),
+    "s": Fraction(1),
+    "ms": Fraction(1, 1000),
+    "m": Fraction(60),
+    "h": Fraction(3600),
+}
+# Decimal units are powers of 1000 and binary ones powers of 1024, as IEC 80000-13 says;
+# "1MB" meaning 1048576 is the ambiguity this avoids.
+_SIZE_UNITS_B: Final = {
+    "": 1,
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "kib": KIB,
+    "mib": MIB,
+    "gib": 1024 * MIB,
+}
+
+
+def _split_quantity(text: str, what: str, example: str) -> tuple[Fraction, str]:
+    """Split ``"1.5 MiB"`` into (3/2, "mib"), or say what was wrong with it."""
+    stripped = text.strip()
+    if not stripped:
+        raise ValueError(f"expected a {what} such as {example}, got an empty string")
+    if stripped.startswith("-"):
+        raise ValueError(f"a {what} cannot be negative, got {text!r}")
+    match = _NUMBER_UNIT.fullmatch(stripped)
+    if match is None:
+        raise ValueError(f"expected a {what} such as {example}, got {text!r}")
+    return Fraction(match[1]), match[2].lower()
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from a number of seconds or a string ``"500ms"``, ``"30s"``, ``"2m"``, ``"1h"``,
+    ``"1.5s"``, ``"30"`` (no unit means seconds). Units are case-insensitive.
+
+    Raises ValueError for booleans, negative, empty, NaN or infinite values and unknown units.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"expected a duration such as '30s' or '500ms', got {_show(value)}")
+    if isinstance(value, str):
+        number, unit = _split_quantity(value, "duration", "'30s' or '500ms'")
+        factor = _DURATION_UNITS_S.get(unit)
+        if factor is None:
+            raise ValueError(f"unknown duration unit in {value!r} (use ms, s, m or h)")
+        number *= factor
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"a duration must be a finite number, got {value!r}")
+    else:
+        number = Fraction(value)
+    if number < 0:
+        raise ValueError(f"a duration cannot be negative, got {value!r}")
+    try:
+        return float(number)
+    except OverflowError:
+        raise ValueError(f"duration {value!r} is too large") from None
+
+
+def parse_size(value: object) -> int:
+    """Bytes from an integer or a string: plain digits, ``"B"``, decimal ``KB``/``MB``/``GB``
+    (powers of 1000) or binary ``KiB``/``MiB``/``GiB`` (powers of 1024), case-insensitive,
+    e.g. ``"16KiB"`` -> 16384, ``"512KB"`` -> 512000, ``"1.5KiB"`` -> 1536.
+
+    Raises ValueError for booleans, floats, negative sizes, unknown units and fractions of a byte.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"expected a size in bytes such as '1MiB' or 65536, got {_show(value)}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"a size cannot be negative, got {value!r}")
+        return value
+    number, unit = _split_quantity(value, "size", "'1MiB' or '512KB'")
+    factor = _SIZE_UNITS_B.get(unit)
+    if factor is None:
+        raise ValueError(f"unknown size unit in {value!r} (use B, KB, MB, GB, KiB, MiB or GiB)")
+    size = number * factor
+    if size.denominator != 1:
+        raise ValueError(f"size {value!r} is not a whole number of bytes")
+    return int(size)
+
+
+_HOST_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def parse_endpoint(url: str) -> tuple[str, int]:
+    """``(host, port)`` from ``http://host[:port][/]``; the port defaults to 80.
+
+    The host may be a name, an IPv4 address or a bracketed IPv6 address (returned without
+    brackets, as socket calls want it). Raises ValueError for anything else: https, userinfo,
+    a path other than "/", a query, a fragment, an empty host or a bad port.
+    """
+    if not isinstance(url, str):
+        raise ValueError(f"expected an http:// URL string, got {_show(url)}")
+    scheme, sep, rest = url.partition("://")
+    if scheme.lower() == "https":
+        raise ValueError(
+            "https is not supported: clawproxy speaks plain HTTP to Ollama, "
+            "which must sit on a trusted network"
+        )
+    if not sep or scheme.lower() != "http":
+        raise ValueError("the URL must start with http://")
+    if "?" in rest or "#" in rest:
+        raise ValueError("a query or fragment is not allowed")
+    authority, slash, path = rest.partition("/")
+    if slash and path:
+        raise ValueError("a path is not allowed (the gateway adds /api/chat itself)")
+    if "@" in authority:
+        raise ValueError("user info (user@host) is not allowed")
+    return _split_authority(authority)
+
+
+def _split_authority(authority: str) -> tuple[str, int]:
+    if authority.startswith("["):
+        host, bracket, port_text = authority[1:].partition("]")
+        if not bracket or (port_text and not port_text.startswith(":")):
+            raise ValueError("malformed [IPv6] host")
+        port_text = port_text[1:]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv6 address") from None
+    elif authority.count(":") > 1:
+        raise ValueError("an IPv6 host must be in brackets, as in http://[::1]:11434")
+    else:
+        host, _, port_text = authority.partition(":")
+        if not host:
+            raise ValueError("the host is empty")
+        if not _HOST_NAME.fullmatch(host):
+            raise ValueError(f"{host!r} is not a host name or IPv4 address")
+    if not port_text:
+        return host, 80
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"port {port_text!r} is not a number from 1 to 65535")
+    return host, int(port_text)
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation rules: one table, keyed by dotted key, checked after coercion.
+
+
+class Rule(NamedTuple):
+    """A check on one key. ``expect`` completes "expected ..."; ``check`` returns False or
+    raises ValueError (whose message is appended as the reason); ``normalize`` runs first."""
+
+    expect: str
+    check: Callable[[Any], bool]
+    normalize: Callable[[Any], Any] | None = None
+
+
+def _int_range(low: int, high: int) -> Rule:
+    return Rule(f"an integer from {low} to {high}", lambda v: low <= v <= high)
+
+
+def _int_at_least(low: int) -> Rule:
+    return Rule(f"an integer >= {low}", lambda v: v >= low)
+
+
+def _size_at_least(low: int) -> Rule:
+    return Rule(f"a size of at least {low} bytes", lambda v: v >= low)
+
+
+def _valid_endpoint(url: str) -> bool:
+    parse_endpoint(url)
+    return True
+
+
+_PORT: Final = _int_range(0, 65535)  # 0 = let the OS pick a free port.
+_NON_EMPTY: Final = Rule("a non-empty string", lambda v: bool(v.strip()))
+_TIMEOUT: Final = Rule("a duration greater than 0, such as '30s'", lambda v: v > 0)
+_LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
+
+RULES: Final[dict[str, Rule]] = {
+    "server.host": _NON_EMPTY,
+    "server.port": _PORT,
+    "server.timeout": _TIMEOUT,
+    "server.max_body_bytes": _size_at_least(1),
+    "server.max_header_bytes": _size_at_least(1024),
+    # "POST /v1/chat/completions HTTP/1.1" is 34 bytes; below 64 no real client gets through.
+    "server.max_request_line_bytes": _size_at_least(64),
+    "server.max_headers": _int_at_least(1),
+    "server.keepalive_timeout": _TIMEOUT,
+    "server.max_requests_per_connection": _int_at_least(1),
+    "server.header_timeout": _TIMEOUT,
+    "server.body_timeout": _TIMEOUT,
+    "server.max_connections": _int_at_least(1),
+    "server.send_timeout": _TIMEOUT,
+    "server.drain_timeout": _TIMEOUT,
+    "model.name": _NON_EMPTY,
+    "model.endpoint": Rule("an http://host[:port] URL", _valid_endpoint),
+    "model.context_length": _int_at_least(1),
+    "model.temperature": Rule("a number from 0 to 2", lambda v: 0 <= v <= 2),
+    "model.top_p": Rule("a number greater than 0 and at most 1", lambda v: 0 < v <= 1),
+    "upstream.connect_timeout": _TIMEOUT,
+    "upstream.pool_size": _int_at_least(0),
+    "upstream.max_line_bytes": _size_at_least(1024),
+    "gateway.debug_port": _PORT,
+    "gateway.debug_host": _NON_EMPTY,
+    "gateway.max_concurrent": _int_at_least(1),
+    "gateway.queue_size": _int_at_least(0),
+    "gateway.queue_timeout": Rule("null or a duration greater than 0", lambda v: v > 0),
+    "logging.level": Rule(f"one of {', '.join(_LOG_LEVELS)}", _LOG_LEVELS.__contains__, str.lower),
+    "logging.file": Rule("null (stderr) or a non-empty path", lambda v: bool(v.strip())),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# The generic loader: walks the dataclasses.
+
+_SectionFields = dict[str, tuple[dataclasses.Field[Any], Any]]
+
+
+@cache
+def _fields(cls: type) -> _SectionFields:
+    hints = typing.get_type_hints(cls)
+    return {f.name: (f, hints[f.name]) for f in dataclasses.fields(cls)}
+
+
+def _split_optional(hint: Any) -> tuple[bool, Any]:
+    """``(True, X)`` for ``X | None``, ``(False, hint)`` otherwise."""
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) == 1:
+            return True, args[0]
+    return False, hint
+
+
+def _is_section(hint: Any) -> bool:
+    return isinstance(hint, type) and dataclasses.is_dataclass(hint)
+
+
+def config_keys(cls: type = Config, prefix: str = "") -> list[str]:
+    """Every dotted leaf key of the schema, in declaration order (``server.host``, ...)."""
+    keys: list[str] = []
+    for name, (_, hint) in _fields(cls).items():
+        dotted = _join(prefix, name)
+        inner = _split_optional(hint)[1]
+        keys.extend(config_keys(inner, dotted) if _is_section(inner) else [dotted])
+    return keys
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _show(value: object) -> str:
+    """A value as the user wrote it in YAML, short enough for a one-line message."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list | tuple):
+        return "a list"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return _is_int(value)
+
+
+_SCALARS: Final[dict[Any, tuple[str, Callable[[object], bool]]]] = {
+    bool: ("true or false", lambda v: isinstance(v, bool)),
+    int: ("an integer", _is_int),
+    float: ("a number", _is_number),
+    str: ("a string", lambda v: isinstance(v, str)),
+}
+
+
+def _wrong_type(key: str, expect: str, value: object) -> ConfigError:
+    rule = RULES.get(key)
+    return ConfigError(
+        f"{key}: expected {rule.expect if rule else expect}, got {_show(value)}", key=key
+    )
+
+
+def _coerce(key: str, hint: Any, kind: str | None, value: object) -> object:
+    """Turn a YAML value into the annotated type, or raise ConfigError naming ``key``."""
+    optional, hint = _split_optional(hint)
+    if value is None and optional:
+        return None
+    if kind in ("duration", "size"):
+        try:
+            return parse_duration(value) if kind == "duration" else parse_size(value)
+        except ValueError as exc:
+            raise ConfigError(f"{key}: {exc}", key=key) from None
+    if _is_section(hint):
+        return _build(hint, value, key)
+    origin = typing.get_origin(hint)
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            raise _wrong_type(key, "a list", value)
+        item_hint = typing.get_args(hint)[0]
+        items = [_coerce(f"{key}[{i}]", item_hint, None, v) for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if hint not in _SCALARS:
+        raise TypeError(f"{key}: the loader does not support the annotation {hint!r}")
+    expect, accepts = _SCALARS[hint]
+    if not accepts(value):
+        raise _wrong_type(key, expect + (" or null" if optional else ""), value)
+    return float(typing.cast(float, value)) if hint is float else value
+
+
+def _check(key: str, raw: object, value: object) -> object:
+    """Apply the key's rule to a coerced value; ``raw`` is what the user wrote."""
+    rule = RULES.get(key)
+    if rule is None or value is None:
+        return value
+    if rule.normalize is not None:
+        value = rule.normalize(value)
+    reason = ""
+    try:
+        ok = rule.check(value)
+    except ValueError as exc:
+        ok, reason = False, f" ({exc})"
+    if not ok:
+        raise ConfigError(f"{key}: expected {rule.expect}, got {_show(raw)}{reason}", key=key)
+    return value
+
+
+def _unknown_key(prefix: str, name: str, cls: type) -> ConfigError:
+    dotted = _join(prefix, name)
+    close = difflib.get_close_matches(name, list(_fields(cls)), n=1)
+    hint = f" (did you mean '{_join(prefix, close[0])}'?)" if close else ""
+    what = "key" if prefix else "section"
+    return ConfigError(f"unknown {what} '{dotted}'{hint}", key=dotted)
+
+
+def _build(cls: type, data: object, prefix: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{prefix}: expected a mapping of keys, got {_show(data)}", key=prefix)
+    fields = _fields(cls)
+    for name in data:
+        if name not in fields:
+            raise _unknown_key(prefix, str(name), cls)
+    values: dict[str, object] = {}
+    for name, (f, hint) in fields.items():
+        if name in data:
+            key = _join(prefix, name)
+            raw = data[name]
+            values[name] = _check(key, raw, _coerce(key, hint, f.metadata.get("kind"), raw))
+    return cls(**values)
+
+
+def _override_path(dotted: str) -> list[str]:
+    """Check a dotted override key against the schema and split it."""
+    parts = dotted.split(".")
+    cls: type = Config
+    for depth, name in enumerate(parts):
+        prefix = ".".join(parts[:depth])
+        if name not in _fields(cls):
+            error = _unknown_key(prefix, name, cls)
+            error.from_override = True
+            raise error
+        inner = _split_optional(_fields(cls)[name][1])[1]
+        if depth < len(parts) - 1:
+            if not _is_section(inner):
+                error = ConfigError(
+                    f"unknown key '{dotted}' ('{_join(prefix, name)}' has no keys)", key=dotted
+                )
+                error.from_override = True
+                raise error
+            cls = inner
+    return parts
+
+
+def _merge_overrides(data: Mapping[Any, Any], overrides: Mapping[str, object]) -> dict[Any, Any]:
+    """A copy of ``data`` with each dotted override set; ``data`` itself is not touched."""
+    merged = dict(data)
+    for dotted, value in overrides.items():
+        *sections, leaf = _override_path(dotted)
+        node = merged
+        for name in sections:
+            child = node.get(name)
+            if child is not None and not isinstance(child, Mapping):
+                break  # The file's section is malformed; _build reports it against the file.
+            node[name] = child = dict(child or {})
+            node = child
+        else:
+            node[leaf] = value
+    return merged
+
+
+def _came_from(key: str | None, overrides: Mapping[str, object]) -> bool:
+    return key is not None and any(
+        key == k or key.startswith((k + ".", k + "[")) for k in overrides
+    )
+
+
+def config_from_mapping(data: object, *, overrides: Mapping[str, object] | None = None) -> Config:
+    """Build a validated ``Config`` from parsed YAML (None or {} means all defaults).
+
+    ``overrides`` maps dotted keys (``"server.port"``) to values applied on top of ``data``
+    and validated the same way. Raises ConfigError with a one-line message naming the key.
+    """
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"expected a mapping of sections at the top level, got {_show(data)}")
+    overrides = overrides or {}
+    merged = _merge_overrides(data, overrides)
+    try:
+        return typing.cast(Config, _build(Config, merged, ""))
+    except ConfigError as exc:
+        exc.from_override = exc.from_override or _came_from(exc.key, overrides)
+        raise
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that rejects a key written twice in one mapping: PyYAML would silently
+    keep the last one, and a second ``port:`` further down is a classic config bug."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
+        seen: set[object] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, Hashable):
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r}", key_node.start_mark
+                    )
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _read_yaml(path: str) -> object:
+    try:
+        with open(path, encoding="utf-8") as stream:
+            text = stream.read()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # A SafeLoader: builds no Python objects.
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(
+            f"{path}: invalid YAML{where}: {_one_line(exc.problem or str(exc))}"
+        ) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {_one_line(str(exc))}") from None
+
+
+def load_config(
+    path: str | None = None,
+    *,
+    overrides: Mapping[str, object] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Config:
+    """Load and validate the configuration.
+
+    ``path`` None falls back to ``$CLAWPROXY_CONFIG`` (``env`` defaults to ``os.environ``);
+    with neither, every key takes its default. ``overrides`` are dotted keys that win over the
+    file. Raises ConfigError, prefixed with the file path when the file is to blame.
+    """
+    if path is None:
+        path = (os.environ if env is None else env).get(CONFIG_ENV_VAR) or None
+    data = None if path is None else _read_yaml(path)
+    try:
+        return config_from_mapping(data, overrides=overrides)
+    except ConfigError as exc:
+        if path is None or exc.from_override:
+            raise
+        raise ConfigError(f"{path}: {exc}", key=exc.key) from None

@@ -1,0 +1,129 @@
+"""Exceptions that carry an HTTP status and render an OpenAI-style error body.
+
+Theory of operation: every failure a client can see is one of these. Code deep in the
+gateway raises the narrowest class that fits; the HTTP layer catches ``GatewayError`` at one
+place and renders ``error_body()``. Foreign exceptions (h11, OSError, orjson) are mapped to
+these at the module boundary where they occur, never passed through.
+
+The body shape is what the official ``openai`` client parses:
+``{"error": {"message": ..., "type": ..., "param": ..., "code": ...}}``.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+
+def error_body(
+    message: str, err_type: str, param: str | None = None, code: str | None = None
+) -> bytes:
+    """Render the OpenAI error object as JSON bytes."""
+    return orjson.dumps(
+        {"error": {"message": message, "type": err_type, "param": param, "code": code}}
+    )
+
+
+class GatewayError(Exception):
+    """Base class: a failure with an HTTP status and an OpenAI error type."""
+
+    status: int = 500
+    err_type: str = "api_error"
+    default_code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        status: int | None = None,
+        headers: tuple[tuple[bytes, bytes], ...] = (),
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code if code is not None else self.default_code
+        if status is not None:
+            self.status = status
+        # Extra response headers such as Retry-After or WWW-Authenticate.
+        self.headers = headers
+
+    def body(self) -> bytes:
+        return error_body(self.message, self.err_type, self.param, self.code)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(status={self.status}, code={self.code!r}, {self.message!r})"
+
+
+class InvalidRequest(GatewayError):
+    """The client sent something we cannot or will not forward (400)."""
+
+    status = 400
+    err_type = "invalid_request_error"
+
+
+class AuthenticationFailed(GatewayError):
+    status = 401
+    err_type = "authentication_error"
+    default_code = "invalid_api_key"
+
+
+class NotFound(GatewayError):
+    status = 404
+    err_type = "not_found_error"
+
+
+class MethodNotAllowed(GatewayError):
+    status = 405
+    err_type = "invalid_request_error"
+    default_code = "method_not_allowed"
+
+
+class RequestTimeout(GatewayError):
+    status = 408
+    err_type = "invalid_request_error"
+    default_code = "request_timeout"
+
+
+class PayloadTooLarge(GatewayError):
+    status = 413
+    err_type = "invalid_request_error"
+    default_code = "request_too_large"
+
+
+class RateLimited(GatewayError):
+    status = 429
+    err_type = "rate_limit_error"
+    default_code = "rate_limit_exceeded"
+
+
+class Overloaded(GatewayError):
+    """Admission refused: every slot and queue place is taken, or the wait ran out (503)."""
+
+    status = 503
+    err_type = "overloaded_error"
+    default_code = "server_overloaded"
+
+
+class UpstreamUnavailable(GatewayError):
+    """Ollama refused the connection, reset it, or sent something unusable (502)."""
+
+    status = 502
+    err_type = "api_error"
+    default_code = "upstream_unavailable"
+
+
+class UpstreamTimeout(GatewayError):
+    """Ollama did not answer, or went silent, within ``server.timeout`` (504)."""
+
+    status = 504
+    err_type = "api_error"
+    default_code = "upstream_timeout"
+
+
+class UpstreamFailed(GatewayError):
+    """Ollama answered with an error of its own; the status is chosen by the mapper."""
+
+    status = 502
+    err_type = "api_error"
+    default_code = "upstream_error"

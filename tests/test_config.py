@@ -1,0 +1,476 @@
+"""Tests for the configuration loader: defaults, the design YAML, overrides, every error."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from clawproxy.config import (
+    CONFIG_ENV_VAR,
+    RULES,
+    Config,
+    ConfigError,
+    LoggingConfig,
+    ServerConfig,
+    config_from_mapping,
+    config_keys,
+    load_config,
+    parse_duration,
+    parse_endpoint,
+    parse_size,
+    queue_timeout_s,
+)
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "contrib" / "config.example.yaml"
+
+DESIGN_YAML = """\
+server:  {port: 8080, host: "0.0.0.0", timeout: 30s}
+model:   {name: "qwen3:32b", endpoint: "http://localhost:11434", context_length: 4096,
+          temperature: 0.7, top_p: 0.9}
+gateway: {debug_port: 18789, max_concurrent: 4, queue_size: 3}
+logging: {level: "info", file: "/var/log/clawproxy.log"}
+"""
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "clawproxy.yaml"
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def error_of(data: object, **overrides: object) -> str:
+    with pytest.raises(ConfigError) as info:
+        config_from_mapping(data, overrides=overrides)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+# --- defaults, files, env, overrides -------------------------------------------------------
+
+
+def test_no_file_gives_defaults() -> None:
+    assert load_config(env={}) == Config()
+    assert config_from_mapping(None) == Config()
+    assert config_from_mapping({}) == Config()
+
+
+def test_design_yaml_loads_to_expected_values(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, DESIGN_YAML), env={})
+    assert config.server.port == 8080
+    assert config.server.host == "0.0.0.0"
+    assert config.server.timeout == 30.0
+    assert config.model.name == "qwen3:32b"
+    assert config.model.endpoint == "http://localhost:11434"
+    assert (config.model.context_length, config.model.temperature) == (4096, 0.7)
+    assert config.model.top_p == 0.9
+    assert (config.gateway.debug_port, config.gateway.max_concurrent) == (18789, 4)
+    assert config.gateway.queue_size == 3
+    assert config.logging == LoggingConfig(level="info", file="/var/log/clawproxy.log")
+
+
+def test_env_var_names_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "server: {port: 9123}\n")
+    assert load_config(env={CONFIG_ENV_VAR: path}).server.port == 9123
+    # An explicit path beats the environment; an empty variable means "no file".
+    other = tmp_path / "other.yaml"
+    other.write_text("server: {port: 9124}\n", encoding="utf-8")
+    assert load_config(str(other), env={CONFIG_ENV_VAR: path}).server.port == 9124
+    assert load_config(env={CONFIG_ENV_VAR: ""}) == Config()
+
+
+def test_env_defaults_to_os_environ(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(CONFIG_ENV_VAR, write(tmp_path, "gateway: {queue_size: 0}\n"))
+    assert load_config().gateway.queue_size == 0
+
+
+def test_overrides_win_over_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "server: {port: 8080, host: '::'}\nmodel: {name: llama3}\n")
+    config = load_config(
+        path, overrides={"server.port": 9000, "model.endpoint": "http://127.0.0.1:1"}, env={}
+    )
+    assert config.server.port == 9000
+    assert config.server.host == "::"
+    assert config.model == dataclasses.replace(
+        Config().model, name="llama3", endpoint="http://127.0.0.1:1"
+    )
+
+
+def test_overrides_fill_absent_sections_and_leave_data_untouched() -> None:
+    data: dict[str, object] = {"server": {"port": 1}}
+    config = config_from_mapping(data, overrides={"gateway.queue_timeout": "2s"})
+    assert config.gateway.queue_timeout == 2.0
+    assert data == {"server": {"port": 1}}
+
+
+def test_override_errors_are_not_blamed_on_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "server: {port: 8080}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, overrides={"server.port": "x"}, env={})
+    assert str(info.value) == "server.port: expected an integer from 0 to 65535, got 'x'"
+    with pytest.raises(ConfigError, match=r"^unknown key 'server\.prot' \(did you mean"):
+        load_config(path, overrides={"server.prot": 1}, env={})
+
+
+@pytest.mark.parametrize(
+    ("key", "expected"),
+    [
+        ("server.prot", "unknown key 'server.prot' (did you mean 'server.port'?)"),
+        ("sever.port", "unknown section 'sever' (did you mean 'server'?)"),
+        ("server.port.x", "unknown key 'server.port.x' ('server.port' has no keys)"),
+    ],
+)
+def test_unknown_override_keys(key: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config_from_mapping({}, overrides={key: 1})
+    assert str(info.value) == expected
+
+
+def test_null_section_means_defaults() -> None:
+    assert config_from_mapping({"server": None, "logging": {}}) == Config()
+
+
+def test_normalisation_and_null_values() -> None:
+    config = config_from_mapping(
+        {"logging": {"level": "WARNING", "file": None}, "model": {"temperature": 1}}
+    )
+    assert config.logging.level == "warning"
+    assert config.logging.file is None
+    assert isinstance(config.model.temperature, float)
+    assert config.model.temperature == 1.0
+
+
+def test_queue_timeout_falls_back_to_server_timeout() -> None:
+    assert queue_timeout_s(config_from_mapping({"server": {"timeout": "12s"}})) == 12.0
+    assert queue_timeout_s(config_from_mapping({"gateway": {"queue_timeout": "500ms"}})) == 0.5
+
+
+def test_port_zero_means_any_free_port() -> None:
+    config = config_from_mapping({"server": {"port": 0}, "gateway": {"debug_port": 0}})
+    assert (config.server.port, config.gateway.debug_port) == (0, 0)
+
+
+def test_config_is_frozen_slotted_and_hashable() -> None:
+    config = config_from_mapping({"server": {"port": 1}})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.server.port = 2  # type: ignore[misc]
+    assert not hasattr(config, "__dict__")
+    assert not hasattr(config.server, "__dict__")
+    assert hash(config) == hash(config_from_mapping({"server": {"port": 1}}))
+
+
+# --- errors name their key ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({"sever": {}}, "unknown section 'sever' (did you mean 'server'?)"),
+        ({"server": {"prot": 1}}, "unknown key 'server.prot' (did you mean 'server.port'?)"),
+        ({"server": {"zzz": 1}}, "unknown key 'server.zzz'"),
+        ({"server": [1]}, "server: expected a mapping of keys, got a list"),
+        (
+            {"server": {"port": "abc"}},
+            "server.port: expected an integer from 0 to 65535, got 'abc'",
+        ),
+        ({"server": {"port": True}}, "server.port: expected an integer from 0 to 65535, got true"),
+        (
+            {"server": {"port": 65536}},
+            "server.port: expected an integer from 0 to 65535, got 65536",
+        ),
+        ({"server": {"host": 8080}}, "server.host: expected a non-empty string, got 8080"),
+        ({"server": {"host": " "}}, "server.host: expected a non-empty string, got ' '"),
+        ({"model": {"temperature": False}}, "model.temperature: expected a number from 0 to 2"),
+        ({"model": {"temperature": 2.5}}, "model.temperature: expected a number from 0 to 2"),
+        ({"model": {"temperature": math.nan}}, "model.temperature: expected a number"),
+        ({"model": {"top_p": 0}}, "model.top_p: expected a number greater than 0 and at most 1"),
+        ({"model": {"name": ""}}, "model.name: expected a non-empty string"),
+        ({"model": {"context_length": 0}}, "model.context_length: expected an integer >= 1"),
+        ({"server": {"timeout": "0s"}}, "server.timeout: expected a duration greater than 0"),
+        ({"server": {"timeout": "5x"}}, "server.timeout: unknown duration unit in '5x'"),
+        ({"server": {"timeout": True}}, "server.timeout: expected a duration"),
+        ({"server": {"timeout": None}}, "server.timeout: expected a duration"),
+        ({"server": {"max_header_bytes": "1KB"}}, "server.max_header_bytes: expected a size"),
+        ({"server": {"max_body_bytes": 1.5}}, "server.max_body_bytes: expected a size"),
+        ({"upstream": {"pool_size": -1}}, "upstream.pool_size: expected an integer >= 0"),
+        ({"upstream": {"max_line_bytes": 100}}, "upstream.max_line_bytes: expected a size"),
+        ({"gateway": {"max_concurrent": 0}}, "gateway.max_concurrent: expected an integer >= 1"),
+        ({"gateway": {"queue_size": -1}}, "gateway.queue_size: expected an integer >= 0"),
+        ({"gateway": {"queue_timeout": "0s"}}, "gateway.queue_timeout: expected null or a"),
+        ({"gateway": {"debug_port": -1}}, "gateway.debug_port: expected an integer from 0"),
+        ({"logging": {"level": "loud"}}, "logging.level: expected one of debug, info, warning"),
+        ({"logging": {"level": 3}}, "logging.level: expected one of debug"),
+        ({"logging": {"file": ""}}, "logging.file: expected null (stderr) or a non-empty path"),
+        ({"logging": {"file": 1}}, "logging.file: expected null (stderr) or a non-empty path"),
+        ([1, 2], "expected a mapping of sections at the top level, got a list"),
+        ("server", "expected a mapping of sections at the top level, got 'server'"),
+    ],
+)
+def test_errors_name_their_key(data: object, expected: str) -> None:
+    assert error_of(data).startswith(expected)
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "reason"),
+    [
+        ("https://gpu:11434", "https is not supported"),
+        ("http://user:pw@gpu:11434", "user info"),
+        ("http://gpu:11434/api", "a path is not allowed"),
+        ("http://gpu:11434/?x=1", "a query or fragment"),
+        ("http://gpu#frag", "a query or fragment"),
+        ("http://:11434", "the host is empty"),
+        ("http://", "the host is empty"),
+        ("gpu:11434", "must start with http://"),
+        ("http://gpu:0", "port '0'"),
+        ("http://gpu:99999", "port '99999'"),
+        ("http://gpu:ab", "port 'ab'"),
+        ("http://[nope]:1", "not an IPv6 address"),
+        ("http://[::1", "malformed [IPv6] host"),
+        ("http://::1:11434", "must be in brackets"),
+        ("http://gpu box:1", "not a host name or IPv4 address"),
+    ],
+)
+def test_bad_endpoints(endpoint: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(reason)):
+        parse_endpoint(endpoint)
+    message = error_of({"model": {"endpoint": endpoint}})
+    assert message.startswith("model.endpoint: expected an http://host[:port] URL, got ")
+    assert reason in message
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "expected"),
+    [
+        ("http://localhost:11434", ("localhost", 11434)),
+        ("http://localhost:11434/", ("localhost", 11434)),
+        ("HTTP://10.0.0.5", ("10.0.0.5", 80)),
+        ("http://[::1]:8000", ("::1", 8000)),
+        ("http://[fe80::1]", ("fe80::1", 80)),
+        ("http://ollama_gpu-1.lan:1", ("ollama_gpu-1.lan", 1)),
+    ],
+)
+def test_good_endpoints(endpoint: str, expected: tuple[str, int]) -> None:
+    assert parse_endpoint(endpoint) == expected
+
+
+# --- files and YAML -------------------------------------------------------------------------
+
+
+def test_file_errors_are_prefixed_with_the_path(tmp_path: Path) -> None:
+    path = write(tmp_path, "server:\n  port: abc\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    assert str(info.value) == f"{path}: server.port: expected an integer from 0 to 65535, got 'abc'"
+    assert info.value.key == "server.port"
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = str(tmp_path / "absent.yaml")
+    with pytest.raises(ConfigError, match=r"absent\.yaml: cannot read the config file: No such"):
+        load_config(path, env={})
+    with pytest.raises(ConfigError, match=r"absent\.yaml: cannot read"):
+        load_config(env={CONFIG_ENV_VAR: path})
+
+
+def test_directory_is_unreadable(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read the config file"):
+        load_config(str(tmp_path), env={})
+
+
+def test_non_utf8_file(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"model: {name: caf\xe9}\n")
+    with pytest.raises(ConfigError, match=r"latin1\.yaml: not UTF-8 text"):
+        load_config(str(path), env={})
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("server:\n  port: 8080\n   host: x\n", "line 3"),
+        ("server: {port: 8080\n", "line 2"),
+        ("server:\n  port: 1\n  port: 2\n", "line 3, column 3: duplicate key 'port'"),
+        ("a: 1\n---\nb: 2\n", "line 2"),
+    ],
+)
+def test_bad_yaml_names_the_line(tmp_path: Path, text: str, where: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    message = str(info.value)
+    assert message.startswith(f"{path}: invalid YAML at ")
+    assert where in message
+    assert "\n" not in message
+
+
+def test_yaml_merge_keys_are_not_duplicates(tmp_path: Path) -> None:
+    path = write(tmp_path, "server: {<<: {port: 1, host: a}, port: 2}\n")
+    assert load_config(path, env={}).server == ServerConfig(port=2, host="a")
+
+
+def test_non_mapping_top_level_in_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "- server\n")
+    with pytest.raises(ConfigError, match=r"clawproxy\.yaml: expected a mapping of sections"):
+        load_config(path, env={})
+
+
+def test_empty_file_gives_defaults(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, "# nothing yet\n"), env={}) == Config()
+
+
+# --- durations and sizes --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("30s", 30.0),
+        ("500ms", 0.5),
+        ("2m", 120.0),
+        ("1h", 3600.0),
+        ("1.5s", 1.5),
+        ("30", 30.0),
+        (" 10 S ", 10.0),
+        (".25s", 0.25),
+        (0, 0.0),
+        (7, 7.0),
+        (2.5, 2.5),
+    ],
+)
+def test_parse_duration(value: object, seconds: float) -> None:
+    assert parse_duration(value) == seconds
+    assert isinstance(parse_duration(value), float)
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (True, "expected a duration"),
+        (None, "got null"),
+        ([1], "got a list"),
+        (-1, "cannot be negative"),
+        ("-1s", "cannot be negative"),
+        ("", "empty string"),
+        ("   ", "empty string"),
+        ("5d", "unknown duration unit"),
+        ("s", "expected a duration"),
+        ("1e3", "expected a duration"),
+        ("1m30s", "expected a duration"),
+        (math.nan, "finite"),
+        (math.inf, "finite"),
+        (10**400, "too large"),
+    ],
+)
+def test_parse_duration_rejects(value: object, reason: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(reason)):
+        parse_duration(value)
+
+
+@pytest.mark.parametrize(
+    ("value", "size"),
+    [
+        (0, 0),
+        (65536, 65536),
+        ("65536", 65536),
+        ("10B", 10),
+        ("16KiB", 16 * 1024),
+        ("1MiB", 1024 * 1024),
+        ("2GiB", 2 * 1024**3),
+        ("512KB", 512_000),
+        ("1MB", 1_000_000),
+        ("1GB", 1_000_000_000),
+        ("1.5KiB", 1536),
+        ("4 kib", 4096),
+    ],
+)
+def test_parse_size(value: object, size: int) -> None:
+    assert parse_size(value) == size
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (True, "expected a size"),
+        (1.0, "expected a size"),
+        (-1, "cannot be negative"),
+        ("-1KiB", "cannot be negative"),
+        ("", "empty string"),
+        ("1K", "unknown size unit"),
+        ("1XB", "unknown size unit"),
+        ("1.5B", "not a whole number of bytes"),
+        ("KiB", "expected a size"),
+    ],
+)
+def test_parse_size_rejects(value: object, reason: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(reason)):
+        parse_size(value)
+
+
+def test_duration_and_size_fields_are_parsed_in_place() -> None:
+    config = config_from_mapping(
+        {
+            "server": {"keepalive_timeout": "2m", "max_body_bytes": "2MiB"},
+            "upstream": {"connect_timeout": "250ms", "max_line_bytes": "64KiB"},
+        }
+    )
+    assert (config.server.keepalive_timeout, config.server.max_body_bytes) == (120.0, 2 << 20)
+    assert (config.upstream.connect_timeout, config.upstream.max_line_bytes) == (0.25, 65536)
+
+
+# --- the schema stays consistent ------------------------------------------------------------
+
+
+def test_every_rule_names_a_real_key() -> None:
+    assert set(RULES) <= set(config_keys())
+
+
+def test_config_keys_walks_every_section() -> None:
+    keys = config_keys()
+    assert keys[0] == "server.host"
+    assert "gateway.queue_timeout" in keys
+    assert len(keys) == sum(len(dataclasses.fields(type(s))) for s in _sections(Config()))
+
+
+def _sections(config: Config) -> list[Any]:
+    return [getattr(config, f.name) for f in dataclasses.fields(config)]
+
+
+def test_example_file_loads_and_documents_every_key() -> None:
+    config = load_config(str(EXAMPLE), env={})
+    # The design's values, which equal the defaults except for the log file.
+    assert config == Config(logging=LoggingConfig(file="/var/log/clawproxy.log"))
+    data = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
+    for key in config_keys():
+        section, name = key.split(".")
+        assert name in data[section], f"{key} is missing from {EXAMPLE.name}"
+
+
+def test_example_file_comments_every_key() -> None:
+    previous = ""
+    for line in EXAMPLE.read_text(encoding="utf-8").splitlines():
+        if re.match(r"\s+\w+:", line):
+            assert previous.lstrip().startswith("#"), f"undocumented: {line.strip()}"
+        if line.strip():
+            previous = line
+
+
+def test_example_writes_durations_with_units() -> None:
+    data = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
+    for key in config_keys():
+        section, name = key.split(".")
+        kind = _field(key).metadata.get("kind")
+        value = data[section][name]
+        if kind == "duration" and value is not None:
+            assert re.fullmatch(r"\d+(ms|s|m|h)", value), key
+
+
+def _field(key: str) -> dataclasses.Field[object]:
+    section, name = key.split(".")
+    section_type = type(getattr(Config(), section))
+    return next(f for f in dataclasses.fields(section_type) if f.name == name)
