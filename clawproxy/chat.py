@@ -1,0 +1,215 @@
+"""POST /v1/chat/completions: validate, admit, ask Ollama, relay.
+
+Theory of operation
+-------------------
+1. The body was read and bounded by the HTTP layer; here it is parsed and mapped to an
+   Ollama ``/api/chat`` request (``mapping``), so a bad request costs no slot.
+2. Admission takes a slot (or queues, or refuses with 503) before anything goes upstream.
+3. Ollama is always asked to stream: the silence deadline then protects non-streaming
+   clients too, and one code path reads every reply.
+4. Streaming clients: the SSE head goes out once Ollama's 200 arrives; from then on each
+   upstream read is re-framed and written inside the upstream's ``data_received`` callback
+   (one write per read, no task switch per token). Non-streaming clients: the reads are
+   accumulated and one ``chat.completion`` is sent at the end.
+5. Success is reported only after Ollama's ``done`` line. Any failure after the head is an
+   SSE error event and a cut stream without ``[DONE]``. Errors before it get their status.
+
+Whatever happens (client gone, timeout, bug), ``finally`` releases the upstream connection
+(closing it unless the exchange ended cleanly) and the admission slot.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+import time
+from typing import TYPE_CHECKING
+
+import orjson
+
+from .admission import overloaded
+from .aggregate import ChatAccumulator
+from .errors import (
+    GatewayError,
+    InvalidRequest,
+    NotFound,
+    UpstreamFailed,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from .mapping import ChatPlan, build_chat_plan
+from .reframe import SseReframer
+from .upstream import ConnState
+
+if TYPE_CHECKING:
+    from .gateway import Gateway
+    from .server import HttpConnection, Request
+    from .upstream import UpstreamConnection
+
+SSE_HEADERS = (
+    (b"content-type", b"text/event-stream"),
+    (b"cache-control", b"no-cache"),
+    # nginx buffers proxied responses unless told not to (PROTOCOL 5.7).
+    (b"x-accel-buffering", b"no"),
+)
+# An error reply from Ollama is a short JSON object; anything bigger is not worth reading.
+MAX_ERROR_BODY_BYTES = 64 * 1024
+MAX_UPSTREAM_MESSAGE_CHARS = 500
+UPSTREAM_ERRORS = (UpstreamUnavailable, UpstreamTimeout, UpstreamFailed)
+
+
+async def chat_completions(gw: Gateway, request: Request, conn: HttpConnection) -> None:
+    plan = plan_request(gw, request.body)
+    request.model = plan.model
+    admission = gw.state.admission
+    await admission.acquire(gw.queue_timeout)
+    try:
+        await relay(gw, request, conn, plan)
+    finally:
+        admission.release()
+
+
+def plan_request(gw: Gateway, body: bytes) -> ChatPlan:
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        # orjson's message names the position only, never the content.
+        raise InvalidRequest(
+            f"request body is not valid JSON: {exc}", code="invalid_json"
+        ) from None
+    defaults = gw.config.model
+    if defaults.name != gw.state.model:
+        defaults = dataclasses.replace(defaults, name=gw.state.model)
+    return build_chat_plan(parsed, defaults)
+
+
+async def relay(gw: Gateway, request: Request, conn: HttpConnection, plan: ChatPlan) -> None:
+    payload = orjson.dumps(plan.payload)
+    upstream: UpstreamConnection | None = None
+    try:
+        upstream = await gw.pool.send(b"POST", b"/api/chat", payload)
+        if upstream.status != 200:
+            body = await upstream.read_body(MAX_ERROR_BODY_BYTES)
+            raise upstream_status_error(upstream.status, body)
+        completion_id = "chatcmpl-" + secrets.token_hex(12)
+        created = int(time.time())
+        if plan.stream:
+            clean = await stream_reply(gw, request, conn, plan, upstream, completion_id, created)
+        else:
+            clean = await whole_reply(gw, request, conn, plan, upstream, completion_id, created)
+        if clean:
+            upstream.release()
+    except UPSTREAM_ERRORS as exc:
+        gw.state.upstream_errors[exc.code or "upstream_error"] += 1
+        raise
+    finally:
+        if upstream is not None and upstream.state is ConnState.ACTIVE:
+            # Not released, so the exchange was abandoned: close it, so Ollama stops
+            # generating and the connection is never reused half-read.
+            upstream.abort()
+
+
+async def stream_reply(
+    gw: Gateway,
+    request: Request,
+    conn: HttpConnection,
+    plan: ChatPlan,
+    upstream: UpstreamConnection,
+    completion_id: str,
+    created: int,
+) -> bool:
+    """Relay Ollama's NDJSON as SSE. Returns True when the upstream ended cleanly."""
+    reframer = SseReframer(
+        completion_id=completion_id,
+        created=created,
+        model=plan.model,
+        include_usage=plan.include_usage,
+        max_line_bytes=gw.config.upstream.max_line_bytes,
+    )
+    conn.start_stream(request, 200, SSE_HEADERS)
+    write = conn.write
+    now = gw.loop.time
+
+    def sink(data: bytes) -> None:
+        out = reframer.feed(data)
+        if out:
+            write(out)
+            if request.first_token_at is None and reframer.deltas:
+                request.first_token_at = now()
+        if reframer.error is not None:
+            # An error line or a broken line: stop reading Ollama at once.
+            raise UpstreamFailed(reframer.error)
+
+    conn.flow.attach(upstream)
+    tail = b""
+    try:
+        await upstream.stream_body(sink)
+        tail = reframer.eof()
+    except GatewayError as exc:
+        tail = reframer.fail(exc.message, exc.code or "upstream_error")
+        request.outcome = exc.code or "upstream_error"
+        if isinstance(exc, UPSTREAM_ERRORS):
+            gw.state.upstream_errors[exc.code or "upstream_error"] += 1
+    finally:
+        conn.flow.detach()
+        request.tokens = reframer.deltas
+    if tail:
+        write(tail)
+    if reframer.done:
+        conn.end_stream()
+        return not reframer.extra_after_done
+    request.outcome = request.outcome or "upstream_error"
+    conn.cut_stream()
+    return False
+
+
+async def whole_reply(
+    gw: Gateway,
+    request: Request,
+    conn: HttpConnection,
+    plan: ChatPlan,
+    upstream: UpstreamConnection,
+    completion_id: str,
+    created: int,
+) -> bool:
+    """Accumulate the stream and answer with one ``chat.completion`` object."""
+    acc = ChatAccumulator(
+        completion_id=completion_id,
+        created=created,
+        model=plan.model,
+        max_line_bytes=gw.config.upstream.max_line_bytes,
+    )
+    await upstream.stream_body(acc.feed)
+    body = acc.result()
+    request.tokens = acc.completion_tokens
+    request.first_token_at = gw.loop.time()
+    conn.send(request, 200, body)
+    return not acc.extra_after_done
+
+
+def upstream_status_error(status: int, body: bytes) -> GatewayError:
+    """Map an Ollama error reply to ours. Only a JSON ``error`` string is ever passed on:
+    an HTML or text body from something else on that port is never reflected."""
+    message = ollama_error_message(body)
+    if status == 404:
+        return NotFound(message or "model not found", param="model", code="model_not_found")
+    if status == 400:
+        return InvalidRequest(message or "Ollama rejected the request", code="upstream_rejected")
+    if status == 503:
+        return overloaded(message or "Ollama is busy; retry shortly", "upstream_busy")
+    if status == 403:
+        return UpstreamFailed(
+            "Ollama refused the request (HTTP 403): check its host/origin settings"
+        )
+    detail = f": {message}" if message else ""
+    return UpstreamFailed(f"Ollama failed with HTTP {status}{detail}")
+
+
+def ollama_error_message(body: bytes) -> str | None:
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(parsed, dict) and isinstance(parsed.get("error"), str):
+        return str(parsed["error"])[:MAX_UPSTREAM_MESSAGE_CHARS] or None
+    return None

@@ -1,0 +1,146 @@
+"""Command line: ``python -m clawproxy`` / ``clawproxy``.
+
+Configuration comes from ``--config PATH`` (or ``CLAWPROXY_CONFIG``), with flags that
+override the common keys. A bad configuration stops start-up with one line naming the key
+and exit code 2. ``--demo`` starts the built-in Ollama simulator in the same process and
+points the gateway at it, so a newcomer sees a reply stream with no Ollama installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import os
+import signal
+import sys
+from collections.abc import Coroutine
+from typing import Any
+
+from . import __version__
+from .config import Config, ConfigError, load_config
+from .gateway import Gateway
+from .logs import setup_logging
+
+log = logging.getLogger("clawproxy")
+
+EXIT_CONFIG = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="clawproxy", description="OpenAI-compatible gateway in front of Ollama."
+    )
+    parser.add_argument("--config", metavar="PATH", help="YAML config (default: $CLAWPROXY_CONFIG)")
+    parser.add_argument("--host", help="listen address (server.host)")
+    parser.add_argument("--port", type=int, help="listen port (server.port; 0 picks a free one)")
+    parser.add_argument("--upstream", metavar="URL", help="Ollama endpoint (model.endpoint)")
+    parser.add_argument("--model", help="default model (model.name)")
+    parser.add_argument("--log-level", help="debug, info, warning, error (logging.level)")
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="run against the built-in Ollama simulator (no Ollama needed)",
+    )
+    parser.add_argument("--version", action="version", version=f"clawproxy {__version__}")
+    return parser
+
+
+def overrides_from(args: argparse.Namespace) -> dict[str, object]:
+    pairs = {
+        "server.host": args.host,
+        "server.port": args.port,
+        "model.endpoint": args.upstream,
+        "model.name": args.model,
+        "logging.level": args.log_level,
+    }
+    return {key: value for key, value in pairs.items() if value is not None}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args.config, overrides=overrides_from(args))
+    except ConfigError as exc:
+        print(f"clawproxy: config error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
+    try:
+        setup_logging(config.logging)
+    except OSError as exc:
+        print(f"clawproxy: config error: logging.file: {exc.strerror}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
+    run(serve(config, demo=args.demo))
+
+
+def run(main_coro: Coroutine[Any, Any, None]) -> None:
+    """Run on uvloop where it is installed, on stock asyncio otherwise."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main_coro)
+        return
+    uvloop.run(main_coro)
+
+
+async def serve(config: Config, *, demo: bool = False) -> None:
+    simulator = None
+    if demo:
+        from .simulator import OllamaSimulator
+
+        simulator = OllamaSimulator()
+        await simulator.start()
+        config = dataclasses.replace(
+            config, model=dataclasses.replace(config.model, endpoint=simulator.endpoint)
+        )
+    gateway = Gateway(config)
+    try:
+        port = await gateway.start()
+    except OSError as exc:
+        log.error(
+            "cannot listen on %s:%s: %s", config.server.host, config.server.port, exc.strerror
+        )
+        if simulator is not None:
+            await simulator.close()
+        sys.exit(EXIT_CONFIG)
+    if demo:
+        print(demo_banner(port, config.model.name), file=sys.stderr, flush=True)
+    stop = asyncio.Event()
+    install_signal_handlers(stop)
+    await stop.wait()
+    log.info("shutting down: draining for up to %gs", config.server.drain_timeout)
+    await gateway.stop()
+    if simulator is not None:
+        await simulator.close()
+
+
+def install_signal_handlers(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            # A second signal while draining: the operator wants out now.
+            os._exit(1)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+
+
+def demo_banner(port: int, model: str) -> str:
+    base = f"http://127.0.0.1:{port}"
+    return f"""
+clawproxy demo: gateway on {base}, talking to the built-in Ollama simulator.
+Try it in another terminal:
+
+  curl -N {base}/v1/chat/completions -H 'Content-Type: application/json' -d '{{
+    "model": "{model}", "stream": true,
+    "messages": [{{"role": "user", "content": "Hello!"}}]}}'
+
+  python -c "import openai; c = openai.OpenAI(base_url='{base}/v1', api_key='none'); \\
+[print(x.choices[0].delta.content or '', end='', flush=True) for x in \\
+c.chat.completions.create(model='{model}', stream=True, \\
+messages=[{{'role': 'user', 'content': 'Hello!'}}]) if x.choices]; print()"
+
+Press Ctrl+C to stop.
+"""

@@ -1,0 +1,155 @@
+"""The gateway process: listener, routes, the lazy upstream pool and the live state.
+
+Theory of operation: ``Gateway`` is the one context object every connection holds. It owns
+the listening socket, the route table, the ``LiveState`` counters and the upstream pool.
+The pool is created on first use, so nothing is asked of Ollama until a request needs it.
+``serve()``/``stop()`` bracket its life; ``stop()`` drains: it closes the listener, fails
+nothing that is running, and waits up to ``server.drain_timeout`` for handlers to end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from .config import Config, parse_endpoint
+from .errors import NotFound
+from .logs import ACCESS, access_line
+from .routes import ROUTES, not_allowed
+from .server import HttpConnection, Phase, Request
+from .state import LiveState
+from .upstream import UpstreamPool
+
+log = logging.getLogger("clawproxy")
+
+Handler = Callable[["Gateway", Request, HttpConnection], Awaitable[None]]
+
+
+class Gateway:
+    """Everything one gateway process shares between its connections."""
+
+    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.config = config
+        self.loop = loop or asyncio.get_running_loop()
+        self.state = LiveState(config, self.loop.time())
+        self.draining = False
+        self._pool: UpstreamPool | None = None
+        self._server: asyncio.Server | None = None
+        self._connections: set[HttpConnection] = set()
+        self._idle_drained = asyncio.Event()
+        self.routes: dict[bytes, dict[bytes, Handler]] = ROUTES
+
+    @property
+    def pool(self) -> UpstreamPool:
+        """The upstream pool, created on first use (the gateway is lazy towards Ollama)."""
+        if self._pool is None:
+            host, port = parse_endpoint(self.config.model.endpoint)
+            up = self.config.upstream
+            self._pool = UpstreamPool(
+                host,
+                port,
+                connect_timeout=up.connect_timeout,
+                io_timeout=self.config.server.timeout,
+                max_idle=up.pool_size,
+                loop=self.loop,
+            )
+        return self._pool
+
+    @property
+    def pool_if_started(self) -> UpstreamPool | None:
+        return self._pool
+
+    @property
+    def queue_timeout(self) -> float:
+        gw = self.config.gateway
+        return gw.queue_timeout if gw.queue_timeout is not None else self.config.server.timeout
+
+    # -- life cycle -----------------------------------------------------------------------------
+
+    async def start(self) -> int:
+        """Listen on ``server.host:server.port``; return the bound port."""
+        cfg = self.config.server
+        self._server = await self.loop.create_server(
+            lambda: HttpConnection(self), cfg.host, cfg.port, reuse_address=True, backlog=1024
+        )
+        sock = self._server.sockets[0]
+        port: int = sock.getsockname()[1]
+        log.info(
+            "listening on http://%s:%d (upstream %s)", cfg.host, port, self.config.model.endpoint
+        )
+        return port
+
+    async def stop(self, drain_timeout: float | None = None) -> None:
+        """Stop accepting, let running requests finish (bounded), then close everything."""
+        self.draining = True
+        if self._server is not None:
+            self._server.close()
+        timeout = self.config.server.drain_timeout if drain_timeout is None else drain_timeout
+        for conn in list(self._connections):
+            if conn.phase is Phase.IDLE and conn.transport is not None:
+                conn.transport.close()
+        deadline = self.loop.time() + timeout
+        while self._connections and self.loop.time() < deadline:
+            self._idle_drained.clear()
+            try:
+                await asyncio.wait_for(self._idle_drained.wait(), deadline - self.loop.time())
+            except TimeoutError:
+                break
+        for conn in list(self._connections):
+            if conn.transport is not None:
+                conn.transport.abort()
+        if self._pool is not None:
+            self._pool.close()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    # -- called by connections ------------------------------------------------------------------
+
+    def connection_opened(self, conn: HttpConnection) -> bool:
+        if self.draining or len(self._connections) >= self.config.server.max_connections:
+            self.state.refused["too_many_connections"] += 1
+            return False
+        self._connections.add(conn)
+        self.state.connections = len(self._connections)
+        return True
+
+    def connection_closed(self, conn: HttpConnection) -> None:
+        self._connections.discard(conn)
+        self.state.connections = len(self._connections)
+        self._idle_drained.set()
+
+    async def handle(self, request: Request, conn: HttpConnection) -> None:
+        methods = self.routes.get(request.path)
+        if methods is None:
+            raise NotFound(f"no route for {request.path.decode('latin-1')!r}", code="not_found")
+        handler = methods.get(request.method)
+        if handler is None:
+            raise not_allowed(list(methods))
+        await handler(self, request, conn)
+
+    def request_finished(self, request: Request) -> None:
+        now = self.loop.time()
+        state = self.state
+        state.requests[(request.path.decode("latin-1"), request.status)] += 1
+        state.tokens_streamed += request.tokens
+        ttft = None if request.first_token_at is None else request.first_token_at - request.started
+        ACCESS.info(
+            access_line(
+                request.client,
+                request.method,
+                request.path,
+                request.status,
+                request.model,
+                ttft,
+                now - request.started,
+                request.tokens,
+                request.outcome,
+            )
+        )
+        if self.draining:
+            self._idle_drained.set()
+
+    def request_refused(self, client: str, status: int, reason: str) -> None:
+        self.state.refused[reason] += 1
+        log.debug("refused %s: %s (%s)", client, reason, status or "closed")

@@ -1,0 +1,62 @@
+"""Logging set-up and the access line.
+
+One access line per request: time, client, method, path, status, model, time to first
+token, duration, tokens, outcome. Never the prompt, never a header value (API keys travel
+in headers), never the query string. Paths are escaped so a client cannot forge log lines
+with CR/LF or terminal escapes.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from .config import LoggingConfig
+
+ACCESS = logging.getLogger("clawproxy.access")
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+# Printable ASCII stays; every other byte becomes \xNN (log injection, CVE-2020-7694 class).
+_SAFE = {c: chr(c) for c in range(0x20, 0x7F)}
+
+
+def escape_path(path: bytes, limit: int = 200) -> str:
+    text = "".join(_SAFE.get(c) or f"\\x{c:02x}" for c in path[:limit])
+    return text + ("..." if len(path) > limit else "")
+
+
+def setup_logging(cfg: LoggingConfig) -> logging.Handler:
+    """Route the ``clawproxy`` loggers to stderr or ``logging.file``; return the handler."""
+    handler: logging.Handler
+    if cfg.file:
+        handler = logging.FileHandler(cfg.file, encoding="utf-8")
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(FORMAT))
+    root = logging.getLogger("clawproxy")
+    for old in list(root.handlers):
+        root.removeHandler(old)
+        old.close()
+    root.addHandler(handler)
+    root.setLevel(cfg.level.upper())
+    root.propagate = False
+    return handler
+
+
+def access_line(
+    client: str,
+    method: bytes,
+    path: bytes,
+    status: int,
+    model: str,
+    ttft: float | None,
+    duration: float,
+    tokens: int,
+    outcome: str,
+) -> str:
+    ttft_ms = f"{ttft * 1000:.1f}" if ttft is not None else "-"
+    return (
+        f'{client} "{escape_path(method)} {escape_path(path)}" {status} model={model} '
+        f"ttft_ms={ttft_ms} duration_ms={duration * 1000:.1f} tokens={tokens} "
+        f"outcome={outcome or 'ok'}"
+    )

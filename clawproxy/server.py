@@ -1,0 +1,464 @@
+"""The client side: one ``asyncio.Protocol`` per TCP connection, h11 for parsing.
+
+Theory of operation
+-------------------
+h11 parses; every limit and deadline is ours (h11 has none but an incomplete-head cap).
+A connection cycles through four phases, and each phase owns exactly one timer:
+
+    IDLE     waiting for the next request        keep-alive timeout (close quietly)
+    HEAD     bytes of a request head arrived     absolute header deadline (408)
+    BODY     head accepted, body arriving        absolute body deadline (408)
+    HANDLING the request is complete and runs    no timer here; the handler and the
+                                                 flow-control send-stall timer own time
+
+The head is checked when complete, not only while incomplete: request-line length (414),
+header count and total header bytes (431), framing that h11 tolerates but proxies must not
+(Content-Length with Transfer-Encoding, chunked in HTTP/1.0, non-origin targets: 400), and
+a declared body larger than ``max_body_bytes`` is refused (413) before any of it is read.
+The body is read and bounded before a handler runs, so a slow POST never holds a slot.
+
+While a handler runs, pipelined bytes are left in h11's buffer; past a small cap reading is
+paused, so a flood behind one request cannot grow memory. Reading otherwise continues, so a
+client that disconnects is noticed at once (``connection_lost`` cancels the handler task,
+whose cleanup closes the Ollama connection).
+
+Responses: small ones are sent whole with Content-Length. Streams send their head through
+h11 and frame each chunk here directly (h11 does not track chunk contents), one transport
+write per upstream read; the final ``0\\r\\n\\r\\n`` goes through h11 so its state stays true.
+A stream that failed ends with ``cut_stream()``: the connection closes without the final
+chunk, so no client can mistake a cut answer for a whole one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import socket
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, cast
+
+import h11
+
+from .errors import GatewayError, error_body
+from .flow import WRITE_HIGH_WATER_BYTES, WRITE_LOW_WATER_BYTES, FlowControl
+
+if TYPE_CHECKING:
+    from .gateway import Gateway
+
+log = logging.getLogger("clawproxy.server")
+
+# Pipelined bytes we hold while a request runs before we stop reading the socket.
+PIPELINE_BUFFER_BYTES = 64 * 1024
+SERVER_HEADER = (b"server", b"clawproxy")
+
+REASONS = {
+    400: b"Bad Request",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    408: b"Request Timeout",
+    413: b"Content Too Large",
+    414: b"URI Too Long",
+    431: b"Request Header Fields Too Large",
+    501: b"Not Implemented",
+    503: b"Service Unavailable",
+}
+
+
+class Phase(enum.Enum):
+    IDLE = "idle"
+    HEAD = "head"
+    BODY = "body"
+    HANDLING = "handling"
+
+
+@dataclass(slots=True)
+class Request:
+    """A complete, validated request, plus what the access log reports about it."""
+
+    method: bytes
+    path: bytes
+    query: bytes
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    client: str
+    http_version: bytes
+    started: float
+    status: int = 0
+    model: str = "-"
+    first_token_at: float | None = None
+    tokens: int = 0
+    outcome: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def header(self, name: bytes) -> bytes | None:
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+
+class HttpConnection(asyncio.Protocol):
+    """One client connection: parse, enforce limits, run handlers, write responses."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gw = gateway
+        self.cfg = gateway.config.server
+        self.loop = gateway.loop
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=self.cfg.max_header_bytes)
+        self.transport: asyncio.Transport | None = None
+        self.client = "-"
+        self.phase = Phase.IDLE
+        self.closed = False
+        self.flow = FlowControl(self.loop, self.cfg.send_timeout, self._send_stalled)
+        self._timer: asyncio.TimerHandle | None = None
+        self._head: h11.Request | None = None
+        self._body = bytearray()
+        self._task: asyncio.Task[None] | None = None
+        self._pipelined = 0
+        self._reading_paused = False
+        self._served = 0
+        self._counted = False
+        # Response state for the request being handled.
+        self.response_started = False
+        self._chunked = False
+        self._keep_alive = True
+
+    def __repr__(self) -> str:
+        return f"<HttpConnection {self.client} {self.phase.value} served={self._served}>"
+
+    # -- asyncio.Protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport, but implement it.
+        self.transport = transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self.client = str(peer[0]) if isinstance(peer, tuple) else "-"
+        if not self.gw.connection_opened(self):
+            # Over max_connections: refuse cleanly and spend nothing more on it.
+            self._write_raw_error(
+                503, "too many open connections; retry shortly", "too_many_connections"
+            )
+            self.closed = True
+            transport.close()
+            return
+        self._counted = True
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER_BYTES, low=WRITE_LOW_WATER_BYTES)
+        # A connection that never sends a byte is closed at the header deadline.
+        self._arm(self.cfg.header_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        if self.phase is Phase.HANDLING:
+            self._pipelined += len(data)
+            self.h11.receive_data(data)
+            if self._pipelined > PIPELINE_BUFFER_BYTES and not self._reading_paused:
+                self._reading_paused = True
+                assert self.transport is not None
+                self.transport.pause_reading()
+            return
+        if self.phase is Phase.IDLE:
+            self.phase = Phase.HEAD
+            self._arm(self.cfg.header_timeout)
+        self.h11.receive_data(data)
+        self._process()
+
+    def eof_received(self) -> bool | None:
+        # A half-close while a request runs is an abort (as nginx treats it); in every other
+        # phase there is nothing left to do. Returning None lets the transport close.
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._cancel_timer()
+        self.flow.close()
+        if self._counted:
+            self._counted = False
+            self.gw.connection_closed(self)
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+
+    def pause_writing(self) -> None:
+        self.flow.pause()
+
+    def resume_writing(self) -> None:
+        self.flow.resume()
+
+    # -- request parsing --------------------------------------------------------------------
+
+    def _process(self) -> None:
+        while not self.closed:
+            try:
+                event = self.h11.next_event()
+            except h11.RemoteProtocolError as exc:
+                status = exc.error_status_hint
+                self._reject(status, f"malformed HTTP request: {exc}", "bad_request")
+                return
+            kind = type(event)
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                return
+            if kind is h11.Request:
+                assert isinstance(event, h11.Request)
+                if not self._accept_head(event):
+                    return
+            elif kind is h11.Data:
+                assert isinstance(event, h11.Data)
+                self._body += event.data
+                if len(self._body) > self.cfg.max_body_bytes:
+                    self._reject(413, self._body_limit_message(), "request_too_large")
+                    return
+            elif kind is h11.EndOfMessage:
+                self._dispatch()
+                return
+            else:  # ConnectionClosed: the client finished with us
+                self._close()
+                return
+
+    def _body_limit_message(self) -> str:
+        return f"request body exceeds {self.cfg.max_body_bytes} bytes"
+
+    def _accept_head(self, head: h11.Request) -> bool:
+        cfg = self.cfg
+        line_bytes = len(head.method) + len(head.target) + 10
+        if line_bytes > cfg.max_request_line_bytes:
+            self._reject(414, "request line too long", "request_line_too_long")
+            return False
+        headers = head.headers
+        if len(headers) > cfg.max_headers:
+            self._reject(431, f"more than {cfg.max_headers} header fields", "too_many_headers")
+            return False
+        head_bytes = line_bytes + sum(len(n) + len(v) + 4 for n, v in headers)
+        if head_bytes > cfg.max_header_bytes:
+            self._reject(431, "request header block too large", "headers_too_large")
+            return False
+        has_te = any(name == b"transfer-encoding" for name, _ in headers)
+        length = None
+        for name, value in headers:
+            if name == b"content-length":
+                # h11 validated the syntax and merged identical duplicates.
+                length = int(value)
+        if has_te and length is not None:
+            self._reject(400, "Content-Length together with Transfer-Encoding", "bad_framing")
+            return False
+        if has_te and head.http_version == b"1.0":
+            self._reject(400, "chunked request body in HTTP/1.0", "bad_framing")
+            return False
+        if head.method == b"CONNECT":
+            self._reject(
+                405, "CONNECT is not supported: this is not a forward proxy", "method_not_allowed"
+            )
+            return False
+        if not head.target.startswith(b"/"):
+            self._reject(400, "only origin-form request targets are accepted", "bad_request_target")
+            return False
+        if length is not None and length > cfg.max_body_bytes:
+            # Refused before a byte of it is read, and without a 100 Continue.
+            self._reject(413, self._body_limit_message(), "request_too_large")
+            return False
+        self._head = head
+        self._body = bytearray()
+        self.phase = Phase.BODY
+        self._arm(cfg.body_timeout)
+        return True
+
+    def _dispatch(self) -> None:
+        head = self._head
+        assert head is not None
+        self._cancel_timer()
+        self.phase = Phase.HANDLING
+        self._pipelined = 0
+        path, _, query = head.target.partition(b"?")
+        request = Request(
+            method=head.method,
+            path=path,
+            query=query,
+            headers=list(head.headers),
+            body=bytes(self._body),
+            client=self.client,
+            http_version=head.http_version,
+            started=self.loop.time(),
+        )
+        self._head = None
+        self._body = bytearray()
+        self.response_started = False
+        self._served += 1
+        self._keep_alive = self._served < self.cfg.max_requests_per_connection
+        self._task = self.loop.create_task(self._run(request))
+
+    async def _run(self, request: Request) -> None:
+        try:
+            await self.gw.handle(request, self)
+        except GatewayError as exc:
+            self._fail(request, exc)
+        except asyncio.CancelledError:
+            request.outcome = request.outcome or "client_abort"
+            request.status = request.status if self.response_started else 499
+            raise
+        except Exception:
+            log.exception("unhandled error in %s %s", request.method.decode(), request.path)
+            self._fail(request, GatewayError("internal error in the gateway"))
+        finally:
+            self.gw.request_finished(request)
+            if not self.closed:
+                self._response_finished()
+
+    def _fail(self, request: Request, exc: GatewayError) -> None:
+        request.outcome = request.outcome or (exc.code or "error")
+        if self.response_started:
+            self.cut_stream()
+        else:
+            self.send(request, exc.status, exc.body(), headers=exc.headers)
+
+    # -- responses (used by handlers) -------------------------------------------------------
+
+    def send(
+        self,
+        request: Request,
+        status: int,
+        body: bytes,
+        *,
+        content_type: bytes = b"application/json",
+        headers: tuple[tuple[bytes, bytes], ...] = (),
+    ) -> None:
+        """A complete response with Content-Length."""
+        hdrs = [
+            SERVER_HEADER,
+            (b"content-type", content_type),
+            (b"content-length", str(len(body)).encode()),
+            *headers,
+        ]
+        self._send_head(request, status, hdrs)
+        if self.closed:
+            return
+        out = self.h11.send(h11.Data(data=body)) if body and request.method != b"HEAD" else b""
+        out = (out or b"") + (self.h11.send(h11.EndOfMessage()) or b"")
+        assert self.transport is not None
+        self.transport.write(out)
+
+    def start_stream(
+        self, request: Request, status: int, headers: tuple[tuple[bytes, bytes], ...]
+    ) -> None:
+        """Send a streaming head; chunks follow with ``write()``."""
+        self._send_head(
+            request, status, [SERVER_HEADER, (b"transfer-encoding", b"chunked"), *headers]
+        )
+        # HTTP/1.0 peers get a close-delimited body (h11 drops chunked for them).
+        self._chunked = request.http_version != b"1.0"
+
+    def write(self, data: bytes) -> None:
+        """One chunk of a streamed body. The hot path: one transport write, no h11."""
+        if self.closed:
+            return
+        assert self.transport is not None
+        if self._chunked:
+            self.transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            self.transport.write(data)
+
+    def end_stream(self) -> None:
+        if self.closed:
+            return
+        assert self.transport is not None
+        self.transport.write(self.h11.send(h11.EndOfMessage()) or b"")
+
+    def cut_stream(self) -> None:
+        """End a failed stream: flush what was written, then close without the last chunk."""
+        self._keep_alive = False
+        self._close()
+
+    def _send_head(self, request: Request, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        if self.closed:
+            return
+        if not self._keep_alive or self.gw.draining:
+            headers.append((b"connection", b"close"))
+        request.status = status
+        self.response_started = True
+        data = self.h11.send(h11.Response(status_code=status, headers=headers))
+        assert self.transport is not None
+        self.transport.write(data or b"")
+
+    def _response_finished(self) -> None:
+        """After a response: keep the connection for the next request, or close it."""
+        self.flow.close()
+        self._task = None
+        conn = self.h11
+        if (
+            not self._keep_alive
+            or self.gw.draining
+            or conn.our_state is not h11.DONE
+            or conn.their_state is not h11.DONE
+        ):
+            self._close()
+            return
+        conn.start_next_cycle()
+        self.response_started = False
+        self._chunked = False
+        if self._pipelined:
+            self.phase = Phase.HEAD
+            self._arm(self.cfg.header_timeout)
+        else:
+            self.phase = Phase.IDLE
+            self._arm(self.cfg.keepalive_timeout)
+        self._pipelined = 0
+        if self._reading_paused:
+            self._reading_paused = False
+            assert self.transport is not None
+            self.transport.resume_reading()
+        self._process()
+
+    # -- refusals, deadlines, closing ---------------------------------------------------------
+
+    def _reject(self, status: int, message: str, code: str) -> None:
+        """Refuse a request we will not read further: error response, then close."""
+        self._write_raw_error(status, message, code)
+        self.gw.request_refused(self.client, status, code)
+        self._close()
+
+    def _write_raw_error(self, status: int, message: str, code: str) -> None:
+        # Raw bytes, not h11: after a protocol error h11 may not let us send a response.
+        if self.transport is None or self.response_started:
+            return
+        err_type = "invalid_request_error" if status < 500 else "api_error"
+        body = error_body(message, err_type, None, code)
+        head = (
+            b"HTTP/1.1 %d %s\r\nserver: clawproxy\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n"
+            % (status, REASONS.get(status, b"Error"), len(body))
+        )
+        self.response_started = True
+        self.transport.write(head + body)
+
+    def _arm(self, delay: float) -> None:
+        self._cancel_timer()
+        self._timer = self.loop.call_later(delay, self._deadline_passed)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _deadline_passed(self) -> None:
+        self._timer = None
+        if self.phase is Phase.HEAD:
+            self._reject(408, "request head not received in time", "header_timeout")
+        elif self.phase is Phase.BODY:
+            self._reject(408, "request body not received in time", "body_timeout")
+        elif self.phase is Phase.IDLE:
+            if self._served == 0:
+                self.gw.request_refused(self.client, 0, "idle_connection")
+            self._close()
+
+    def _send_stalled(self) -> None:
+        # The client accepted no bytes for send_timeout: free the slot and the upstream.
+        self.gw.request_refused(self.client, 0, "client_write_timeout")
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _close(self) -> None:
+        self._cancel_timer()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()

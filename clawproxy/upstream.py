@@ -1,0 +1,436 @@
+"""The upstream client: HTTP/1.1 to Ollama over asyncio, h11 parsing, a keep-alive pool.
+
+Theory of operation
+-------------------
+``UpstreamPool.send()`` takes an idle keep-alive connection (or opens one), writes one
+request, and returns the ``UpstreamConnection`` once the response head has arrived. The
+caller then either reads the whole (bounded) body with ``read_body()``, or installs a body
+sink with ``stream_body()``: from then on every upstream read is parsed by h11 and handed
+to the sink synchronously inside ``data_received``, joined into one bytes object, so the
+gateway does one client write per upstream read and no task switch per token.
+
+A connection goes ``CONNECTING -> ACTIVE -> IDLE -> ACTIVE ... -> CLOSED``. It returns to
+the pool only when both h11 sides reached ``DONE`` and the caller called ``release()``;
+anything else (an abandoned response, a timeout, a protocol error, bytes after the end)
+closes it, because a half-read Ollama response would corrupt the next exchange and an open
+socket keeps Ollama generating for nobody.
+
+Deadlines: one watchdog timer per exchange. ``io_timeout`` (``server.timeout``) bounds the
+wait for the response head and any silence between body reads; a healthy long stream is
+never cut, because every read moves the deadline. Time spent paused by our own
+backpressure does not count as upstream silence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import socket
+from collections import deque
+from collections.abc import Callable
+from typing import cast
+
+import h11
+
+from .errors import GatewayError, UpstreamFailed, UpstreamTimeout, UpstreamUnavailable
+
+log = logging.getLogger("clawproxy.upstream")
+
+# h11's default cap on an incomplete response head; Ollama's heads are a few hundred bytes.
+MAX_RESPONSE_HEAD_BYTES = 64 * 1024
+USER_AGENT = b"clawproxy"
+
+BodySink = Callable[[bytes], None]
+
+
+class ConnState(enum.Enum):
+    CONNECTING = "connecting"
+    ACTIVE = "active"
+    IDLE = "idle"
+    CLOSED = "closed"
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One TCP connection to Ollama, carrying one exchange at a time."""
+
+    def __init__(self, pool: UpstreamPool) -> None:
+        self._pool = pool
+        self._loop = pool.loop
+        self._h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_RESPONSE_HEAD_BYTES)
+        self.transport: asyncio.Transport | None = None
+        self.state = ConnState.CONNECTING
+        self.reused = False
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        # Set when any response byte arrived for the current exchange: a retry is then unsafe.
+        self.got_response_bytes = False
+        self.complete = False
+        self._head: asyncio.Future[None] | None = None
+        self._done: asyncio.Future[None] | None = None
+        self._sink: BodySink | None = None
+        self._early: list[bytes] = []
+        self._paused = False
+        self._timeout = pool.io_timeout
+        self._last_rx = 0.0
+        self._watchdog: asyncio.TimerHandle | None = None
+        self.idle_since = 0.0
+
+    def __repr__(self) -> str:
+        return f"<UpstreamConnection {self.state.value} reused={self.reused} status={self.status}>"
+
+    # -- asyncio.Protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport, but implement it.
+        self.transport = transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # One small write per request; never wait for Nagle to coalesce it.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        if self.state is not ConnState.ACTIVE:
+            # Bytes on an idle keep-alive connection: the server is confused; drop it.
+            self._close()
+            return
+        self._last_rx = self._loop.time()
+        self.got_response_bytes = True
+        conn = self._h11
+        try:
+            conn.receive_data(data)
+            parts: list[bytes] = []
+            while True:
+                event = conn.next_event()
+                kind = type(event)
+                if kind is h11.Data:
+                    parts.append(event.data)  # type: ignore[union-attr]
+                elif event is h11.NEED_DATA:
+                    break
+                elif kind is h11.Response:
+                    self._on_head(event)  # type: ignore[arg-type]
+                elif kind is h11.EndOfMessage:
+                    self.complete = True
+                    break
+                elif kind is h11.InformationalResponse:
+                    continue
+                else:  # ConnectionClosed or PAUSED: the body ended without its terminator
+                    break
+        except h11.RemoteProtocolError as exc:
+            self._fail(UpstreamUnavailable(f"Ollama sent an invalid HTTP response ({exc})"))
+            return
+        if parts:
+            self._deliver(parts[0] if len(parts) == 1 else b"".join(parts))
+        if self.complete:
+            self._finish_exchange()
+
+    def eof_received(self) -> bool | None:
+        # Let the transport close; connection_lost reports what was missing.
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        was_active = self.state is ConnState.ACTIVE
+        self.state = ConnState.CLOSED
+        self._cancel_watchdog()
+        self._pool.forget(self)
+        if was_active and not self.complete:
+            # h11 turns a close into a clean end only for EOF-delimited bodies; Ollama never
+            # sends those, so any close before EndOfMessage is a cut response.
+            try:
+                self._h11.receive_data(b"")
+                event = self._h11.next_event()
+                if type(event) is h11.EndOfMessage:
+                    self.complete = True
+                    self._finish_exchange()
+                    return
+            except h11.RemoteProtocolError:
+                pass
+            what = "reset" if exc else "closed"
+            self._fail(UpstreamUnavailable(f"Ollama {what} the connection mid-response"))
+
+    # -- exchange ---------------------------------------------------------------------------
+
+    def begin(self, method: bytes, target: bytes, host: bytes, body: bytes | None) -> None:
+        """Write one request; the response head resolves ``wait_head()``."""
+        assert self.transport is not None
+        self.state = ConnState.ACTIVE
+        self.status = 0
+        self.headers = []
+        self.got_response_bytes = False
+        self.complete = False
+        self._sink = None
+        self._early = []
+        self._head = self._loop.create_future()
+        self._done = self._loop.create_future()
+        headers = [(b"Host", host), (b"User-Agent", USER_AGENT), (b"Accept", b"*/*")]
+        if body is not None:
+            headers.append((b"Content-Type", b"application/json"))
+            headers.append((b"Content-Length", str(len(body)).encode()))
+        out = self._h11.send(h11.Request(method=method, target=target, headers=headers))
+        if body:
+            out = (out or b"") + (self._h11.send(h11.Data(data=body)) or b"")
+        out = (out or b"") + (self._h11.send(h11.EndOfMessage()) or b"")
+        self._last_rx = self._loop.time()
+        self._arm_watchdog(self._timeout)
+        self.transport.write(out)
+
+    async def wait_head(self) -> None:
+        assert self._head is not None
+        await self._head
+
+    def stream_body(self, sink: BodySink) -> asyncio.Future[None]:
+        """Hand every body read to ``sink``; the future resolves at the end of the body.
+
+        The future raises a ``GatewayError`` if the body is cut, times out or the sink fails.
+        """
+        assert self._done is not None
+        self._sink = sink
+        early, self._early = self._early, []
+        for part in early:
+            self._deliver(part)
+        return self._done
+
+    async def read_body(self, limit: int) -> bytes:
+        """Read the whole body (error replies, /api/tags); more than ``limit`` bytes is an error."""
+        buf = bytearray()
+
+        def collect(data: bytes) -> None:
+            buf.extend(data)
+            if len(buf) > limit:
+                raise UpstreamUnavailable(f"Ollama's reply exceeded {limit} bytes")
+
+        await self.stream_body(collect)
+        return bytes(buf)
+
+    def release(self) -> None:
+        """End of the exchange: back to the pool when clean, otherwise closed."""
+        self._sink = None
+        self._cancel_watchdog()
+        if self.state is not ConnState.ACTIVE:
+            return
+        reusable = (
+            self.complete and self._h11.our_state is h11.DONE and self._h11.their_state is h11.DONE
+        )
+        if not reusable:
+            self._close()
+            return
+        try:
+            self._h11.start_next_cycle()
+        except h11.LocalProtocolError:
+            self._close()
+            return
+        if self._paused:
+            self.resume_reading()
+        self.state = ConnState.IDLE
+        self.reused = True
+        self.idle_since = self._loop.time()
+        self._pool.put_idle(self)
+
+    def abort(self) -> None:
+        """Drop the connection now (client left, or the exchange failed)."""
+        self._sink = None
+        self._close()
+
+    # -- flow control (called only by the FlowControl object) ---------------------------------
+
+    def pause_reading(self) -> None:
+        if not self._paused and self.transport is not None and self.state is ConnState.ACTIVE:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._paused and self.transport is not None:
+            self._paused = False
+            self._last_rx = self._loop.time()
+            if not self.transport.is_closing():
+                self.transport.resume_reading()
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _on_head(self, event: h11.Response) -> None:
+        self.status = event.status_code
+        self.headers = list(event.headers)
+        if self._head is not None and not self._head.done():
+            self._head.set_result(None)
+
+    def _deliver(self, data: bytes) -> None:
+        sink = self._sink
+        if sink is None:
+            self._early.append(bytes(data))
+            return
+        try:
+            sink(data)
+        except GatewayError as exc:
+            self._fail(exc)
+        except Exception as exc:  # a bug in a sink must not kill the event loop callback
+            log.exception("body sink failed")
+            self._fail(
+                UpstreamFailed(f"internal error while relaying the reply: {type(exc).__name__}")
+            )
+
+    def _finish_exchange(self) -> None:
+        self._cancel_watchdog()
+        if self._head is not None and not self._head.done():
+            self._head.set_exception(UpstreamUnavailable("Ollama ended the response early"))
+        if self._done is not None and not self._done.done():
+            self._done.set_result(None)
+
+    def _fail(self, exc: GatewayError) -> None:
+        for fut in (self._head, self._done):
+            if fut is not None and not fut.done():
+                fut.set_exception(exc)
+                # The head future may have no awaiter left; mark it retrieved.
+                fut.exception()
+        self._close()
+
+    def _close(self) -> None:
+        self._cancel_watchdog()
+        if self.state is not ConnState.CLOSED:
+            self.state = ConnState.CLOSED
+            self._pool.forget(self)
+        if self.transport is not None and not self.transport.is_closing():
+            # abort() sends RST-free close without flushing: nothing of ours is pending, and
+            # Ollama must notice at once to stop generating.
+            self.transport.abort()
+
+    def _arm_watchdog(self, delay: float) -> None:
+        self._cancel_watchdog()
+        self._watchdog = self._loop.call_later(delay, self._check_silence)
+
+    def _cancel_watchdog(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+
+    def _check_silence(self) -> None:
+        self._watchdog = None
+        if self.state is not ConnState.ACTIVE or self.complete:
+            return
+        if self._paused:
+            # Our own backpressure, not Ollama's silence.
+            self._arm_watchdog(self._timeout)
+            return
+        silent_for = self._loop.time() - self._last_rx
+        if silent_for < self._timeout:
+            self._arm_watchdog(self._timeout - silent_for)
+            return
+        if self.status == 0:
+            msg = f"Ollama sent no response within {self._timeout:g}s"
+        else:
+            msg = f"Ollama went silent for {self._timeout:g}s mid-response"
+        self._fail(UpstreamTimeout(msg))
+
+
+class UpstreamPool:
+    """Keep-alive connections to one Ollama endpoint, owned by one event loop."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        connect_timeout: float,
+        io_timeout: float,
+        max_idle: int,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.loop = loop or asyncio.get_running_loop()
+        self.connect_timeout = connect_timeout
+        self.io_timeout = io_timeout
+        self.max_idle = max_idle
+        self._host_header = (f"[{host}]" if ":" in host else host).encode() + f":{port}".encode()
+        self._idle: deque[UpstreamConnection] = deque()
+        self._all: set[UpstreamConnection] = set()
+        self.connects = 0  # connections opened (tests check reuse with it)
+
+    def __repr__(self) -> str:
+        return (
+            f"<UpstreamPool {self.host}:{self.port} open={len(self._all)} idle={len(self._idle)}>"
+        )
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._all)
+
+    async def send(self, method: bytes, target: bytes, body: bytes | None) -> UpstreamConnection:
+        """Send one request and wait for the response head.
+
+        A reused keep-alive connection that fails before any response byte arrives is
+        retried once on a fresh connection: Ollama closed it while idle, so the request
+        never started a generation. Nothing else is ever retried.
+        """
+        conn = self._take_idle()
+        if conn is not None:
+            try:
+                return await self._exchange(conn, method, target, body)
+            except UpstreamUnavailable:
+                if conn.got_response_bytes:
+                    raise
+                log.debug("stale keep-alive connection to Ollama; retrying once")
+        conn = await self._connect()
+        return await self._exchange(conn, method, target, body)
+
+    def put_idle(self, conn: UpstreamConnection) -> None:
+        if len(self._idle) >= self.max_idle:
+            conn.abort()
+            return
+        self._idle.append(conn)
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        self._all.discard(conn)
+        with contextlib.suppress(ValueError):
+            self._idle.remove(conn)
+
+    def close(self) -> None:
+        for conn in list(self._all):
+            conn.abort()
+        self._idle.clear()
+
+    async def _exchange(
+        self, conn: UpstreamConnection, method: bytes, target: bytes, body: bytes | None
+    ) -> UpstreamConnection:
+        try:
+            conn.begin(method, target, self._host_header, body)
+            await conn.wait_head()
+        except BaseException:
+            conn.abort()
+            raise
+        return conn
+
+    def _take_idle(self) -> UpstreamConnection | None:
+        while self._idle:
+            # Most recently used first: it is the least likely to have been closed by Ollama.
+            conn = self._idle.pop()
+            if conn.state is ConnState.IDLE and conn.transport and not conn.transport.is_closing():
+                return conn
+        return None
+
+    async def _connect(self) -> UpstreamConnection:
+        def factory() -> UpstreamConnection:
+            return UpstreamConnection(self)
+
+        where = f"{self.host}:{self.port}"
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _, proto = await self.loop.create_connection(factory, self.host, self.port)
+        except TimeoutError:
+            raise UpstreamTimeout(
+                f"could not connect to Ollama at {where} within {self.connect_timeout:g}s"
+            ) from None
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise UpstreamUnavailable(f"cannot connect to Ollama at {where}: {reason}") from None
+        self.connects += 1
+        self._all.add(proto)
+        return proto
+
+
+def header_value(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """First value of a (lower-case) header name in an h11 header list."""
+    for key, value in headers:
+        if key == name:
+            return value
+    return None

@@ -1,0 +1,124 @@
+"""Test harness: the Ollama simulator and a real gateway on one event loop in a thread.
+
+Tests drive the gateway from the main thread with real clients (the ``openai`` package,
+``http.client``, raw sockets) over loopback, exactly as users do. State on the loop thread
+is read through ``call()``, so a test never races the loop it inspects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+from clawproxy.config import config_from_mapping
+from clawproxy.gateway import Gateway
+from clawproxy.simulator import OllamaSimulator
+
+T = TypeVar("T")
+
+# Seconds a test waits for the loop thread to do something; generous for a loaded CI box.
+CALL_TIMEOUT = 20.0
+
+
+def new_loop(kind: str) -> asyncio.AbstractEventLoop:
+    if kind == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+class Harness:
+    """A simulator plus a gateway configured from ``settings`` (dotted keys)."""
+
+    def __init__(
+        self,
+        settings: Mapping[str, object] | None = None,
+        *,
+        loop_kind: str = "uvloop",
+        sim_options: Mapping[str, Any] | None = None,
+        start_simulator: bool = True,
+    ) -> None:
+        self.settings = dict(settings or {})
+        self.loop = new_loop(loop_kind)
+        self.sim_options = {"token_rate": None, **(sim_options or {})}
+        self.start_simulator = start_simulator
+        self.sim: OllamaSimulator
+        self.gateway: Gateway
+        self.port = 0
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def __enter__(self) -> Harness:
+        self._thread.start()
+        self.call(self._start)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.call(self._stop)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(CALL_TIMEOUT)
+            self.loop.close()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def call(self, fn: Callable[[], Awaitable[T]], timeout: float = CALL_TIMEOUT) -> T:
+        """Run ``fn()`` on the loop thread and return its result."""
+
+        async def runner() -> T:
+            return await fn()
+
+        fut: Future[T] = asyncio.run_coroutine_threadsafe(runner(), self.loop)
+        return fut.result(timeout)
+
+    def read(self, fn: Callable[[], T]) -> T:
+        """Evaluate ``fn()`` on the loop thread (for reading live state)."""
+
+        async def reader() -> T:
+            return fn()
+
+        return self.call(reader)
+
+    async def _start(self) -> None:
+        self.sim = OllamaSimulator(**self.sim_options)
+        if self.start_simulator:
+            await self.sim.start()
+            endpoint = self.sim.endpoint
+        else:
+            endpoint = "http://127.0.0.1:9"  # discard port: nothing listens there
+        data: dict[str, object] = {
+            "server.host": "127.0.0.1",
+            "server.port": 0,
+            "model.endpoint": endpoint,
+            **self.settings,
+        }
+        config = config_from_mapping({}, overrides=data)
+        self.gateway = Gateway(config)
+        self.port = await self.gateway.start()
+
+    async def _stop(self) -> None:
+        await self.gateway.stop(drain_timeout=1.0)
+        if self.start_simulator:
+            await self.sim.close()
+        # Let transports finish closing so no ResourceWarning escapes.
+        await asyncio.sleep(0)
+
+    async def wait_until(self, predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+        """Poll state on the loop (1 ms steps) until ``predicate()`` holds."""
+        deadline = self.loop.time() + timeout
+        while not predicate():
+            if self.loop.time() > deadline:
+                return False
+            await asyncio.sleep(0.001)
+        return True
+
+    def settled(self, timeout: float = 5.0) -> bool:
+        """True once no request is active or queued in the gateway."""
+        adm = self.gateway.state.admission
+        return self.call(lambda: self.wait_until(lambda: adm.active == 0 and adm.waiting == 0, timeout))
