@@ -36,6 +36,7 @@ import enum
 import logging
 import socket
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import TYPE_CHECKING, cast
 
 import h11
@@ -52,17 +53,7 @@ log = logging.getLogger("clawproxy.server")
 PIPELINE_BUFFER_BYTES = 64 * 1024
 SERVER_HEADER = (b"server", b"clawproxy")
 
-REASONS = {
-    400: b"Bad Request",
-    404: b"Not Found",
-    405: b"Method Not Allowed",
-    408: b"Request Timeout",
-    413: b"Content Too Large",
-    414: b"URI Too Long",
-    431: b"Request Header Fields Too Large",
-    501: b"Not Implemented",
-    503: b"Service Unavailable",
-}
+REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 
 
 class Phase(enum.Enum):
@@ -377,7 +368,10 @@ class HttpConnection(asyncio.Protocol):
             headers.append((b"connection", b"close"))
         request.status = status
         self.response_started = True
-        data = self.h11.send(h11.Response(status_code=status, headers=headers))
+        response = h11.Response(
+            status_code=status, headers=headers, reason=REASONS.get(status, b"")
+        )
+        data = self.h11.send(response)
         assert self.transport is not None
         self.transport.write(data or b"")
 

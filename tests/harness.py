@@ -8,6 +8,8 @@ is read through ``call()``, so a test never races the loop it inspects.
 from __future__ import annotations
 
 import asyncio
+import http.client
+import json
 import threading
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Future
@@ -121,4 +123,30 @@ class Harness:
     def settled(self, timeout: float = 5.0) -> bool:
         """True once no request is active or queued in the gateway."""
         adm = self.gateway.state.admission
-        return self.call(lambda: self.wait_until(lambda: adm.active == 0 and adm.waiting == 0, timeout))
+        return self.call(
+            lambda: self.wait_until(lambda: adm.active == 0 and adm.waiting == 0, timeout)
+        )
+
+
+def post_json(
+    h: Harness, path: str, body: object, headers: Mapping[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    """One request with ``http.client``; returns status, headers (lower-case) and body."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return request(h, "POST", path, data, {"Content-Type": "application/json", **(headers or {})})
+
+
+def request(
+    h: Harness,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", h.port, timeout=CALL_TIMEOUT)
+    try:
+        conn.request(method, path, body=body, headers=dict(headers or {}))
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
