@@ -13,10 +13,10 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+from .admin import ADMIN
 from .config import Config, parse_endpoint
-from .errors import NotFound
 from .logs import ACCESS, access_line
-from .routes import ROUTES, not_allowed
+from .routes import PUBLIC, Router
 from .server import HttpConnection, Phase, Request
 from .state import LiveState
 from .upstream import UpstreamPool
@@ -38,7 +38,8 @@ class Gateway:
         self._server: asyncio.Server | None = None
         self._connections: set[HttpConnection] = set()
         self._idle_drained = asyncio.Event()
-        self.routes: dict[bytes, dict[bytes, Handler]] = ROUTES
+        self._admin_server: asyncio.Server | None = None
+        self.admin_port = 0
 
     @property
     def pool(self) -> UpstreamPool:
@@ -68,23 +69,35 @@ class Gateway:
     # -- life cycle -----------------------------------------------------------------------------
 
     async def start(self) -> int:
-        """Listen on ``server.host:server.port``; return the bound port."""
+        """Listen on ``server.host:server.port`` and the admin port; return the public port."""
         cfg = self.config.server
-        self._server = await self.loop.create_server(
-            lambda: HttpConnection(self), cfg.host, cfg.port, reuse_address=True, backlog=1024
-        )
-        sock = self._server.sockets[0]
-        port: int = sock.getsockname()[1]
+        self._server = await self._listen(PUBLIC, cfg.host, cfg.port)
+        port: int = self._server.sockets[0].getsockname()[1]
+        gw = self.config.gateway
+        self._admin_server = await self._listen(ADMIN, gw.debug_host, gw.debug_port)
+        self.admin_port = self._admin_server.sockets[0].getsockname()[1]
         log.info(
-            "listening on http://%s:%d (upstream %s)", cfg.host, port, self.config.model.endpoint
+            "listening on http://%s:%d (upstream %s), admin on http://%s:%d",
+            cfg.host,
+            port,
+            self.config.model.endpoint,
+            gw.debug_host,
+            self.admin_port,
         )
         return port
+
+    async def _listen(self, router: Router, host: str, port: int) -> asyncio.Server:
+        def factory() -> HttpConnection:
+            return HttpConnection(self, router)
+
+        return await self.loop.create_server(factory, host, port, reuse_address=True, backlog=1024)
 
     async def stop(self, drain_timeout: float | None = None) -> None:
         """Stop accepting, let running requests finish (bounded), then close everything."""
         self.draining = True
-        if self._server is not None:
-            self._server.close()
+        for server in (self._server, self._admin_server):
+            if server is not None:
+                server.close()
         timeout = self.config.server.drain_timeout if drain_timeout is None else drain_timeout
         for conn in list(self._connections):
             if conn.phase is Phase.IDLE and conn.transport is not None:
@@ -101,8 +114,9 @@ class Gateway:
                 conn.transport.abort()
         if self._pool is not None:
             self._pool.close()
-        if self._server is not None:
-            await self._server.wait_closed()
+        for server in (self._server, self._admin_server):
+            if server is not None:
+                await server.wait_closed()
 
     # -- called by connections ------------------------------------------------------------------
 
@@ -118,15 +132,6 @@ class Gateway:
         self._connections.discard(conn)
         self.state.connections = len(self._connections)
         self._idle_drained.set()
-
-    async def handle(self, request: Request, conn: HttpConnection) -> None:
-        methods = self.routes.get(request.path)
-        if methods is None:
-            raise NotFound(f"no route for {request.path.decode('latin-1')!r}", code="not_found")
-        handler = methods.get(request.method)
-        if handler is None:
-            raise not_allowed(list(methods))
-        await handler(self, request, conn)
 
     def request_finished(self, request: Request) -> None:
         now = self.loop.time()

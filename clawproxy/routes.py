@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from .chat import chat_completions
-from .errors import MethodNotAllowed, UpstreamFailed, UpstreamUnavailable
+from .errors import MethodNotAllowed, NotFound, UpstreamFailed, UpstreamUnavailable
 
 if TYPE_CHECKING:
     from .gateway import Gateway, Handler
@@ -89,8 +89,26 @@ def not_allowed(allowed: list[bytes]) -> MethodNotAllowed:
     )
 
 
-ROUTES: dict[bytes, dict[bytes, Handler]] = {
-    b"/v1/chat/completions": {b"POST": chat_completions},
-    b"/v1/models": {b"GET": list_models},
-    b"/health": {b"GET": health, b"HEAD": health},
-}
+class Router:
+    """Exact-path route table: path -> method -> handler; 404 and 405 otherwise."""
+
+    def __init__(self, table: dict[bytes, dict[bytes, Handler]]) -> None:
+        self.table = table
+
+    async def handle(self, gw: Gateway, request: Request, conn: HttpConnection) -> None:
+        methods = self.table.get(request.path)
+        if methods is None:
+            raise NotFound(f"no route for {request.path.decode('latin-1')!r}", code="not_found")
+        handler = methods.get(request.method)
+        if handler is None:
+            raise not_allowed(list(methods))
+        await handler(gw, request, conn)
+
+
+PUBLIC = Router(
+    {
+        b"/v1/chat/completions": {b"POST": chat_completions},
+        b"/v1/models": {b"GET": list_models},
+        b"/health": {b"GET": health, b"HEAD": health},
+    }
+)

@@ -46,6 +46,7 @@ from .flow import WRITE_HIGH_WATER_BYTES, WRITE_LOW_WATER_BYTES, FlowControl
 
 if TYPE_CHECKING:
     from .gateway import Gateway
+    from .routes import Router
 
 log = logging.getLogger("clawproxy.server")
 
@@ -92,8 +93,9 @@ class Request:
 class HttpConnection(asyncio.Protocol):
     """One client connection: parse, enforce limits, run handlers, write responses."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, router: Router) -> None:
         self.gw = gateway
+        self.router = router
         self.cfg = gateway.config.server
         self.loop = gateway.loop
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=self.cfg.max_header_bytes)
@@ -282,7 +284,7 @@ class HttpConnection(asyncio.Protocol):
 
     async def _run(self, request: Request) -> None:
         try:
-            await self.gw.handle(request, self)
+            await self.router.handle(self.gw, request, self)
         except GatewayError as exc:
             self._fail(request, exc)
         except asyncio.CancelledError:

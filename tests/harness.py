@@ -97,6 +97,7 @@ class Harness:
         data: dict[str, object] = {
             "server.host": "127.0.0.1",
             "server.port": 0,
+            "gateway.debug_port": 0,
             "model.endpoint": endpoint,
             **self.settings,
         }
