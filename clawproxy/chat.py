@@ -37,8 +37,9 @@ from .errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from .heartbeat import Heartbeat
 from .mapping import ChatPlan, build_chat_plan
-from .reframe import SseReframer
+from .reframe import SseReframer, error_event
 from .upstream import ConnState
 
 if TYPE_CHECKING:
@@ -64,7 +65,10 @@ async def chat_completions(gw: Gateway, request: Request, conn: HttpConnection) 
     admission = gw.state.admission
     await admission.acquire(gw.queue_timeout)
     try:
-        await relay(gw, request, conn, plan)
+        if plan.stream:
+            await relay_stream(gw, request, conn, plan)
+        else:
+            await relay_whole(gw, request, conn, plan)
     finally:
         admission.release()
 
@@ -80,33 +84,82 @@ def plan_request(gw: Gateway, body: bytes) -> ChatPlan:
     defaults = gw.config.model
     if defaults.name != gw.state.model:
         defaults = dataclasses.replace(defaults, name=gw.state.model)
-    return build_chat_plan(parsed, defaults)
+    plan = build_chat_plan(parsed, defaults)
+    allowed = defaults.allowed
+    if allowed and plan.model not in allowed:
+        # Checked before admission and before anything goes upstream.
+        raise NotFound(
+            f"model '{plan.model}' is not available on this gateway",
+            param="model",
+            code="model_not_found",
+        )
+    return plan
 
 
-async def relay(gw: Gateway, request: Request, conn: HttpConnection, plan: ChatPlan) -> None:
-    payload = orjson.dumps(plan.payload)
-    upstream: UpstreamConnection | None = None
+async def open_upstream(gw: Gateway, plan: ChatPlan) -> UpstreamConnection:
+    """Send the chat request; return the connection once Ollama answered 200."""
     try:
-        upstream = await gw.pool.send(b"POST", b"/api/chat", payload)
+        upstream = await gw.pool.send(b"POST", b"/api/chat", orjson.dumps(plan.payload))
         if upstream.status != 200:
-            body = await upstream.read_body(MAX_ERROR_BODY_BYTES)
+            try:
+                body = await upstream.read_body(MAX_ERROR_BODY_BYTES)
+            finally:
+                upstream.abort()
             raise upstream_status_error(upstream.status, body)
-        completion_id = "chatcmpl-" + secrets.token_hex(12)
-        created = int(time.time())
-        if plan.stream:
-            clean = await stream_reply(gw, request, conn, plan, upstream, completion_id, created)
-        else:
-            clean = await whole_reply(gw, request, conn, plan, upstream, completion_id, created)
-        if clean:
-            upstream.release()
+    except UPSTREAM_ERRORS as exc:
+        gw.state.upstream_errors[exc.code or "upstream_error"] += 1
+        raise
+    return upstream
+
+
+def finish_exchange(upstream: UpstreamConnection, clean: bool) -> None:
+    """Back to the pool after a clean end; otherwise close it, so Ollama stops generating
+    and a half-read connection is never reused."""
+    if clean:
+        upstream.release()
+    if upstream.state is ConnState.ACTIVE:
+        upstream.abort()
+
+
+async def relay_whole(gw: Gateway, request: Request, conn: HttpConnection, plan: ChatPlan) -> None:
+    upstream = await open_upstream(gw, plan)
+    clean = False
+    try:
+        clean = await whole_reply(gw, request, conn, plan, upstream)
     except UPSTREAM_ERRORS as exc:
         gw.state.upstream_errors[exc.code or "upstream_error"] += 1
         raise
     finally:
-        if upstream is not None and upstream.state is ConnState.ACTIVE:
-            # Not released, so the exchange was abandoned: close it, so Ollama stops
-            # generating and the connection is never reused half-read.
-            upstream.abort()
+        finish_exchange(upstream, clean)
+
+
+async def relay_stream(gw: Gateway, request: Request, conn: HttpConnection, plan: ChatPlan) -> None:
+    """Stream the reply as SSE, with heartbeats until Ollama's first byte."""
+
+    def commit() -> None:
+        if not conn.response_started:
+            conn.start_stream(request, 200, SSE_HEADERS)
+
+    heartbeat = Heartbeat(gw.loop, gw.config.server.heartbeat_interval, commit, conn.write)
+    heartbeat.start()
+    try:
+        upstream = await open_upstream(gw, plan)
+    except GatewayError as exc:
+        if not conn.response_started:
+            raise
+        # A heartbeat already committed the 200: the error can only travel in-band.
+        request.outcome = exc.code or "upstream_error"
+        conn.write(error_event(exc.message, exc.code or "upstream_error"))
+        conn.cut_stream()
+        return
+    finally:
+        heartbeat.stop()
+    clean = False
+    try:
+        commit()
+        clean = await stream_reply(gw, request, conn, plan, upstream)
+    finally:
+        finish_exchange(upstream, clean)
 
 
 async def stream_reply(
@@ -115,18 +168,15 @@ async def stream_reply(
     conn: HttpConnection,
     plan: ChatPlan,
     upstream: UpstreamConnection,
-    completion_id: str,
-    created: int,
 ) -> bool:
     """Relay Ollama's NDJSON as SSE. Returns True when the upstream ended cleanly."""
     reframer = SseReframer(
-        completion_id=completion_id,
-        created=created,
+        completion_id=new_completion_id(),
+        created=int(time.time()),
         model=plan.model,
         include_usage=plan.include_usage,
         max_line_bytes=gw.config.upstream.max_line_bytes,
     )
-    conn.start_stream(request, 200, SSE_HEADERS)
     write = conn.write
     now = gw.loop.time
 
@@ -163,19 +213,22 @@ async def stream_reply(
     return False
 
 
+def new_completion_id() -> str:
+    # OpenAI-shaped and unique (Ollama's own ids are 0-998 and collide: PROTOCOL 3.2).
+    return "chatcmpl-" + secrets.token_hex(12)
+
+
 async def whole_reply(
     gw: Gateway,
     request: Request,
     conn: HttpConnection,
     plan: ChatPlan,
     upstream: UpstreamConnection,
-    completion_id: str,
-    created: int,
 ) -> bool:
     """Accumulate the stream and answer with one ``chat.completion`` object."""
     acc = ChatAccumulator(
-        completion_id=completion_id,
-        created=created,
+        completion_id=new_completion_id(),
+        created=int(time.time()),
         model=plan.model,
         max_line_bytes=gw.config.upstream.max_line_bytes,
     )

@@ -52,13 +52,28 @@ class Harness:
         self.gateway: Gateway
         self.port = 0
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._clients: list[Any] = []
 
     def __enter__(self) -> Harness:
         self._thread.start()
         self.call(self._start)
         return self
 
+    def openai_client(self) -> Any:
+        """One ``openai.OpenAI`` client per harness, closed with it (no leaked sockets)."""
+        if not self._clients:
+            import openai
+
+            self._clients.append(
+                openai.OpenAI(
+                    base_url=self.base_url + "/v1", api_key="unused", max_retries=0, timeout=20
+                )
+            )
+        return self._clients[0]
+
     def __exit__(self, *exc: object) -> None:
+        for openai_client in self._clients:
+            openai_client.close()
         try:
             self.call(self._stop)
         finally:

@@ -28,7 +28,8 @@ TRICKY_TOKENS = [
 
 
 def client(h: Harness) -> openai.OpenAI:
-    return openai.OpenAI(base_url=h.base_url + "/v1", api_key="unused", max_retries=0, timeout=20)
+    result: openai.OpenAI = h.openai_client()
+    return result
 
 
 def ask(h: Harness, **kwargs: Any) -> Any:
