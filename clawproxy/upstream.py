@@ -34,6 +34,7 @@ from typing import cast
 
 import h11
 
+from .chunked import ChunkedDecoder, ChunkedError
 from .errors import GatewayError, UpstreamFailed, UpstreamTimeout, UpstreamUnavailable
 
 log = logging.getLogger("clawproxy.upstream")
@@ -71,6 +72,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._done: asyncio.Future[None] | None = None
         self._sink: BodySink | None = None
         self._early: list[bytes] = []
+        self._chunks: ChunkedDecoder | None = None
         self._paused = False
         self._timeout = pool.io_timeout
         self._last_rx = 0.0
@@ -96,11 +98,29 @@ class UpstreamConnection(asyncio.Protocol):
             self._close()
             return
         self._last_rx = self._loop.time()
+        chunks = self._chunks
+        if chunks is not None:
+            # The hot path: a chunked body, decoded without h11's event machinery.
+            try:
+                payload = chunks.feed(data)
+            except ChunkedError as exc:
+                self._fail(UpstreamUnavailable(f"Ollama sent a malformed chunked body ({exc})"))
+                return
+            if payload:
+                self._deliver(payload)
+            if chunks.done and not self.complete:
+                self.complete = True
+                self._finish_exchange()
+            return
         self.got_response_bytes = True
+        self._receive_with_h11(data)
+
+    def _receive_with_h11(self, data: bytes) -> None:
+        """The response head, and bodies that are not chunked (errors, model lists)."""
         conn = self._h11
+        parts: list[bytes] = []
         try:
             conn.receive_data(data)
-            parts: list[bytes] = []
             while True:
                 event = conn.next_event()
                 kind = type(event)
@@ -110,6 +130,12 @@ class UpstreamConnection(asyncio.Protocol):
                     break
                 elif kind is h11.Response:
                     self._on_head(event)  # type: ignore[arg-type]
+                    if self._chunks is not None:
+                        # Hand the rest of this read to the chunked decoder.
+                        rest, _ = conn.trailing_data
+                        if rest:
+                            self.data_received(rest)
+                        return
                 elif kind is h11.EndOfMessage:
                     self.complete = True
                     break
@@ -136,18 +162,23 @@ class UpstreamConnection(asyncio.Protocol):
         self._pool.forget(self)
         if was_active and not self.complete:
             # h11 turns a close into a clean end only for EOF-delimited bodies; Ollama never
-            # sends those, so any close before EndOfMessage is a cut response.
-            try:
-                self._h11.receive_data(b"")
-                event = self._h11.next_event()
-                if type(event) is h11.EndOfMessage:
-                    self.complete = True
-                    self._finish_exchange()
-                    return
-            except h11.RemoteProtocolError:
-                pass
-            what = "reset" if exc else "closed"
-            self._fail(UpstreamUnavailable(f"Ollama {what} the connection mid-response"))
+            # sends those, so any close before the end of the body is a cut response.
+            if self._chunks is None:
+                self._end_by_close()
+            if not self.complete:
+                what = "reset" if exc else "closed"
+                self._fail(UpstreamUnavailable(f"Ollama {what} the connection mid-response"))
+
+    def _end_by_close(self) -> None:
+        """An EOF-delimited body (not Ollama's style, but legal HTTP) ends at the close."""
+        try:
+            self._h11.receive_data(b"")
+            event = self._h11.next_event()
+            if type(event) is h11.EndOfMessage:
+                self.complete = True
+                self._finish_exchange()
+        except h11.RemoteProtocolError:
+            pass
 
     # -- exchange ---------------------------------------------------------------------------
 
@@ -161,6 +192,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.complete = False
         self._sink = None
         self._early = []
+        self._chunks = None
         self._head = self._loop.create_future()
         self._done = self._loop.create_future()
         headers = [(b"Host", host), (b"User-Agent", USER_AGENT), (b"Accept", b"*/*")]
@@ -209,17 +241,25 @@ class UpstreamConnection(asyncio.Protocol):
         self._cancel_watchdog()
         if self.state is not ConnState.ACTIVE:
             return
-        reusable = (
-            self.complete and self._h11.our_state is h11.DONE and self._h11.their_state is h11.DONE
-        )
-        if not reusable:
+        if not self.complete or self._h11.our_state is not h11.DONE:
             self._close()
             return
-        try:
-            self._h11.start_next_cycle()
-        except h11.LocalProtocolError:
-            self._close()
-            return
+        chunks = self._chunks
+        if chunks is not None:
+            if chunks.extra:
+                # Bytes after the end of the body: whatever they are, do not build on them.
+                self._close()
+                return
+            # h11 never saw this body; a fresh parser for the next exchange on this socket.
+            self._h11 = h11.Connection(
+                h11.CLIENT, max_incomplete_event_size=MAX_RESPONSE_HEAD_BYTES
+            )
+        else:
+            try:
+                self._h11.start_next_cycle()
+            except h11.LocalProtocolError:
+                self._close()
+                return
         if self._paused:
             self.resume_reading()
         self.state = ConnState.IDLE
@@ -251,6 +291,9 @@ class UpstreamConnection(asyncio.Protocol):
     def _on_head(self, event: h11.Response) -> None:
         self.status = event.status_code
         self.headers = list(event.headers)
+        if header_value(self.headers, b"transfer-encoding") == b"chunked":
+            # h11 validated the head and the framing headers; the body is ours to decode.
+            self._chunks = ChunkedDecoder()
         if self._head is not None and not self._head.done():
             self._head.set_result(None)
 

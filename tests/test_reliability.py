@@ -121,9 +121,10 @@ def test_stale_pooled_connection_is_retried_once(gw: Harness) -> None:
 
 
 async def _drop_idle(h: Harness) -> int:
-    dropped = h.sim.drop_idle_connections()
-    # Let the FIN reach the pool, or not: either way the next request must succeed.
-    return dropped
+    # The simulator marks its side idle just after its last write; wait for that.
+    await h.wait_until(lambda: any(c.idle for c in h.sim._connections))
+    # Whether or not the FIN reaches the pool first, the next request must succeed.
+    return h.sim.drop_idle_connections()
 
 
 def test_model_allow_list_is_checked_before_anything_goes_upstream() -> None:
