@@ -37,6 +37,7 @@ from .errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from .guard import check_client
 from .heartbeat import Heartbeat
 from .mapping import ChatPlan, build_chat_plan
 from .reframe import SseReframer, error_event
@@ -60,6 +61,7 @@ UPSTREAM_ERRORS = (UpstreamUnavailable, UpstreamTimeout, UpstreamFailed)
 
 
 async def chat_completions(gw: Gateway, request: Request, conn: HttpConnection) -> None:
+    check_client(gw, request)
     plan = plan_request(gw, request.body)
     request.model = plan.model
     admission = gw.state.admission

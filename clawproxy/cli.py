@@ -93,7 +93,11 @@ async def serve(config: Config, *, demo: bool = False) -> None:
         config = dataclasses.replace(
             config, model=dataclasses.replace(config.model, endpoint=simulator.endpoint)
         )
-    gateway = Gateway(config)
+    try:
+        gateway = Gateway(config)
+    except ConfigError as exc:  # the API key file is read here
+        print(f"clawproxy: config error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
     try:
         port = await gateway.start()
     except OSError as exc:

@@ -1,7 +1,8 @@
 """The gateway's configuration: typed sections with a default for every key, and its loader.
 
 The YAML layout of the original design is the contract (sections ``server``, ``model``,
-``gateway``, ``logging``); new keys extend it. Durations are stored as float seconds, sizes
+``gateway``, ``logging``); new keys extend it (``upstream``, ``auth``, and sections nested in
+sections, such as ``gateway.rate_limit``). Durations are stored as float seconds, sizes
 as int bytes.
 
 Theory of operation: the frozen dataclasses below *are* the schema. The loader walks them
@@ -19,6 +20,9 @@ Every failure is a ``ConfigError`` whose message is one line starting with the k
 in a long file is found from a single log line. Ports may be 0, meaning "let the OS pick a
 free port" (tests and the demo rely on it). A section written as an empty YAML key (all of
 its keys commented out) is null, and counts as all defaults.
+
+Lists get a rule per item too (``ITEM_RULES``), reported with the index (``key[2]``). Keys in
+``SECRET_KEYS`` hold API keys: their errors say what is wrong and where, never the value.
 """
 
 from __future__ import annotations
@@ -70,6 +74,13 @@ class ServerConfig:
     # A client that accepts no bytes for this long is dropped (nginx send_timeout).
     send_timeout: float = field(default=60.0, metadata=DURATION)
     drain_timeout: float = field(default=30.0, metadata=DURATION)
+    # Peers whose X-Forwarded-For is believed (IPs or CIDRs). Loopback by default: the usual
+    # deployment is nginx on the same host, where every peer is 127.0.0.1 and, without XFF,
+    # all clients would share one rate-limit bucket. Direct local clients are trusted anyway.
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
+    # While a stream waits for its first token (a model can take minutes to load), an SSE
+    # comment every this often keeps nginx's proxy_read_timeout from cutting it; 0 disables.
+    heartbeat_interval: float = field(default=15.0, metadata=DURATION)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +90,8 @@ class ModelConfig:
     context_length: int = 4096
     temperature: float = 0.7
     top_p: float = 0.9
+    # When set, the only model names a request may use; empty means whatever Ollama has.
+    allowed: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +104,14 @@ class UpstreamConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RateLimitConfig:
+    # Sustained requests per second per client (API key label, else client IP); 0 = off.
+    requests_per_second: float = 0.0
+    # Requests a rested client may send at once before the sustained rate applies.
+    burst: int = 10
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     debug_port: int = 18789
     debug_host: str = "127.0.0.1"
@@ -98,6 +119,13 @@ class GatewayConfig:
     queue_size: int = 3
     # None means "same as server.timeout".
     queue_timeout: float | None = field(default=None, metadata=DURATION)
+    rate_limit: RateLimitConfig = field(default_factory=RateLimitConfig)
+    # Bearer token the admin port requires; None: no token (the port is loopback-only).
+    admin_token: str | None = None
+    # keep_alive sent with a hot load (POST /v1/model/load); None keeps it until unloaded.
+    model_keep_alive: float | None = field(default=300.0, metadata=DURATION)
+    # A hot load waits this long for Ollama: a large model takes minutes to read from disk.
+    model_load_timeout: float = field(default=300.0, metadata=DURATION)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,12 +136,41 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthConfig:
+    # Accepted bearer keys. Auth is on when this or api_keys_file is set.
+    api_keys: tuple[str, ...] = ()
+    # One key a line ("KEY" or "LABEL KEY"); reread on SIGHUP. See clawproxy.auth.
+    api_keys_file: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GpuConfig:
+    # Sample NVIDIA GPUs through NVML; without a driver the sampler only reports why not.
+    enabled: bool = True
+    interval: float = field(default=5.0, metadata=DURATION)
+
+
+@dataclass(frozen=True, slots=True)
+class AlertsConfig:
+    # Alert when a GPU's memory use reaches this percentage; None turns the alert off.
+    gpu_memory_percent: float | None = 95.0
+    # Re-arm only once use falls this many points below the threshold (no flood at the line).
+    hysteresis_percent: float = 5.0
+    # http:// URL that receives each alert as a JSON POST; None: the log warning only.
+    webhook_url: str | None = None
+    webhook_timeout: float = field(default=3.0, metadata=DURATION)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    gpu: GpuConfig = field(default_factory=GpuConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
 
 
 def queue_timeout_s(config: Config) -> float:
@@ -250,6 +307,29 @@ def parse_endpoint(url: str) -> tuple[str, int]:
     return _split_authority(authority)
 
 
+def parse_http_url(url: str) -> tuple[str, int, str]:
+    """``(host, port, target)`` from ``http://host[:port][/path][?query]`` (alert webhooks).
+
+    Like ``parse_endpoint`` (http only, no user info, IPv6 in brackets) but a path and a
+    query are kept as the request target ("/" when absent); a fragment is refused.
+    """
+    if not isinstance(url, str):
+        raise ValueError(f"expected an http:// URL string, got {_show(url)}")
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() != "http":
+        raise ValueError("the URL must start with http:// (https is not supported)")
+    if "#" in rest:
+        raise ValueError("a fragment is not allowed")
+    cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    authority, target = rest[:cut], rest[cut:]
+    if "@" in authority:
+        raise ValueError("user info (user@host) is not allowed")
+    if any(c <= " " or c == "\x7f" for c in target):
+        raise ValueError("the path must not contain spaces or control characters")
+    host, port = _split_authority(authority)
+    return host, port, "/" + target if target.startswith("?") or not target else target
+
+
 def _split_authority(authority: str) -> tuple[str, int]:
     if authority.startswith("["):
         host, bracket, port_text = authority[1:].partition("]")
@@ -305,6 +385,61 @@ def _valid_endpoint(url: str) -> bool:
     return True
 
 
+def _valid_http_url(url: str) -> bool:
+    parse_http_url(url)
+    return True
+
+
+# A key is presented in one Authorization header, which clawproxy.auth caps at 4 KiB.
+MAX_API_KEY_BYTES: Final = 1024
+# Labels end up in logs and metrics: a conservative alphabet keeps them injection-free.
+_KEY_LABEL = re.compile(r"[A-Za-z0-9._@+-]{1,64}")
+
+
+def check_api_key(key: str) -> None:
+    """Raise ValueError unless ``key`` is 1..MAX_API_KEY_BYTES printable ASCII characters
+    with no whitespace. The message never contains the key."""
+    if not key:
+        raise ValueError("the key is empty")
+    if len(key) > MAX_API_KEY_BYTES:
+        raise ValueError(f"the key is longer than {MAX_API_KEY_BYTES} characters")
+    # "!" to "~": printable ASCII minus space, so no whitespace or control characters.
+    if not all("!" <= c <= "~" for c in key):
+        raise ValueError("the key has whitespace, control or non-ASCII characters")
+
+
+def check_key_label(label: str) -> None:
+    """Raise ValueError unless ``label`` is 1-64 of ``A-Z a-z 0-9 . _ @ + -``."""
+    if not _KEY_LABEL.fullmatch(label):
+        raise ValueError("a label is 1 to 64 of the characters A-Z a-z 0-9 . _ @ + -")
+
+
+def _valid_api_key(key: str) -> bool:
+    check_api_key(key)
+    return True
+
+
+def _distinct_keys(keys: tuple[str, ...]) -> bool:
+    first: dict[str, int] = {}
+    for index, key in enumerate(keys):
+        if key in first:
+            raise ValueError(f"entries [{first[key]}] and [{index}] are the same key")
+        first[key] = index
+    return True
+
+
+def _valid_network(text: str) -> bool:
+    try:
+        ipaddress.ip_network(text)
+    except ValueError:
+        try:
+            network = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            return False
+        raise ValueError(f"host bits are set; the network is {network}") from None
+    return True
+
+
 _PORT: Final = _int_range(0, 65535)  # 0 = let the OS pick a free port.
 _NON_EMPTY: Final = Rule("a non-empty string", lambda v: bool(v.strip()))
 _TIMEOUT: Final = Rule("a duration greater than 0, such as '30s'", lambda v: v > 0)
@@ -338,10 +473,56 @@ RULES: Final[dict[str, Rule]] = {
     "gateway.debug_host": _NON_EMPTY,
     "gateway.max_concurrent": _int_at_least(1),
     "gateway.queue_size": _int_at_least(0),
+    "server.heartbeat_interval": Rule("a duration, 0 to disable, such as '15s'", lambda v: v >= 0),
     "gateway.queue_timeout": Rule("null or a duration greater than 0", lambda v: v > 0),
     "logging.level": Rule(f"one of {', '.join(_LOG_LEVELS)}", _LOG_LEVELS.__contains__, str.lower),
     "logging.file": Rule("null (stderr) or a non-empty path", lambda v: bool(v.strip())),
+    "gateway.rate_limit.requests_per_second": Rule("a number >= 0 (0 = off)", lambda v: v >= 0),
+    "gateway.rate_limit.burst": _int_at_least(1),
+    "auth.api_keys": Rule("a list of distinct keys", _distinct_keys),
+    "auth.api_keys_file": Rule("null or a non-empty path", lambda v: bool(v.strip())),
+    "gateway.admin_token": Rule(
+        f"null or 1 to {MAX_API_KEY_BYTES} printable ASCII characters without whitespace",
+        _valid_api_key,
+    ),
+    "gateway.model_keep_alive": Rule(
+        "null (keep loaded) or a duration greater than 0", lambda v: v > 0
+    ),
+    "gateway.model_load_timeout": _TIMEOUT,
+    "gpu.interval": Rule("a duration of at least 10ms", lambda v: v >= 0.01),
+    "alerts.gpu_memory_percent": Rule(
+        "null (off) or a number greater than 0 and at most 100", lambda v: 0 < v <= 100
+    ),
+    "alerts.hysteresis_percent": Rule("a number from 0 to 50", lambda v: 0 <= v <= 50),
+    "alerts.webhook_url": Rule("null or an http://host[:port][/path] URL", _valid_http_url),
+    "alerts.webhook_timeout": _TIMEOUT,
 }
+
+# Rules for each item of a list key, reported as ``key[index]``.
+ITEM_RULES: Final[dict[str, Rule]] = {
+    "server.trusted_proxies": Rule(
+        "an IP address or CIDR network such as '10.0.0.0/8'", _valid_network
+    ),
+    "auth.api_keys": Rule(
+        f"a non-empty string of printable ASCII without whitespace, at most "
+        f"{MAX_API_KEY_BYTES} characters",
+        _valid_api_key,
+    ),
+}
+
+# Keys (and everything under them) whose values may be API keys: errors never show a value.
+# "auth" itself is here because "auth: sk-..." is an easy mistake to make.
+SECRET_KEYS: Final = frozenset({"auth", "auth.api_keys", "gateway.admin_token"})
+
+
+def _rule_for(key: str) -> Rule | None:
+    if key.endswith("]"):
+        return ITEM_RULES.get(key.partition("[")[0])
+    return RULES.get(key)
+
+
+def _is_secret(key: str) -> bool:
+    return key.partition("[")[0] in SECRET_KEYS
 
 
 # ---------------------------------------------------------------------------------------------
@@ -415,10 +596,17 @@ _SCALARS: Final[dict[Any, tuple[str, Callable[[object], bool]]]] = {
 }
 
 
+def _show_for(key: str, value: object) -> str:
+    """``_show``, except that a scalar under a secret key is described, never shown."""
+    if _is_secret(key) and isinstance(value, str | int | float) and not isinstance(value, bool):
+        return f"a {'string' if isinstance(value, str) else 'number'} (not shown: it may be a key)"
+    return _show(value)
+
+
 def _wrong_type(key: str, expect: str, value: object) -> ConfigError:
-    rule = RULES.get(key)
+    rule = _rule_for(key)
     return ConfigError(
-        f"{key}: expected {rule.expect if rule else expect}, got {_show(value)}", key=key
+        f"{key}: expected {rule.expect if rule else expect}, got {_show_for(key, value)}", key=key
     )
 
 
@@ -439,7 +627,7 @@ def _coerce(key: str, hint: Any, kind: str | None, value: object) -> object:
         if not isinstance(value, list | tuple):
             raise _wrong_type(key, "a list", value)
         item_hint = typing.get_args(hint)[0]
-        items = [_coerce(f"{key}[{i}]", item_hint, None, v) for i, v in enumerate(value)]
+        items = [_item(f"{key}[{i}]", item_hint, v) for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if hint not in _SCALARS:
         raise TypeError(f"{key}: the loader does not support the annotation {hint!r}")
@@ -449,9 +637,13 @@ def _coerce(key: str, hint: Any, kind: str | None, value: object) -> object:
     return float(typing.cast(float, value)) if hint is float else value
 
 
+def _item(key: str, hint: Any, raw: object) -> object:
+    return _check(key, raw, _coerce(key, hint, None, raw))
+
+
 def _check(key: str, raw: object, value: object) -> object:
     """Apply the key's rule to a coerced value; ``raw`` is what the user wrote."""
-    rule = RULES.get(key)
+    rule = _rule_for(key)
     if rule is None or value is None:
         return value
     if rule.normalize is not None:
@@ -462,13 +654,23 @@ def _check(key: str, raw: object, value: object) -> object:
     except ValueError as exc:
         ok, reason = False, f" ({exc})"
     if not ok:
-        raise ConfigError(f"{key}: expected {rule.expect}, got {_show(raw)}{reason}", key=key)
+        raise ConfigError(
+            f"{key}: expected {rule.expect}, got {_show_for(key, raw)}{reason}", key=key
+        )
     return value
 
 
 def _unknown_key(prefix: str, name: str, cls: type) -> ConfigError:
     dotted = _join(prefix, name)
     close = difflib.get_close_matches(name, list(_fields(cls)), n=1)
+    if _is_secret(prefix) and not close:
+        # Not a typo of a real key, so perhaps a key pasted in the wrong place: not shown.
+        known = ", ".join(_fields(cls))
+        return ConfigError(
+            f"unknown key under '{prefix}' (name not shown: it may be a key; "
+            f"expected one of {known})",
+            key=prefix,
+        )
     hint = f" (did you mean '{_join(prefix, close[0])}'?)" if close else ""
     what = "key" if prefix else "section"
     return ConfigError(f"unknown {what} '{dotted}'{hint}", key=dotted)
@@ -478,7 +680,9 @@ def _build(cls: type, data: object, prefix: str) -> Any:
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{prefix}: expected a mapping of keys, got {_show(data)}", key=prefix)
+        raise ConfigError(
+            f"{prefix}: expected a mapping of keys, got {_show_for(prefix, data)}", key=prefix
+        )
     fields = _fields(cls)
     for name in data:
         if name not in fields:

@@ -14,8 +14,14 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from .admin import ADMIN
+from .alerts import GpuAlerts
+from .auth import KeyStore
+from .clientaddr import TrustedProxies
 from .config import Config, parse_endpoint
+from .gpu import GpuSampler
 from .logs import ACCESS, access_line
+from .modelctl import ModelControl
+from .ratelimit import RateLimiter
 from .routes import PUBLIC, Router
 from .server import HttpConnection, Phase, Request
 from .state import LiveState
@@ -40,6 +46,16 @@ class Gateway:
         self._idle_drained = asyncio.Event()
         self._admin_server: asyncio.Server | None = None
         self.admin_port = 0
+        # Who may use /v1 and how often (auth.*, gateway.rate_limit, server.trusted_proxies).
+        self.keys = KeyStore.from_config(config.auth)
+        self.limiter = RateLimiter.from_config(config.gateway.rate_limit, clock=self.loop.time)
+        self.trusted = TrustedProxies(config.server.trusted_proxies)
+        # Admin-side Ollama calls (hot load, details) and GPU telemetry with its alerts.
+        self.models = ModelControl(self)
+        alerts = GpuAlerts(config.alerts, self.state, self.loop)
+        self.gpu = GpuSampler(config.gpu, self.state, self.loop, alerts)
+        # Metric label for a path: the routed ones, else "other" (labels must stay bounded).
+        self._endpoints = {path: path.decode("latin-1") for path in PUBLIC.table}
 
     @property
     def pool(self) -> UpstreamPool:
@@ -84,6 +100,7 @@ class Gateway:
             gw.debug_host,
             self.admin_port,
         )
+        self.gpu.start()
         return port
 
     async def _listen(self, router: Router, host: str, port: int) -> asyncio.Server:
@@ -114,6 +131,8 @@ class Gateway:
                 conn.transport.abort()
         if self._pool is not None:
             self._pool.close()
+        self.models.close()
+        await self.gpu.stop()
         for server in (self._server, self._admin_server):
             if server is not None:
                 await server.wait_closed()
@@ -135,9 +154,9 @@ class Gateway:
 
     def request_finished(self, request: Request) -> None:
         now = self.loop.time()
-        state = self.state
-        state.requests[(request.path.decode("latin-1"), request.status)] += 1
-        state.tokens_streamed += request.tokens
+        if request.extra.get("listener") != "admin":
+            endpoint = self._endpoints.get(request.path, "other")
+            self.state.record_request(request, endpoint, now)
         ttft = None if request.first_token_at is None else request.first_token_at - request.started
         ACCESS.info(
             access_line(
@@ -150,6 +169,7 @@ class Gateway:
                 now - request.started,
                 request.tokens,
                 request.outcome,
+                request.extra.get("key", "-"),
             )
         )
         if self.draining:

@@ -43,6 +43,24 @@ def setup_logging(cfg: LoggingConfig) -> logging.Handler:
     return handler
 
 
+def reopen_log_files() -> bool:
+    """Reopen the ``clawproxy`` log file under its configured name (SIGHUP, logrotate).
+
+    Returns False when logging goes to stderr. Raises OSError if the file cannot be
+    opened; the old stream is then kept, so no line is lost.
+    """
+    reopened = False
+    for handler in logging.getLogger("clawproxy").handlers:
+        if isinstance(handler, logging.FileHandler):
+            # Opened as FileHandler opens it (mode "a" unless configured otherwise).
+            stream = open(handler.baseFilename, handler.mode, encoding=handler.encoding)  # noqa: SIM115
+            old = handler.setStream(stream)  # type: ignore[arg-type]
+            if old is not None:
+                old.close()
+            reopened = True
+    return reopened
+
+
 def access_line(
     client: str,
     method: bytes,
@@ -53,10 +71,11 @@ def access_line(
     duration: float,
     tokens: int,
     outcome: str,
+    key: str = "-",
 ) -> str:
     ttft_ms = f"{ttft * 1000:.1f}" if ttft is not None else "-"
     return (
         f'{client} "{escape_path(method)} {escape_path(path)}" {status} model={model} '
         f"ttft_ms={ttft_ms} duration_ms={duration * 1000:.1f} tokens={tokens} "
-        f"outcome={outcome or 'ok'}"
+        f"outcome={outcome or 'ok'} key={key}"
     )

@@ -14,6 +14,7 @@ import orjson
 
 from .chat import chat_completions
 from .errors import MethodNotAllowed, NotFound, UpstreamFailed, UpstreamUnavailable
+from .guard import check_client
 
 if TYPE_CHECKING:
     from .gateway import Gateway, Handler
@@ -37,6 +38,7 @@ async def health(gw: Gateway, request: Request, conn: HttpConnection) -> None:
 
 async def list_models(gw: Gateway, request: Request, conn: HttpConnection) -> None:
     """OpenAI's model list, from Ollama's ``/api/tags``."""
+    check_client(gw, request)
     upstream = await gw.pool.send(b"GET", b"/api/tags", None)
     try:
         body = await upstream.read_body(MAX_TAGS_BYTES)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +14,17 @@ import yaml
 
 from clawproxy.config import (
     CONFIG_ENV_VAR,
+    ITEM_RULES,
     RULES,
+    SECRET_KEYS,
+    AuthConfig,
     Config,
     ConfigError,
     LoggingConfig,
+    RateLimitConfig,
     ServerConfig,
+    check_api_key,
+    check_key_label,
     config_from_mapping,
     config_keys,
     load_config,
@@ -434,11 +441,21 @@ def test_config_keys_walks_every_section() -> None:
     keys = config_keys()
     assert keys[0] == "server.host"
     assert "gateway.queue_timeout" in keys
-    assert len(keys) == sum(len(dataclasses.fields(type(s))) for s in _sections(Config()))
+    assert "gateway.rate_limit.burst" in keys  # Sections nest.
+    assert "gateway.rate_limit" not in keys  # A nested section is not itself a leaf.
+    assert len(keys) == _count_leaves(Config())
 
 
-def _sections(config: Config) -> list[Any]:
-    return [getattr(config, f.name) for f in dataclasses.fields(config)]
+def _count_leaves(section: Any) -> int:
+    values = [getattr(section, f.name) for f in dataclasses.fields(section)]
+    return sum(_count_leaves(v) if dataclasses.is_dataclass(v) else 1 for v in values)
+
+
+def _lookup(data: Any, key: str) -> Any:
+    for name in key.split("."):
+        assert name in data, f"{key} is missing from {EXAMPLE.name}"
+        data = data[name]
+    return data
 
 
 def test_example_file_loads_and_documents_every_key() -> None:
@@ -447,8 +464,7 @@ def test_example_file_loads_and_documents_every_key() -> None:
     assert config == Config(logging=LoggingConfig(file="/var/log/clawproxy.log"))
     data = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
     for key in config_keys():
-        section, name = key.split(".")
-        assert name in data[section], f"{key} is missing from {EXAMPLE.name}"
+        _lookup(data, key)
 
 
 def test_example_file_comments_every_key() -> None:
@@ -463,14 +479,180 @@ def test_example_file_comments_every_key() -> None:
 def test_example_writes_durations_with_units() -> None:
     data = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
     for key in config_keys():
-        section, name = key.split(".")
         kind = _field(key).metadata.get("kind")
-        value = data[section][name]
+        value = _lookup(data, key)
         if kind == "duration" and value is not None:
             assert re.fullmatch(r"\d+(ms|s|m|h)", value), key
 
 
 def _field(key: str) -> dataclasses.Field[object]:
-    section, name = key.split(".")
-    section_type = type(getattr(Config(), section))
-    return next(f for f in dataclasses.fields(section_type) if f.name == name)
+    *sections, name = key.split(".")
+    section: Any = Config()
+    for part in sections:
+        section = getattr(section, part)
+    return next(f for f in dataclasses.fields(section) if f.name == name)
+
+
+# --- auth, rate limit and trusted proxies -------------------------------------------------
+
+CANARY = "sk-CANARY-5f0e2b7d9c"
+
+
+def test_new_defaults() -> None:
+    config = Config()
+    assert config.auth == AuthConfig(api_keys=(), api_keys_file=None)
+    assert config.gateway.rate_limit == RateLimitConfig(requests_per_second=0.0, burst=10)
+    assert config.server.trusted_proxies == ("127.0.0.1", "::1")
+
+
+def test_new_keys_load_from_yaml(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        f"""\
+server: {{trusted_proxies: ["10.0.0.0/8", "fd00::/8", "192.0.2.7"]}}
+gateway:
+  rate_limit: {{requests_per_second: 2.5, burst: 20}}
+auth:
+  api_keys: ["{CANARY}", "second-key"]
+  api_keys_file: /etc/clawproxy/keys
+""",
+    )
+    config = load_config(path, env={})
+    assert config.server.trusted_proxies == ("10.0.0.0/8", "fd00::/8", "192.0.2.7")
+    assert config.gateway.rate_limit == RateLimitConfig(requests_per_second=2.5, burst=20)
+    assert isinstance(config.gateway.rate_limit.requests_per_second, float)
+    assert config.auth.api_keys == (CANARY, "second-key")
+    assert config.auth.api_keys_file == "/etc/clawproxy/keys"
+
+
+def test_nested_section_overrides_and_nulls() -> None:
+    config = config_from_mapping(
+        {"gateway": {"rate_limit": {"burst": 3}}},
+        overrides={"gateway.rate_limit.requests_per_second": 1, "server.trusted_proxies": []},
+    )
+    assert config.gateway.rate_limit == RateLimitConfig(requests_per_second=1.0, burst=3)
+    assert config.server.trusted_proxies == ()
+    assert config_from_mapping({"gateway": {"rate_limit": None}}) == Config()
+    with pytest.raises(ConfigError) as info:
+        config_from_mapping({}, overrides={"gateway.rate_limit.brust": 1})
+    assert "did you mean 'gateway.rate_limit.burst'" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (
+            {"gateway": {"rate_limit": {"requests_per_second": -1}}},
+            "gateway.rate_limit.requests_per_second: expected a number >= 0 (0 = off), got -1",
+        ),
+        (
+            {"gateway": {"rate_limit": {"requests_per_second": "fast"}}},
+            "gateway.rate_limit.requests_per_second: expected a number >= 0",
+        ),
+        (
+            {"gateway": {"rate_limit": {"burst": 0}}},
+            "gateway.rate_limit.burst: expected an integer >= 1, got 0",
+        ),
+        ({"gateway": {"rate_limit": {"burst": True}}}, "gateway.rate_limit.burst: expected an"),
+        ({"gateway": {"rate_limit": 5}}, "gateway.rate_limit: expected a mapping of keys, got 5"),
+        (
+            {"server": {"trusted_proxies": ["127.0.0.1", "nope"]}},
+            "server.trusted_proxies[1]: expected an IP address or CIDR network such as "
+            "'10.0.0.0/8', got 'nope'",
+        ),
+        (
+            {"server": {"trusted_proxies": ["10.0.0.1/8"]}},
+            "server.trusted_proxies[0]: expected an IP address or CIDR network such as "
+            "'10.0.0.0/8', got '10.0.0.1/8' (host bits are set; the network is 10.0.0.0/8)",
+        ),
+        (
+            {"server": {"trusted_proxies": [None]}},
+            "server.trusted_proxies[0]: expected an IP address or CIDR network",
+        ),
+        ({"server": {"trusted_proxies": "127.0.0.1"}}, "server.trusted_proxies: expected a list"),
+        ({"auth": {"api_keys_file": ""}}, "auth.api_keys_file: expected null or a non-empty path"),
+        ({"auth": {"api_key": []}}, "unknown key 'auth.api_key' (did you mean 'auth.api_keys'?)"),
+    ],
+)
+def test_new_key_errors(data: object, expected: str) -> None:
+    assert error_of(data).startswith(expected)
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (
+            {"auth": {"api_keys": ["good-key", f"{CANARY} trailing"]}},
+            "auth.api_keys[1]: expected a non-empty string of printable ASCII without "
+            "whitespace, at most 1024 characters, got a string (not shown: it may be a key) "
+            "(the key has whitespace, control or non-ASCII characters)",
+        ),
+        ({"auth": {"api_keys": [""]}}, "auth.api_keys[0]: expected a non-empty string"),
+        ({"auth": {"api_keys": [CANARY + "\u00e9"]}}, "auth.api_keys[0]: expected a non-empty"),
+        ({"auth": {"api_keys": [CANARY + "\t"]}}, "auth.api_keys[0]: expected a non-empty"),
+        ({"auth": {"api_keys": [CANARY + "x" * 1024]}}, "auth.api_keys[0]: expected a non-empty"),
+        (
+            {"auth": {"api_keys": [CANARY, "other", CANARY]}},
+            "auth.api_keys: expected a list of distinct keys, got a list "
+            "(entries [0] and [2] are the same key)",
+        ),
+        (
+            {"auth": {"api_keys": [4242424242]}},
+            "auth.api_keys[0]: expected a non-empty string of printable ASCII without "
+            "whitespace, at most 1024 characters, got a number (not shown: it may be a key)",
+        ),
+        (
+            {"auth": {"api_keys": CANARY}},
+            "auth.api_keys: expected a list of distinct keys, got a string (not shown",
+        ),
+        ({"auth": CANARY}, "auth: expected a mapping of keys, got a string (not shown"),
+        ({"auth": {CANARY: 1}}, "unknown key under 'auth' (name not shown: it may be a key; "),
+        ({"auth": {"api_keys": [{"key": CANARY}]}}, "auth.api_keys[0]: expected a non-empty"),
+    ],
+)
+def test_auth_errors_never_show_a_key(data: object, expected: str) -> None:
+    message = error_of(data)
+    assert message.startswith(expected)
+    assert "CANARY" not in message
+    assert "4242" not in message
+
+
+def test_auth_errors_from_files_and_overrides_never_show_a_key(tmp_path: Path) -> None:
+    path = write(tmp_path, f'auth:\n  api_keys: ["{CANARY} x"]\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    assert str(info.value).startswith(f"{path}: auth.api_keys[0]: expected a non-empty")
+    assert info.value.key == "auth.api_keys[0]"
+    with pytest.raises(ConfigError) as info:
+        load_config(None, overrides={"auth.api_keys": [CANARY, CANARY]}, env={})
+    assert info.value.from_override
+    assert "CANARY" not in str(info.value)
+
+
+@pytest.mark.parametrize("key", ["!", "~" * 1024, "sk-" + "a1" * 40, 'a"b#c\\d'])
+def test_check_api_key_accepts_printable_ascii(key: str) -> None:
+    check_api_key(key)
+    assert config_from_mapping({"auth": {"api_keys": [key]}}).auth.api_keys == (key,)
+
+
+@pytest.mark.parametrize("label", ["alice", "bot-1", "ci.runner_2", "a@b+c", "x" * 64])
+def test_check_key_label(label: str) -> None:
+    check_key_label(label)
+    for bad in (label + " ", label + "\x1b", "", "x" * 65, label + "/"):
+        with pytest.raises(ValueError, match="a label is 1 to 64 of"):
+            check_key_label(bad)
+
+
+def test_every_item_rule_names_a_list_key() -> None:
+    for key in ITEM_RULES:
+        assert key in config_keys()
+        assert typing.get_origin(_field_hint(key)) in (list, tuple), key
+    assert {"auth", "auth.api_keys"} <= SECRET_KEYS
+
+
+def _field_hint(key: str) -> Any:
+    *sections, name = key.split(".")
+    section: Any = Config()
+    for part in sections:
+        section = getattr(section, part)
+    return typing.get_type_hints(type(section))[name]
