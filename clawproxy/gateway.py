@@ -22,7 +22,7 @@ from .gpu import GpuSampler
 from .logs import ACCESS, access_line
 from .modelctl import ModelControl
 from .ratelimit import RateLimiter
-from .routes import PUBLIC, Router
+from .routes import Router, public_router
 from .server import HttpConnection, Phase, Request
 from .state import LiveState
 from .upstream import UpstreamPool
@@ -55,7 +55,8 @@ class Gateway:
         alerts = GpuAlerts(config.alerts, self.state, self.loop)
         self.gpu = GpuSampler(config.gpu, self.state, self.loop, alerts)
         # Metric label for a path: the routed ones, else "other" (labels must stay bounded).
-        self._endpoints = {path: path.decode("latin-1") for path in PUBLIC.table}
+        self.public = public_router(config)
+        self._endpoints = {path: path.decode("latin-1") for path in self.public.table}
 
     @property
     def pool(self) -> UpstreamPool:
@@ -87,7 +88,7 @@ class Gateway:
     async def start(self) -> int:
         """Listen on ``server.host:server.port`` and the admin port; return the public port."""
         cfg = self.config.server
-        self._server = await self._listen(PUBLIC, cfg.host, cfg.port)
+        self._server = await self._listen(self.public, cfg.host, cfg.port)
         port: int = self._server.sockets[0].getsockname()[1]
         gw = self.config.gateway
         self._admin_server = await self._listen(ADMIN, gw.debug_host, gw.debug_port)

@@ -17,6 +17,7 @@ from .errors import MethodNotAllowed, NotFound, UpstreamFailed, UpstreamUnavaila
 from .guard import check_client
 
 if TYPE_CHECKING:
+    from .config import Config
     from .gateway import Gateway, Handler
     from .server import HttpConnection, Request
 
@@ -107,10 +108,11 @@ class Router:
         await handler(gw, request, conn)
 
 
-PUBLIC = Router(
-    {
+def public_router(config: Config) -> Router:
+    """The public port's routes for this configuration."""
+    table: dict[bytes, dict[bytes, Handler]] = {
         b"/v1/chat/completions": {b"POST": chat_completions},
         b"/v1/models": {b"GET": list_models},
         b"/health": {b"GET": health, b"HEAD": health},
     }
-)
+    return Router(table)
