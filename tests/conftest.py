@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import asyncio
+import logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +13,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from harness import Harness
 
 LOOP_KINDS = ["uvloop", "asyncio"]
+# Messages that mean a task or callback failed where nobody was looking.
+SILENT_FAILURES = ("Task exception was never retrieved", "Exception in callback", "Traceback")
 
 
 @pytest.fixture(params=LOOP_KINDS)
@@ -20,8 +24,27 @@ def loop_kind(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def gw(loop_kind: str) -> Iterator[Harness]:
-    """A gateway on the simulator with default settings, on uvloop and on stock asyncio."""
+def gw(loop_kind: str, caplog: pytest.LogCaptureFixture) -> Iterator[Harness]:
+    """A gateway on the simulator, on uvloop and on stock asyncio.
+
+    After the test, the post-conditions every test must leave behind (RELIABILITY 4): no
+    request active or queued, no client connection open, tasks back to the baseline, no
+    error logged by the gateway or by asyncio.
+    """
+    caplog.set_level(logging.INFO)
     with Harness(loop_kind=loop_kind) as harness:
+        baseline_tasks = harness.read(lambda: len(asyncio.all_tasks()))
         yield harness
+        harness.close_clients()
         assert harness.settled(), "a request was left active or queued"
+        state = harness.gateway.state
+        assert harness.call(lambda: harness.wait_until(lambda: state.connections == 0))
+        assert harness.call(
+            lambda: harness.wait_until(lambda: len(asyncio.all_tasks()) <= baseline_tasks)
+        ), "tasks left running"
+    problems = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno >= logging.ERROR or any(s in r.getMessage() for s in SILENT_FAILURES)
+    ]
+    assert not problems, problems[:3]

@@ -71,9 +71,14 @@ class Harness:
             )
         return self._clients[0]
 
-    def __exit__(self, *exc: object) -> None:
+    def close_clients(self) -> None:
+        """Close the shared openai client (and so its idle keep-alive connection)."""
         for openai_client in self._clients:
             openai_client.close()
+        self._clients.clear()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close_clients()
         try:
             self.call(self._stop)
         finally:
