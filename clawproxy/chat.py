@@ -64,6 +64,8 @@ async def chat_completions(gw: Gateway, request: Request, conn: HttpConnection) 
     check_client(gw, request)
     plan = plan_request(gw, request.body)
     request.model = plan.model
+    # Before admission and before any generation can start (RELIABILITY 3, model allow-list).
+    await gw.catalog.check(plan.model)
     admission = gw.state.admission
     await admission.acquire(gw.queue_timeout)
     try:
@@ -86,16 +88,7 @@ def plan_request(gw: Gateway, body: bytes) -> ChatPlan:
     defaults = gw.config.model
     if defaults.name != gw.state.model:
         defaults = dataclasses.replace(defaults, name=gw.state.model)
-    plan = build_chat_plan(parsed, defaults)
-    allowed = defaults.allowed
-    if allowed and plan.model not in allowed:
-        # Checked before admission and before anything goes upstream.
-        raise NotFound(
-            f"model '{plan.model}' is not available on this gateway",
-            param="model",
-            code="model_not_found",
-        )
-    return plan
+    return build_chat_plan(parsed, defaults)
 
 
 async def open_upstream(gw: Gateway, plan: ChatPlan) -> UpstreamConnection:

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from .admin import ADMIN
 from .alerts import GpuAlerts
 from .auth import KeyStore
+from .catalog import ModelCatalog
 from .clientaddr import TrustedProxies
 from .config import Config, parse_endpoint
 from .gpu import GpuSampler
@@ -50,6 +51,7 @@ class Gateway:
         self.keys = KeyStore.from_config(config.auth)
         self.limiter = RateLimiter.from_config(config.gateway.rate_limit, clock=self.loop.time)
         self.trusted = TrustedProxies(config.server.trusted_proxies)
+        self.catalog = ModelCatalog(self)
         # Admin-side Ollama calls (hot load, details) and GPU telemetry with its alerts.
         self.models = ModelControl(self)
         alerts = GpuAlerts(config.alerts, self.state, self.loop)

@@ -36,7 +36,8 @@ def open_stream(h: Harness, rcvbuf: int | None = None) -> socket.socket:
 
 def test_burst_gets_whole_answers_or_fast_503s() -> None:
     settings = {"gateway.max_concurrent": 2, "gateway.queue_size": 3}
-    tokens = [f" t{n}" for n in range(8)]
+    # Long enough (0.75 s a stream) that all ten arrive while the first two still run.
+    tokens = [f" t{n}" for n in range(30)]
     with Harness(settings, sim_options={"token_rate": 40.0}) as h:
         h.sim.script = lambda _request: Reply(tokens=tokens)
         start = threading.Barrier(10)
