@@ -101,11 +101,12 @@ async def post_json(url: str, body: bytes, timeout: float) -> int:
             while True:
                 event = conn.next_event()
                 if event is h11.NEED_DATA:
-                    conn.receive_data(await reader.read(READ_CHUNK_BYTES))
+                    data = await reader.read(READ_CHUNK_BYTES)
+                    if not data:
+                        raise WebhookError("the receiver closed the connection without answering")
+                    conn.receive_data(data)
                 elif isinstance(event, h11.Response):
                     return event.status_code
-                elif isinstance(event, h11.ConnectionClosed):
-                    raise WebhookError("the receiver closed the connection without answering")
                 # InformationalResponse (100 Continue): keep reading.
         finally:
             writer.close()

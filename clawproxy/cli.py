@@ -12,13 +12,11 @@ import argparse
 import asyncio
 import dataclasses
 import logging
-import os
-import signal
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-from . import __version__
+from . import __version__, signals
 from .config import Config, ConfigError, load_config
 from .gateway import Gateway
 from .logs import setup_logging
@@ -42,6 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--demo",
         action="store_true",
         help="run against the built-in Ollama simulator (no Ollama needed)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N gateway processes on the port (SO_REUSEPORT); limits are split (README)",
     )
     parser.add_argument("--version", action="version", version=f"clawproxy {__version__}")
     return parser
@@ -70,6 +75,10 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as exc:
         print(f"clawproxy: config error: logging.file: {exc.strerror}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
+    if args.workers != 1:
+        from .workers import supervise
+
+        sys.exit(supervise(config, args.workers, demo=args.demo))
     run(serve(config, demo=args.demo))
 
 
@@ -83,7 +92,12 @@ def run(main_coro: Coroutine[Any, Any, None]) -> None:
     uvloop.run(main_coro)
 
 
-async def serve(config: Config, *, demo: bool = False) -> None:
+async def serve(
+    config: Config,
+    *,
+    demo: bool = False,
+    make_gateway: Callable[[Config], Gateway] = Gateway,
+) -> None:
     simulator = None
     if demo:
         from .simulator import OllamaSimulator
@@ -94,7 +108,7 @@ async def serve(config: Config, *, demo: bool = False) -> None:
             config, model=dataclasses.replace(config.model, endpoint=simulator.endpoint)
         )
     try:
-        gateway = Gateway(config)
+        gateway = make_gateway(config)
     except ConfigError as exc:  # the API key file is read here
         print(f"clawproxy: config error: {exc}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
@@ -110,25 +124,12 @@ async def serve(config: Config, *, demo: bool = False) -> None:
     if demo:
         print(demo_banner(port, config.model.name), file=sys.stderr, flush=True)
     stop = asyncio.Event()
-    install_signal_handlers(stop)
+    signals.install(gateway, stop)
     await stop.wait()
     log.info("shutting down: draining for up to %gs", config.server.drain_timeout)
     await gateway.stop()
     if simulator is not None:
         await simulator.close()
-
-
-def install_signal_handlers(stop: asyncio.Event) -> None:
-    loop = asyncio.get_running_loop()
-
-    def on_signal() -> None:
-        if stop.is_set():
-            # A second signal while draining: the operator wants out now.
-            os._exit(1)
-        stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal)
 
 
 def demo_banner(port: int, model: str) -> str:

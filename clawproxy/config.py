@@ -162,6 +162,13 @@ class AlertsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class UiConfig:
+    # The built-in web UI on the public port (/ui, /ui/chat, /ui/internals, /ui/api/stats);
+    # false removes those routes, so they answer 404 like any unknown path.
+    enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -171,6 +178,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     gpu: GpuConfig = field(default_factory=GpuConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    ui: UiConfig = field(default_factory=UiConfig)
 
 
 def queue_timeout_s(config: Config) -> float:

@@ -99,7 +99,8 @@ class GpuSample:
 class NvmlApi(Protocol):
     """The part of ``pynvml`` the reader uses (the module satisfies it; tests fake it)."""
 
-    NVMLError: type[Exception]
+    @property
+    def NVMLError(self) -> type[Exception]: ...  # pynvml spells it so
 
     def nvmlInit(self) -> None: ...
     def nvmlShutdown(self) -> None: ...

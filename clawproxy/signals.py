@@ -54,10 +54,7 @@ def reload(gw: Gateway) -> None:
             log.info("SIGHUP: log file reopened")
     except OSError as exc:
         log.error("SIGHUP: cannot reopen the log file (still writing the old one): %s", exc)
-    # The gateway's KeyStore (clawproxy.auth), when authentication is wired in.
-    keys = getattr(gw, "keys", None)
-    if keys is not None:
-        try:
-            keys.reload()
-        except KeyFileError as exc:
-            log.error("SIGHUP: %s; the old keys stay in force", exc)
+    try:
+        gw.keys.reload()
+    except KeyFileError as exc:
+        log.error("SIGHUP: %s; the old keys stay in force", exc)

@@ -30,6 +30,7 @@ from clawproxy.config import (
     load_config,
     parse_duration,
     parse_endpoint,
+    parse_http_url,
     parse_size,
     queue_timeout_s,
 )
@@ -656,3 +657,80 @@ def _field_hint(key: str) -> Any:
     for part in sections:
         section = getattr(section, part)
     return typing.get_type_hints(type(section))[name]
+
+
+# --- operations: admin token, hot load, GPU telemetry, alerts ------------------------------
+
+
+def test_operations_defaults() -> None:
+    config = Config()
+    assert config.gateway.admin_token is None
+    assert (config.gateway.model_keep_alive, config.gateway.model_load_timeout) == (300.0, 300.0)
+    assert (config.gpu.enabled, config.gpu.interval) == (True, 5.0)
+    assert config.alerts.gpu_memory_percent == 95.0
+    assert config.alerts.hysteresis_percent == 5.0
+    assert config.alerts.webhook_url is None
+
+
+def test_operations_values_load() -> None:
+    config = config_from_mapping(
+        {
+            "gateway": {"admin_token": "tok-1", "model_keep_alive": None},
+            "gpu": {"enabled": False, "interval": "250ms"},
+            "alerts": {
+                "gpu_memory_percent": None,
+                "webhook_url": "http://[::1]:9000/hook?channel=ops",
+                "webhook_timeout": "1s",
+            },
+        }
+    )
+    assert config.gateway.model_keep_alive is None  # keep loaded until unloaded
+    assert (config.gpu.enabled, config.gpu.interval) == (False, 0.25)
+    assert config.alerts.gpu_memory_percent is None
+    assert config.alerts.webhook_timeout == 1.0
+
+
+@pytest.mark.parametrize(
+    ("data", "start"),
+    [
+        ({"gpu": {"interval": "5ms"}}, "gpu.interval: expected a duration of at least 10ms"),
+        ({"gpu": {"enabled": "yes"}}, "gpu.enabled: expected"),
+        ({"alerts": {"gpu_memory_percent": 0}}, "alerts.gpu_memory_percent: expected null (off)"),
+        ({"alerts": {"gpu_memory_percent": 101}}, "alerts.gpu_memory_percent: expected"),
+        ({"alerts": {"hysteresis_percent": 60}}, "alerts.hysteresis_percent: expected"),
+        ({"alerts": {"webhook_url": "https://x/"}}, "alerts.webhook_url: expected null or an"),
+        ({"alerts": {"webhook_url": "http://u:p@x/"}}, "alerts.webhook_url: expected"),
+        ({"gateway": {"model_keep_alive": 0}}, "gateway.model_keep_alive: expected null (keep"),
+        ({"gateway": {"model_load_timeout": 0}}, "gateway.model_load_timeout: expected"),
+    ],
+)
+def test_operations_errors(data: dict[str, Any], start: str) -> None:
+    assert error_of(data).startswith(start)
+
+
+def test_admin_token_is_a_secret() -> None:
+    assert "gateway.admin_token" in SECRET_KEYS
+    for bad in ("has space CANARY", "CANARY\u00e9", ""):
+        message = error_of({"gateway": {"admin_token": bad}})
+        assert message.startswith("gateway.admin_token: expected")
+        assert "CANARY" not in message
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("http://hooks.local/a/b?x=1", ("hooks.local", 80, "/a/b?x=1")),
+        ("http://127.0.0.1:8125", ("127.0.0.1", 8125, "/")),
+        ("http://[::1]:9?q", ("::1", 9, "/?q")),
+    ],
+)
+def test_parse_http_url(url: str, expected: tuple[str, int, str]) -> None:
+    assert parse_http_url(url) == expected
+
+
+@pytest.mark.parametrize(
+    "url", ["https://x/", "ftp://x/", "http://a@x/", "http://x/#f", "http://x/a b", "http:///p"]
+)
+def test_parse_http_url_refuses(url: str) -> None:
+    with pytest.raises(ValueError):
+        parse_http_url(url)
