@@ -93,6 +93,20 @@ class Admission:
                 return
         self.active -= 1
 
+    def shed(self) -> int:
+        """Shutting down: every queued request gets 503 now. Returns how many."""
+        shed = 0
+        while self._queue:
+            waiter = self._queue.popleft()
+            if not waiter.done():
+                self.waiting -= 1
+                self.rejected["shutting_down"] += 1
+                waiter.set_exception(
+                    overloaded("the gateway is shutting down; retry shortly", "shutting_down")
+                )
+                shed += 1
+        return shed
+
     async def _wait(self, timeout: float) -> None:
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()

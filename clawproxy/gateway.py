@@ -23,12 +23,15 @@ from .gpu import GpuSampler
 from .logs import ACCESS, access_line
 from .modelctl import ModelControl
 from .ratelimit import RateLimiter
+from .reframe import error_event
 from .routes import Router, public_router
 from .server import HttpConnection, Phase, Request
 from .state import LiveState
 from .upstream import UpstreamPool
 
 log = logging.getLogger("clawproxy")
+
+SHUTDOWN_EVENT = error_event("the gateway is shutting down; the reply was cut", "shutting_down")
 
 Handler = Callable[["Gateway", Request, HttpConnection], Awaitable[None]]
 
@@ -122,6 +125,8 @@ class Gateway:
         for conn in list(self._connections):
             if conn.phase is Phase.IDLE and conn.transport is not None:
                 conn.transport.close()
+        # Queued requests would outlive the drain: refuse them now, while they can retry.
+        self.state.admission.shed()
         deadline = self.loop.time() + timeout
         while self._connections and self.loop.time() < deadline:
             self._idle_drained.clear()
@@ -129,6 +134,11 @@ class Gateway:
                 await asyncio.wait_for(self._idle_drained.wait(), deadline - self.loop.time())
             except TimeoutError:
                 break
+        # Past the deadline: streams end with an error event, the rest with a 503 or a close.
+        for conn in list(self._connections):
+            conn.interrupt(SHUTDOWN_EVENT)
+        if self._connections:
+            await asyncio.sleep(0)
         for conn in list(self._connections):
             if conn.transport is not None:
                 conn.transport.abort()

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, cast
 
 import h11
 
-from .errors import GatewayError, error_body
+from .errors import GatewayError, Overloaded, error_body
 from .flow import WRITE_HIGH_WATER_BYTES, WRITE_LOW_WATER_BYTES, FlowControl
 
 if TYPE_CHECKING:
@@ -288,6 +288,11 @@ class HttpConnection(asyncio.Protocol):
         except GatewayError as exc:
             self._fail(request, exc)
         except asyncio.CancelledError:
+            if self.gw.draining and not self.closed and not self.response_started:
+                # Cut by the drain deadline, not by the client: say so while we can.
+                self._fail(
+                    request, Overloaded("the gateway is shutting down", code="shutting_down")
+                )
             request.outcome = request.outcome or "client_abort"
             request.status = request.status if self.response_started else 499
             raise
@@ -357,6 +362,18 @@ class HttpConnection(asyncio.Protocol):
             return
         assert self.transport is not None
         self.transport.write(self.h11.send(h11.EndOfMessage()) or b"")
+
+    def interrupt(self, stream_event: bytes) -> None:
+        """The drain deadline passed: end whatever this connection is doing, now."""
+        task = self._task
+        if task is None or task.done():
+            self._close()
+            return
+        if self.response_started and self._chunked:
+            # A stream: tell the client why it ends, so it never looks complete.
+            self.write(stream_event)
+            self.cut_stream()
+        task.cancel()
 
     def cut_stream(self) -> None:
         """End a failed stream: flush what was written, then close without the last chunk."""
