@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -46,7 +46,6 @@ if TYPE_CHECKING:
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
 # Binding to every address is not a name a client uses: it never widens the allow-list.
 WILDCARD_HOSTS = frozenset({"0.0.0.0", "[::]"})
-ADMIN_LISTENER = "admin"
 
 
 class Forbidden(GatewayError):
@@ -128,7 +127,8 @@ class AdminRouter(Router):
     """The route table behind the access checks (every admin request passes them)."""
 
     async def handle(self, gw: Gateway, request: Request, conn: HttpConnection) -> None:
-        request.extra["listener"] = ADMIN_LISTENER
+        # Operators' scrapes are not traffic: keep them out of the request metrics.
+        request.counted = False
         check_access(gw, request)
         await super().handle(gw, request, conn)
 
@@ -150,11 +150,17 @@ async def metrics(gw: Gateway, request: Request, conn: HttpConnection) -> None:
     conn.send(request, 200, text, content_type=METRICS_CONTENT_TYPE)
 
 
-async def stats(gw: Gateway, request: Request, conn: HttpConnection) -> None:
-    """One JSON snapshot for the UI (no prompt text, no client addresses)."""
+def stats_body(gw: Gateway) -> dict[str, Any]:
+    """The snapshot shared by admin ``/stats`` and the UI: no prompt text, no addresses."""
     body = gw.state.stats(gw.loop.time())
     body["status"] = "draining" if gw.draining else "ok"
     body["version"] = __version__
+    return body
+
+
+async def stats(gw: Gateway, request: Request, conn: HttpConnection) -> None:
+    """One JSON snapshot for dashboards, with the (cached) model details."""
+    body = stats_body(gw)
     body["model_details"] = await gw.models.details()
     conn.send(request, 200, orjson.dumps(body))
 

@@ -167,7 +167,7 @@ class Gateway:
 
     def request_finished(self, request: Request) -> None:
         now = self.loop.time()
-        if request.extra.get("listener") != "admin":
+        if request.counted:
             endpoint = self._endpoints.get(request.path, "other")
             self.state.record_request(request, endpoint, now)
         ttft = None if request.first_token_at is None else request.first_token_at - request.started

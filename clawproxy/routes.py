@@ -115,4 +115,10 @@ def public_router(config: Config) -> Router:
         b"/v1/models": {b"GET": list_models},
         b"/health": {b"GET": health, b"HEAD": health},
     }
+    if config.ui.enabled:
+        # Imported here: ui imports admin, which imports this module; and a gateway with the
+        # UI off never reads its files.
+        from .ui import ui_routes
+
+        table.update(ui_routes())
     return Router(table)

@@ -81,6 +81,8 @@ class Request:
     first_token_at: float | None = None
     tokens: int = 0
     outcome: str = ""
+    # False for dashboards and scrapes (admin port, UI data): not counted as traffic.
+    counted: bool = True
     extra: dict[str, str] = field(default_factory=dict)
 
     def header(self, name: bytes) -> bytes | None:

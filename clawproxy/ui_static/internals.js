@@ -1,0 +1,110 @@
+// The internals page: model details, GPUs and the last requests, from /ui/api/stats every 2 s.
+// Every value is written as text (el() / textContent).
+
+import {byId, el, fmtBytes, fmtClock, fmtMs, fmtNumber, getJson, poll} from './common.js';
+
+const POLL_MS = 2000;
+
+function facts(target, rows) {
+  target.replaceChildren(...rows.flatMap(([name, value]) => [
+    el('dt', {text: name}),
+    el('dd', {text: value === null || value === undefined || value === '' ? '–' : String(value)}),
+  ]));
+}
+
+function loadedText(model) {
+  if (!Array.isArray(model.loaded)) return 'unknown (Ollama did not say)';
+  const entry = model.loaded.find((m) => m.name === model.name);
+  if (!entry) return model.loaded.length ? `no (loaded: ${model.loaded.map((m) => m.name).join(', ')})` : 'no';
+  const until = entry.expires_at ? ` · until ${new Date(entry.expires_at).toLocaleString('en-GB')}` : '';
+  return `yes · ${fmtBytes(entry.size_vram)} VRAM of ${fmtBytes(entry.size)}${until}`;
+}
+
+function renderModel(model) {
+  const details = model.details || {};
+  const running = (model.loaded || []).find((m) => m.name === model.name);
+  const context = [
+    model.context_length ? `${fmtNumber(model.context_length)} (model)` : null,
+    running?.context_length ? `${fmtNumber(running.context_length)} (loaded)` : null,
+  ].filter(Boolean).join(' · ');
+  const rows = [
+    ['Name', model.name],
+    ['Family', details.family],
+    ['Parameters', [details.parameter_size, model.parameter_count ? fmtNumber(model.parameter_count) : null]
+      .filter(Boolean).join(' · ')],
+    ['Quantisation', details.quantization_level],
+    ['Format', details.format],
+    ['Context length', context],
+    ['Capabilities', (model.capabilities || []).join(', ')],
+    ['Loaded', loadedText(model)],
+  ];
+  if (model.error) rows.push(['Ollama', model.error]);
+  facts(byId('model-facts'), rows);
+}
+
+function renderGpus(gpu) {
+  const target = byId('gpus');
+  if (!gpu.available) {
+    target.replaceChildren(el('p', {class: 'muted', id: 'no-gpu'},
+      `No GPU telemetry${gpu.reason ? `: ${gpu.reason}` : '.'}`));
+    return;
+  }
+  const rows = gpu.gpus.map((g) => el('tr', {},
+    el('td', {text: `${g.index}: ${g.name}`}),
+    el('td', {},
+      el('div', {class: 'meter', title: `${g.memory_percent}%`},
+        el('span', {'data-percent': g.memory_percent})),
+      `${fmtBytes(g.memory_used_bytes)} / ${fmtBytes(g.memory_total_bytes)}`),
+    el('td', {class: 'num', text: g.utilization_percent === null ? '–' : `${g.utilization_percent}%`})));
+  const table = el('table', {},
+    el('thead', {}, el('tr', {}, el('th', {text: 'GPU'}), el('th', {text: 'Memory'}),
+      el('th', {class: 'num', text: 'Utilisation'}))),
+    el('tbody', {}, ...rows));
+  // Bar widths go through the CSSOM: the CSP refuses inline style attributes.
+  for (const bar of table.querySelectorAll('[data-percent]')) bar.style.width = `${bar.dataset.percent}%`;
+  target.replaceChildren(table);
+}
+
+function renderRecent(recent) {
+  const rows = recent.map((r) => {
+    const bad = r.status >= 400 || r.outcome !== 'ok';
+    return el('tr', {},
+      el('td', {text: fmtClock(r.time)}),
+      el('td', {class: 'mono', text: r.endpoint}),
+      el('td', {text: r.model}),
+      el('td', {class: `num ${bad ? 'status-bad' : 'status-ok'}`, text: r.status}),
+      el('td', {text: r.outcome}),
+      el('td', {class: 'num', text: fmtMs(r.ttft_ms)}),
+      el('td', {class: 'num', text: fmtMs(r.duration_ms)}),
+      el('td', {class: 'num', text: fmtNumber(r.tokens)}));
+  });
+  if (!rows.length) {
+    rows.push(el('tr', {}, el('td', {colspan: 8, class: 'muted', text: 'No requests yet.'})));
+  }
+  byId('recent').tBodies[0].replaceChildren(...rows);
+}
+
+function joinCounts(counts) {
+  const entries = Object.entries(counts || {});
+  return entries.length ? entries.map(([k, v]) => `${k} ${fmtNumber(v)}`).join(', ') : 'none';
+}
+
+function renderCounters(s) {
+  facts(byId('counters'), [
+    ['Admitted', fmtNumber(s.admitted)],
+    ['Rejected', joinCounts(s.rejected)],
+    ['Refused', joinCounts(s.refused)],
+    ['Upstream errors', joinCounts(s.upstream_errors)],
+    ['Tokens streamed', fmtNumber(s.tokens_streamed)],
+    ['Alerts', joinCounts(s.alerts)],
+    ['Gateway', `${s.status} · v${s.version}`],
+  ]);
+}
+
+poll(async () => {
+  const s = await getJson('/ui/api/stats');
+  renderModel(s.model_details || {name: s.model});
+  renderGpus(s.gpu);
+  renderRecent(s.recent);
+  renderCounters(s);
+}, POLL_MS);
