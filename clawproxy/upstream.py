@@ -305,12 +305,20 @@ class UpstreamConnection(asyncio.Protocol):
         try:
             sink(data)
         except GatewayError as exc:
-            self._fail(exc)
+            self._sink_failed(exc)
         except Exception as exc:  # a bug in a sink must not kill the event loop callback
             log.exception("body sink failed")
-            self._fail(
-                UpstreamFailed(f"internal error while relaying the reply: {type(exc).__name__}")
-            )
+            name = type(exc).__name__
+            self._sink_failed(UpstreamFailed(f"internal error while relaying the reply: {name}"))
+
+    def _sink_failed(self, exc: GatewayError) -> None:
+        done = self._done
+        if done is not None and done.done() and not done.cancelled() and not done.exception():
+            # The whole body had arrived before the sink saw it (a short reply buffered with
+            # the head): the exchange "completed", but what it carried is a failure.
+            self._done = self._loop.create_future()
+            self.complete = False
+        self._fail(exc)
 
     def _finish_exchange(self) -> None:
         self._cancel_watchdog()

@@ -124,6 +124,8 @@ def test_failure_mid_stream_is_an_error_event_without_done(gw: Harness, fault: F
     assert all(c.choices[0].finish_reason is None for c in received if c.choices)
     if fault.error_line_after:
         assert "error was encountered while running the model" in info.value.message
+    # Counted once as an upstream error, whatever the read boundaries were.
+    assert sum(gw.read(lambda: dict(gw.gateway.state.upstream_errors)).values()) == 1
 
 
 def test_cut_stream_has_no_done_and_no_final_chunk(gw: Harness) -> None:
