@@ -190,6 +190,10 @@ async def stream_reply(
     try:
         await upstream.stream_body(sink)
         tail = reframer.eof()
+        if reframer.error is not None:
+            # A clean end of the body without Ollama's done line: the answer was cut.
+            request.outcome = "upstream_unavailable"
+            gw.state.upstream_errors["upstream_unavailable"] += 1
     except GatewayError as exc:
         tail = reframer.fail(exc.message, exc.code or "upstream_error")
         request.outcome = exc.code or "upstream_error"
