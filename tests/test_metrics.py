@@ -237,7 +237,8 @@ def test_metrics_match_the_traffic(gw: Harness) -> None:
     assert inf == 6
     assert value(samples, "clawproxy_rejections_total", reason="queue_full") == 1
     assert value(samples, "clawproxy_requests_total", endpoint=chat, model=model, status="502") == 1
-    assert value(samples, "clawproxy_upstream_errors_total", kind="upstream_error") == 1
+    # The mid-stream error line and the 500 before the stream.
+    assert value(samples, "clawproxy_upstream_errors_total", kind="upstream_error") == 2
     assert value(samples, "clawproxy_active_requests") == 0
     assert value(samples, "clawproxy_queued_requests") == 0
     assert value(samples, "clawproxy_max_concurrent") == 1
