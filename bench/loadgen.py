@@ -1,0 +1,270 @@
+"""The load generator: N concurrent streaming requests, timed per token, in one process.
+
+    python -m bench.loadgen --port P --format sse --streams 100 --tokens 200 --ramp 1
+
+Theory of operation: one uvloop event loop, one ``asyncio.Protocol`` per stream and one
+connection per stream (``Connection: close``), the request pre-rendered once. Stream i
+connects at ``start + i * ramp / N``, so every path sees the same arrivals. Each read goes
+through ``httpwire`` (de-chunking, line split, token count) inside ``data_received``; no
+task switch and no HTTP library per token, so the generator stays cheap (its own CPU per
+token is reported next to the others to prove it).
+
+What is measured, on the loop's monotonic clock:
+
+* TTFT: from writing the request to the read that carried the first token.
+* Inter-token gap: time between the reads that carried consecutive tokens of one stream;
+  a read carrying k tokens contributes one gap and k - 1 zeros, which is what a client sees.
+* Tokens delivered, in order (the simulator numbers them), and whether each stream ended
+  properly (its end line and the final chunk), else why not.
+
+The result is one JSON object on stdout (percentiles already taken), so the runner never
+parses anything else. A stream that has not ended by the deadline is aborted and counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import sys
+import time
+from array import array
+from collections.abc import Sequence
+from typing import Any, cast
+
+from .httpwire import NDJSON_END, SSE_END, ResponseReader, TokenScanner, WireError
+
+# The model the simulator's catalog and the gateway's default agree on.
+MODEL = "qwen3:32b"
+# Beyond the slowest expected stream, how long the run may take before streams are aborted.
+DEADLINE_SLACK_S = 30.0
+# Socket errors that end a stream (and are counted), never the run.
+CONNECT_ERRORS = (OSError, asyncio.TimeoutError)
+
+
+def build_request(fmt: str, host: str, port: int, tokens: int) -> bytes:
+    """The one request every stream sends: Ollama's /api/chat (ndjson) or OpenAI's (sse).
+
+    ``tokens`` is asked for explicitly (num_predict / max_tokens), so the count does not
+    depend on the simulator's default.
+    """
+    messages = [{"role": "user", "content": "Count for me."}]
+    if fmt == "sse":
+        path = "/v1/chat/completions"
+        payload: dict[str, Any] = {
+            "model": MODEL,
+            "messages": messages,
+            "stream": True,
+            "max_tokens": tokens,
+        }
+    else:
+        path = "/api/chat"
+        payload = {
+            "model": MODEL,
+            "messages": messages,
+            "stream": True,
+            "options": {"num_predict": tokens},
+        }
+    body = json.dumps(payload, separators=(",", ":")).encode()
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+        f"Accept: */*\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+class Run:
+    """Shared by every stream of one run: the request, the clock and the tallies."""
+
+    def __init__(self, request: bytes, end_marker: bytes, streams: int) -> None:
+        self.request = request
+        self.end_marker = end_marker
+        self.streams = streams
+        self.clock = time.monotonic
+        self.ttfts = array("d")
+        self.gaps = array("d")
+        self.outcomes: collections.Counter[str] = collections.Counter()
+        self.tokens = 0
+        self.out_of_order = 0
+        self.first_sent = 0.0
+        self.last_token = 0.0
+        self.open: set[StreamClient] = set()
+        self.finished = 0
+        self.all_done: asyncio.Future[None] | None = None
+
+    def stream_ended(self, client: StreamClient, outcome: str) -> None:
+        self.open.discard(client)
+        self.outcomes[outcome] += 1
+        scanner = client.scanner
+        self.tokens += scanner.tokens
+        self.out_of_order += scanner.out_of_order
+        self.finished += 1
+        done = self.all_done
+        if self.finished == self.streams and done is not None and not done.done():
+            done.set_result(None)
+
+
+class StreamClient(asyncio.Protocol):
+    """One streaming request on its own connection."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self.reader = ResponseReader()
+        self.scanner = TokenScanner(run.end_marker)
+        self.transport: asyncio.Transport | None = None
+        self.sent_at = 0.0
+        self.last_at = 0.0
+        self.ended = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.run.open.add(self)
+        self.sent_at = self.run.clock()
+        if not self.run.first_sent:
+            self.run.first_sent = self.sent_at
+        self.transport.write(self.run.request)
+
+    def data_received(self, data: bytes) -> None:
+        if self.ended:
+            return
+        try:
+            body = self.reader.feed(data)
+        except WireError as exc:
+            self._end(f"bad_http: {exc}")
+            return
+        if body:
+            found = self.scanner.feed(body)
+            if found:
+                now = self.run.clock()
+                run = self.run
+                if self.last_at:
+                    run.gaps.append(now - self.last_at)
+                else:
+                    run.ttfts.append(now - self.sent_at)
+                for _ in range(found - 1):
+                    run.gaps.append(0.0)
+                self.last_at = now
+                run.last_token = now
+        if self.reader.done:
+            if self.reader.status != 200:
+                self._end(f"http_{self.reader.status}")
+            elif self.scanner.ended:
+                self._end("complete")
+            else:
+                self._end("no_end_line")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.ended:
+            status = self.reader.status
+            self._end(f"http_{status}_cut" if status else "closed_before_head")
+
+    def _end(self, outcome: str) -> None:
+        self.ended = True
+        if self.transport is not None:
+            self.transport.close()
+        self.run.stream_ended(self, outcome)
+
+    def abort(self) -> None:
+        if not self.ended:
+            self._end("timeout")
+            if self.transport is not None:
+                self.transport.abort()
+
+
+async def drive(args: argparse.Namespace) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    end = SSE_END if args.format == "sse" else NDJSON_END
+    run = Run(build_request(args.format, args.host, args.port, args.tokens), end, args.streams)
+    all_done: asyncio.Future[None] = loop.create_future()
+    run.all_done = all_done
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def connect() -> None:
+        try:
+            await loop.create_connection(lambda: StreamClient(run), args.host, args.port)
+        except CONNECT_ERRORS as exc:
+            name = type(exc).__name__
+            run.outcomes[f"connect_{name}"] += 1
+            run.finished += 1
+            if run.finished == run.streams and not all_done.done():
+                all_done.set_result(None)
+
+    def launch() -> None:
+        task = loop.create_task(connect())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    cpu0 = time.process_time()
+    start = loop.time() + 0.01
+    step = args.ramp / args.streams
+    for i in range(args.streams):
+        loop.call_at(start + i * step, launch)
+    try:
+        await asyncio.wait_for(all_done, args.deadline)
+    except TimeoutError:
+        for client in list(run.open):
+            client.abort()
+        for task in tasks:
+            task.cancel()
+        # Streams that never connected are not "open": count them as timed out too.
+        run.outcomes["timeout_not_connected"] += run.streams - run.finished
+    cpu = time.process_time() - cpu0
+    # Let aborted transports close before the loop goes.
+    await asyncio.sleep(0)
+    return summarize(run, args, cpu)
+
+
+def percentile(values: Sequence[float], fraction: float) -> float | None:
+    """Nearest-rank percentile of an already sorted sequence; None when empty."""
+    if not values:
+        return None
+    index = min(len(values) - 1, max(0, round(fraction * len(values) + 0.5) - 1))
+    return values[index]
+
+
+def summarize(run: Run, args: argparse.Namespace, cpu_s: float) -> dict[str, Any]:
+    ttfts = sorted(run.ttfts)
+    gaps = sorted(run.gaps)
+    span = run.last_token - run.first_sent if run.last_token else 0.0
+    return {
+        "streams": args.streams,
+        "completed": run.outcomes.get("complete", 0),
+        "outcomes": dict(run.outcomes),
+        "tokens": run.tokens,
+        "expected_tokens": args.streams * args.tokens,
+        "out_of_order": run.out_of_order,
+        "ttft_p50_s": percentile(ttfts, 0.50),
+        "ttft_p99_s": percentile(ttfts, 0.99),
+        "gap_p50_s": percentile(gaps, 0.50),
+        "gap_p99_s": percentile(gaps, 0.99),
+        "gap_max_s": gaps[-1] if gaps else None,
+        "span_s": span,
+        "tokens_per_s": run.tokens / span if span > 0 else 0.0,
+        "loadgen_cpu_s": cpu_s,
+    }
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.loadgen", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--format", choices=("ndjson", "sse"), required=True)
+    parser.add_argument("--streams", type=int, default=1)
+    parser.add_argument("--tokens", type=int, default=200)
+    parser.add_argument("--ramp", type=float, default=1.0, help="seconds over which to start")
+    parser.add_argument("--deadline", type=float, default=120.0, help="seconds, then abort")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    import uvloop
+
+    result = uvloop.run(drive(args))
+    json.dump(result, sys.stdout)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,401 @@
+"""The benchmark command: ``python -m bench`` (options: ``python -m bench --help``).
+
+Theory of operation
+-------------------
+For each load (N concurrent streams of T tokens, paced at R tokens/s per stream like a
+model, or unpaced), the three paths run in turns, one right after the other:
+
+    direct   load generator -> simulator                  (Ollama's NDJSON)
+    nginx    load generator -> nginx -> simulator         (NDJSON relayed unchanged)
+    gateway  load generator -> clawproxy -> simulator     (re-framed into OpenAI SSE)
+
+Each run starts its own simulator, middle process and load generator (``services``), so
+they are separate processes on their own cores and no run inherits another's state. The
+load generator reports tokens (in order, counted in the format it reads), TTFT and gaps;
+around it the runner reads the CPU time of the middle process tree and of the simulator
+(``proctree``), and the middle's RSS just after start and its peak. CPU per token is the
+middle's CPU during the load divided by the tokens the client actually got.
+
+Only runs of the same invocation are compared (added TTFT and gap against the direct run
+of the same load, CPU against the nginx run of the same load): the machine is shared and
+figures drift between invocations. The simulator's own CPU is shown for every run; where
+it nears a full core it is the bottleneck, and "tokens got/expected" says if anything was
+lost. ``--profile`` adds one more gateway run under py-spy (kept out of the table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import profile, report
+from .proctree import cpu_seconds, cpu_ticks_seconds, peak_rss_bytes, rss_bytes, schedstat_available
+from .report import MIB, RunResult
+from .services import (
+    REPO,
+    Service,
+    ServiceError,
+    nginx_path,
+    nginx_version,
+    raise_fd_limit,
+    simulator_stats,
+    start_gateway,
+    start_nginx,
+    start_simulator,
+)
+
+PATHS = ("direct", "nginx", "gateway")
+BIG_STREAMS = 5000
+# The short-request load starts streams at this rate: busy, yet under a core's worth of
+# request handling in every middle process.
+SHORT_ARRIVALS_PER_S = 250.0
+# The warm-up stream before each measured load: enough to import, connect and JIT nothing.
+WARM_UP_TOKENS = 2
+BENCH_DIR = Path(__file__).resolve().parent
+# A client aborts a run that has not ended this long after its slowest stream should have.
+DEADLINE_SLACK_S = 30.0
+# Extra time the runner gives the load generator process beyond its own deadline.
+LOADGEN_EXIT_SLACK_S = 30.0
+
+
+@dataclass(frozen=True)
+class Load:
+    streams: int
+    rate: float  # tokens/s per stream; 0 = as fast as the simulator goes
+    # Overrides of the run's --tokens and --arrivals (the short-request load uses both).
+    tokens: int | None = None
+    arrivals: float | None = None
+
+    @property
+    def label(self) -> str:
+        if self.tokens == 1:
+            return f"{self.streams} x 1 token"
+        return f"{self.streams} @ {self.rate:g}/s" if self.rate > 0 else f"{self.streams} unpaced"
+
+    @property
+    def slug(self) -> str:
+        if self.tokens == 1:
+            return f"{self.streams}x1token"
+        return f"{self.streams}x{self.rate:g}" if self.rate > 0 else f"{self.streams}xmax"
+
+
+@dataclass(frozen=True)
+class Settings:
+    out: Path
+    tokens: int
+    arrivals: float
+    workers: int
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Streaming load through direct, nginx and clawproxy paths, side by side.",
+    )
+    ints = _int_list
+    parser.add_argument("--paced", type=ints, default=[1, 100, 200, 1000], help="stream counts")
+    parser.add_argument("--rate", type=float, default=20.0, help="paced tokens/s per stream")
+    parser.add_argument("--unpaced", type=ints, default=[1, 100], help="stream counts, unpaced")
+    parser.add_argument(
+        "--max-total-rate",
+        type=float,
+        default=10_000.0,
+        help="cap on streams x rate: big paced loads run slower per stream (2 cores)",
+    )
+    parser.add_argument("--big", action="store_true", help="add 5000 paced streams (slow)")
+    parser.add_argument(
+        "--short", type=int, default=1000, help="one-token streams: per-request cost (0: skip)"
+    )
+    parser.add_argument("--tokens", type=int, default=200, help="tokens per stream")
+    parser.add_argument("--paths", default=",".join(PATHS), help="subset of " + ",".join(PATHS))
+    parser.add_argument("--workers", type=int, default=1, help="gateway --workers")
+    parser.add_argument(
+        "--arrivals", type=float, default=1000.0, help="new streams per second (the ramp)"
+    )
+    parser.add_argument("--profile", action="store_true", help="py-spy the gateway afterwards")
+    parser.add_argument(
+        "--profile-streams", type=int, default=0, help="load to profile (default: largest paced)"
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny load, for the smoke test")
+    parser.add_argument("--out", type=Path, help="raw outputs (default bench/out)")
+    parser.add_argument("--results", type=Path, help="RESULTS.md to write")
+    parser.add_argument("--chart", type=Path, help="PNG chart to write")
+    parser.add_argument(
+        "--limit-check", action="store_true", help="workers vs max_concurrent instead (limits.py)"
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.paced, args.unpaced, args.tokens, args.rate, args.big = [3], [2], 10, 50.0, False
+        args.short = 3
+        args.profile = False
+    default_out = BENCH_DIR / "out" / ("quick" if args.quick else "full")
+    args.out = (args.out or default_out).resolve()
+    # A quick or custom run must not overwrite the published results.
+    published = not args.quick and args.out == default_out
+    args.results = args.results or (
+        BENCH_DIR / "RESULTS.md" if published else args.out / "RESULTS.md"
+    )
+    args.chart = args.chart or (
+        BENCH_DIR / "results.png" if published else args.out / "results.png"
+    )
+    return args
+
+
+def _int_list(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part.strip()]
+
+
+def paced_rate(args: argparse.Namespace, streams: int) -> float:
+    """Tokens/s per stream: ``--rate``, lowered so that all streams together stay under
+    ``--max-total-rate`` (the simulator costs tens of µs per token, on shared cores)."""
+    rate: float = min(args.rate, args.max_total_rate / streams)
+    return rate
+
+
+def plan(args: argparse.Namespace) -> list[Load]:
+    counts = [*args.paced, *([BIG_STREAMS] if args.big else [])]
+    loads = [Load(n, paced_rate(args, n)) for n in counts]
+    loads += [Load(n, 0.0) for n in args.unpaced]
+    if args.short:
+        # One-token streams: what a request costs apart from its tokens.
+        loads.append(Load(args.short, 0.0, tokens=1, arrivals=SHORT_ARRIVALS_PER_S))
+    return loads
+
+
+def run_loadgen(settings: Settings, load: Load, port: int, fmt: str) -> dict[str, object]:
+    tokens = load.tokens or settings.tokens
+    ramp = load.streams / (load.arrivals or settings.arrivals) if load.streams > 1 else 0.0
+    stream_s = tokens / load.rate if load.rate > 0 else 0.0
+    deadline = ramp + 3 * stream_s + DEADLINE_SLACK_S
+    cmd = [sys.executable, "-m", "bench.loadgen", "--port", str(port), "--format", fmt]
+    cmd += ["--streams", str(load.streams), "--tokens", str(tokens)]
+    cmd += ["--ramp", f"{ramp:.3f}", "--deadline", f"{deadline:.1f}"]
+    done = subprocess.run(
+        cmd,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=deadline + LOADGEN_EXIT_SLACK_S,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        check=False,
+    )
+    if done.returncode != 0 or not done.stdout.strip():
+        raise ServiceError(f"load generator failed ({done.returncode}): {done.stderr[-2000:]}")
+    result: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def _ms(value: object) -> float | None:
+    return None if value is None else float(value) * 1000.0  # type: ignore[arg-type]
+
+
+def _per_token(seconds: float, tokens: int) -> float | None:
+    return seconds / tokens * 1e6 if tokens else None
+
+
+def run_one(settings: Settings, load: Load, path: str, spy: Path | None = None) -> RunResult:
+    """One path under one load, with fresh processes; ``spy``: record a py-spy profile."""
+    run_dir = settings.out / f"{load.slug}-{path}"
+    sim = start_simulator(run_dir, load.rate, load.tokens or settings.tokens)
+    middle: Service | None = None
+    sim_stats: dict[str, int] = {}
+    try:
+        if path == "nginx":
+            middle = start_nginx(run_dir, sim.port, load.streams)
+        elif path == "gateway":
+            middle = start_gateway(run_dir, sim.port, settings.workers)
+        idle_rss = rss_bytes(middle.pid) if middle else None
+        port = middle.port if middle else sim.port
+        fmt = "sse" if path == "gateway" else "ndjson"
+        # One stream first, unmeasured: one-time costs (lazy imports, the first upstream
+        # connection, thread pools) are start-up, not per-request latency.
+        warm = Settings(settings.out, WARM_UP_TOKENS, settings.arrivals, settings.workers)
+        run_loadgen(warm, Load(1, load.rate), port, fmt)
+        spy_proc = profile.record(middle.pid, spy, settings.workers > 1) if spy and middle else None
+        mid0 = (cpu_seconds(middle.pid), cpu_ticks_seconds(middle.pid)) if middle else (0.0, 0.0)
+        sim0 = cpu_seconds(sim.pid)
+        started = time.monotonic()
+        lg = run_loadgen(settings, load, port, fmt)
+        wall = time.monotonic() - started
+        sim_cpu = cpu_seconds(sim.pid) - sim0
+        mid_cpu = mid_ticks = None
+        peak = None
+        if middle:
+            mid_cpu = cpu_seconds(middle.pid) - mid0[0]
+            mid_ticks = cpu_ticks_seconds(middle.pid) - mid0[1]
+            peak = peak_rss_bytes(middle.pid)
+        if spy_proc is not None:
+            profile.stop(spy_proc)
+    finally:
+        if middle is not None:
+            middle.stop()
+        sim_stats = simulator_stats(sim)
+    tokens = int(lg["tokens"])  # type: ignore[call-overload]
+    return RunResult(
+        label=load.label,
+        streams=load.streams,
+        rate=load.rate,
+        path=path,
+        tokens=tokens,
+        expected_tokens=int(lg["expected_tokens"]),  # type: ignore[call-overload]
+        completed=int(lg["completed"]),  # type: ignore[call-overload]
+        outcomes=dict(lg["outcomes"]),  # type: ignore[call-overload]
+        out_of_order=int(lg["out_of_order"]),  # type: ignore[call-overload]
+        tokens_per_s=float(lg["tokens_per_s"]),  # type: ignore[arg-type]
+        wall_s=wall,
+        ttft_p50_ms=_ms(lg["ttft_p50_s"]),
+        ttft_p99_ms=_ms(lg["ttft_p99_s"]),
+        gap_p50_ms=_ms(lg["gap_p50_s"]),
+        gap_p99_ms=_ms(lg["gap_p99_s"]),
+        gap_max_ms=_ms(lg["gap_max_s"]),
+        sim_cpu_us=_per_token(sim_cpu, tokens),
+        sim_core_pct=sim_cpu / wall * 100.0 if wall > 0 else 0.0,
+        loadgen_cpu_us=_per_token(float(lg["loadgen_cpu_s"]), tokens),  # type: ignore[arg-type]
+        mid_cpu_us=None if mid_cpu is None else _per_token(mid_cpu, tokens),
+        mid_cpu_ticks_us=None if mid_ticks is None else _per_token(mid_ticks, tokens),
+        rss_idle_mib=None if idle_rss is None else idle_rss / MIB,
+        rss_peak_mib=None if peak is None else peak / MIB,
+        sim_max_active=int(sim_stats.get("max_active_streams", 0)),
+        sim_connections=int(sim_stats.get("connections_total", 0)),
+    )
+
+
+def _version(module: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(module)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def _git(*args: str) -> str:
+    done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False)
+    return done.stdout.strip()
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def header(args: argparse.Namespace, argv: Sequence[str], load_before: str) -> str:
+    dirty = " (with uncommitted changes)" if _git("status", "--porcelain") else ""
+    cpu_source = (
+        "schedstat (ns)" if schedstat_available() else "/proc/<pid>/stat utime+stime (ticks)"
+    )
+    command = " ".join(["python -m bench", *argv])
+    return f"""# Benchmark results
+
+Written by `{command}` on {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}.
+Regenerate with the same command; see bench/README.md for what each column means.
+
+- Machine: {_cpu_model()}, {os.cpu_count()} logical CPUs shared with other work
+  (load average {load_before} before the run, {_loadavg()} after), Linux {platform.release()}
+- Versions: Python {platform.python_version()}, uvloop {_version("uvloop")}, h11 \
+{_version("h11")}, orjson {_version("orjson")}, nginx {nginx_version()}, clawproxy \
+{_version("clawproxy")} at {_git("rev-parse", "--short", "HEAD") or "?"}{dirty}
+- Load: {args.tokens} tokens per stream; paced loads at {args.rate:g} tokens/s per stream
+  (lowered so that streams x rate <= {args.max_total_rate:g}), unpaced as fast as the
+  simulator goes; streams start at {args.arrivals:g} per second, one connection each,
+  after one unmeasured warm-up stream per run
+- Gateway: {args.workers} worker(s); nginx: 1 worker, `proxy_buffering off`, upstream
+  keep-alive 8 (as the gateway's pool); each run starts fresh processes
+- CPU: middle process tree, {cpu_source}; the tick-based figure is in results.json too
+- All comparisons are between runs of this one invocation, in turns per load."""
+
+
+def _loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    if args.limit_check:
+        from . import limits
+
+        return limits.main(args)
+    raise_fd_limit()
+    paths = [p for p in args.paths.split(",") if p]
+    if "nginx" in paths and nginx_path() is None:
+        print("nginx is not installed: the nginx path is skipped (apt-get install nginx)")
+        paths.remove("nginx")
+    settings = Settings(args.out, args.tokens, args.arrivals, args.workers)
+    settings.out.mkdir(parents=True, exist_ok=True)
+    load_before = _loadavg()
+    results: list[RunResult] = []
+    for load in plan(args):
+        for path in paths:
+            result = run_one(settings, load, path)
+            results.append(result)
+            print(
+                f"{load.label:>16} {path:>8}: {result.tokens}/{result.expected_tokens} tokens,"
+                f" {result.wall_s:.1f}s",
+                flush=True,
+            )
+    (settings.out / "results.json").write_text(json.dumps(report.to_json(results), indent=1))
+    profile_md = run_profile(args, settings) if args.profile else None
+    print()
+    print(report.text_table(results))
+    print()
+    print(report.budget_text(report.budget(results)))
+    chart = report.chart(results, args.chart)
+    report.write_results(args.results, results, header(args, argv, load_before), profile_md, chart)
+    print(f"\nwrote {args.results}" + (f" and {chart}" if chart else ""))
+    return 0
+
+
+def run_profile(args: argparse.Namespace, settings: Settings) -> str | None:
+    """Two extra gateway runs under py-spy: the largest paced load (where per-token work
+    dominates) and the one-token streams (where per-request work does)."""
+    if profile.py_spy_path() is None:
+        print("py-spy is not installed: no profile (pip install -e '.[bench]')")
+        return None
+    streams = args.profile_streams or max(args.paced, default=100)
+    loads = [("Per token", Load(streams, paced_rate(args, streams)))]
+    if args.short:
+        short = Load(args.short, 0.0, tokens=1, arrivals=SHORT_ARRIVALS_PER_S)
+        loads.append(("Per request", short))
+    sections = []
+    for title, load in loads:
+        out = settings.out / f"gateway-{load.slug}.speedscope.json"
+        out.unlink(missing_ok=True)
+        result = run_one(settings, load, "gateway", spy=out)
+        if not out.exists():
+            print(f"py-spy wrote no profile; see {out.with_suffix('.log')}")
+            continue
+        note = (
+            f"### {title}: {load.label}\n\n{result.tokens}/{result.expected_tokens} tokens, "
+            f"{result.mid_cpu_us or 0:.1f} µs of gateway CPU per token while sampled "
+            "(py-spy's reading costs a little: not a table figure)."
+        )
+        sections.append(note + "\n\n" + profile.markdown(profile.summarize(out), _rel(out)))
+    return "\n\n".join(sections) or None
+
+
+def _rel(path: Path) -> Path:
+    try:
+        return path.resolve().relative_to(REPO)
+    except ValueError:
+        return path
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,281 @@
+"""Starting and stopping the processes of a benchmark run: simulator, nginx, gateway.
+
+Theory of operation: every run starts its processes afresh on new loopback ports and
+stops them afterwards, so no run inherits another's memory, connections or caches, and a
+process's peak RSS is the peak of that run. ``start_*`` returns once the process serves
+(the simulator prints its port; nginx and the gateway accept a connection, and the
+gateway's log shows every worker listening). Everything each process writes goes to files
+in the run's directory, kept for post-mortems.
+
+nginx is the pass-through baseline: one worker (one gateway process is compared with one
+nginx worker), ``proxy_buffering off`` so every upstream read is relayed at once, HTTP/1.1
+keep-alive to the simulator with as many idle connections as the gateway's pool keeps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+REPO = Path(__file__).resolve().parent.parent
+# How long a process may take to start serving, and to stop after SIGTERM.
+START_TIMEOUT_S = 20.0
+STOP_TIMEOUT_S = 15.0
+POLL_S = 0.02
+# The gateway's default upstream.pool_size; nginx keeps as many idle upstream connections.
+UPSTREAM_IDLE_CONNECTIONS = 8
+# Room for the 5000-stream run on every hop (each stream is two sockets in a proxy).
+MAX_CONNECTIONS = 12_000
+LISTEN_BACKLOG = 4096
+# nginx's default worker_connections.
+MIN_NGINX_CONNECTIONS = 512
+
+
+class ServiceError(RuntimeError):
+    """A process did not start, or died; the message says where its log is."""
+
+
+@dataclass
+class Service:
+    """One started process (the root of its tree) and the port it serves."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> int:
+        """SIGTERM, wait, SIGKILL if needed; the exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.proc.wait()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _fd_hard_limit() -> int:
+    import resource
+
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+
+
+def raise_fd_limit() -> int:
+    """Raise this process's (and so its children's) open-file limit to the hard limit."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def _spawn(
+    cmd: list[str], log: Path, stdout: int | IO[bytes] | None = None
+) -> subprocess.Popen[bytes]:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as err:
+        return subprocess.Popen(
+            cmd,
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
+            stdout=stdout if stdout is not None else err,
+            stderr=err,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+
+
+def _wait_port(service: Service) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if service.proc.poll() is not None:
+            raise ServiceError(
+                f"{service.name} exited with {service.proc.returncode}; see {service.log}"
+            )
+        try:
+            with socket.create_connection(("127.0.0.1", service.port), timeout=1.0):
+                return
+        except OSError:
+            time.sleep(POLL_S)
+    service.stop()
+    raise ServiceError(
+        f"{service.name} did not listen within {START_TIMEOUT_S}s; see {service.log}"
+    )
+
+
+def start_simulator(run_dir: Path, rate: float, tokens: int) -> Service:
+    log = run_dir / "simulator.log"
+    cmd = [sys.executable, "-m", "bench.simproc", "--rate", str(rate), "--tokens", str(tokens)]
+    proc = _spawn(cmd, log, stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        proc.wait()
+        raise ServiceError(f"simulator exited with {proc.returncode}; see {log}")
+    return Service("simulator", proc, int(json.loads(line)["port"]), log)
+
+
+def simulator_stats(sim: Service) -> dict[str, int]:
+    """Stop the simulator and return the counters it prints on the way out."""
+    sim.stop()
+    assert sim.proc.stdout is not None
+    lines = sim.proc.stdout.read().splitlines()
+    sim.proc.stdout.close()
+    return json.loads(lines[-1]) if lines else {}
+
+
+def nginx_path() -> str | None:
+    return shutil.which("nginx") or next(
+        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None
+    )
+
+
+def nginx_version() -> str:
+    binary = nginx_path()
+    if binary is None:
+        return "not installed"
+    out = subprocess.run([binary, "-v"], capture_output=True, text=True, check=False)
+    return (out.stderr or out.stdout).strip().removeprefix("nginx version: ")
+
+
+def nginx_conf(prefix: Path, port: int, upstream_port: int, connections: int) -> str:
+    # Workers switch to "nobody" when started as root, and could not write under prefix.
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    temp = "\n".join(
+        f"    {kind}_temp_path {prefix}/tmp/{kind};"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    return f"""{user}worker_processes 1;
+worker_rlimit_nofile {_fd_hard_limit()};
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections {connections}; }}
+http {{
+    access_log {prefix}/access.log;
+{temp}
+    upstream ollama {{
+        server 127.0.0.1:{upstream_port};
+        keepalive {UPSTREAM_IDLE_CONNECTIONS};
+    }}
+    server {{
+        listen 127.0.0.1:{port} backlog={LISTEN_BACKLOG};
+        location / {{
+            proxy_pass http://ollama;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host localhost;
+            proxy_buffering off;
+            proxy_read_timeout 300s;
+        }}
+    }}
+}}
+"""
+
+
+def start_nginx(run_dir: Path, upstream_port: int, streams: int) -> Service:
+    """nginx in front of the simulator, sized for ``streams`` (it preallocates per slot)."""
+    binary = nginx_path()
+    if binary is None:
+        raise ServiceError("nginx is not installed (apt-get install nginx)")
+    prefix = run_dir / "nginx"
+    for sub in ("logs", "tmp"):
+        (prefix / sub).mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    conf = prefix / "nginx.conf"
+    # Each stream holds two connections (client and upstream); nginx allocates every slot
+    # up front, so a fixed large figure would inflate its RSS for small loads.
+    # nginx also counts connections still closing, hence the headroom.
+    connections = max(MIN_NGINX_CONNECTIONS, 4 * streams + UPSTREAM_IDLE_CONNECTIONS)
+    conf.write_text(nginx_conf(prefix, port, upstream_port, connections))
+    log = prefix / "stderr.log"
+    cmd = [binary, "-p", f"{prefix}/", "-c", str(conf), "-g", "daemon off; master_process on;"]
+    service = Service("nginx", _spawn(cmd, log), port, log)
+    _wait_port(service)
+    return service
+
+
+def gateway_config(
+    run_dir: Path,
+    port: int,
+    upstream_port: int,
+    max_concurrent: int = MAX_CONNECTIONS,
+    queue_size: int = 0,
+) -> str:
+    """The benchmark's gateway: limits out of the way unless asked, logs in ``run_dir``."""
+    log = run_dir / "gateway.log"
+    return f"""server:
+  host: 127.0.0.1
+  port: {port}
+  max_connections: {MAX_CONNECTIONS}
+  timeout: 60s
+model:
+  endpoint: http://127.0.0.1:{upstream_port}
+gateway:
+  debug_port: 0
+  max_concurrent: {max_concurrent}
+  queue_size: {queue_size}
+gpu:
+  enabled: false
+logging:
+  level: info
+  file: {log}
+"""
+
+
+def start_gateway(
+    run_dir: Path,
+    upstream_port: int,
+    workers: int = 1,
+    max_concurrent: int = MAX_CONNECTIONS,
+    queue_size: int = 0,
+) -> Service:
+    """``python -m clawproxy --config ... --workers N``, ready when all N workers listen."""
+    port = free_port()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = run_dir / "gateway.yaml"
+    config.write_text(gateway_config(run_dir, port, upstream_port, max_concurrent, queue_size))
+    # Readiness is read from this log: a previous run's lines must not count.
+    (run_dir / "gateway.log").unlink(missing_ok=True)
+    log = run_dir / "gateway.stderr.log"
+    cmd = [sys.executable, "-m", "clawproxy", "--config", str(config), "--port", str(port)]
+    cmd += ["--workers", str(workers)]
+    service = Service("gateway", _spawn(cmd, log), port, log)
+    _wait_port(service)
+    _wait_workers(service, run_dir / "gateway.log", workers)
+    return service
+
+
+def _wait_workers(service: Service, log: Path, workers: int) -> None:
+    # With SO_REUSEPORT a worker that is not listening yet gets no connections, so a load
+    # started early would all land on the first worker.
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        text = log.read_text(errors="replace") if log.exists() else ""
+        if text.count("listening on http") >= workers:
+            return
+        if service.proc.poll() is not None:
+            raise ServiceError(f"gateway exited with {service.proc.returncode}; see {log}")
+        time.sleep(POLL_S)
+    service.stop()
+    raise ServiceError(f"gateway workers did not all listen within {START_TIMEOUT_S}s; see {log}")

@@ -1,0 +1,132 @@
+"""The benchmark cannot rot: its wire reader is exact, and ``python -m bench --quick`` runs
+end to end and writes its table (no timing is asserted; figures are the benchmark's job).
+
+The nginx path is skipped cleanly where nginx is not installed (scripts/test installs it).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.httpwire import (  # noqa: E402
+    NDJSON_END,
+    SSE_END,
+    ResponseReader,
+    TokenScanner,
+    WireError,
+)
+
+# The quick run takes a few seconds; this bounds a hung child, not the speed.
+RUN_TIMEOUT_S = 90
+
+HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def sse_event(n: int) -> bytes:
+    return b'data: {"choices":[{"index":0,"delta":{"content":" t%04d"}}]}\n\n' % n
+
+
+def ndjson_line(n: int) -> bytes:
+    return b'{"model":"m","message":{"role":"assistant","content":" t%04d"},"done":false}\n' % n
+
+
+def chunk(payload: bytes) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(payload), payload)
+
+
+def sse_response(count: int) -> list[bytes]:
+    """The writes a gateway makes for ``count`` tokens: head, one chunk per event, end."""
+    role = b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}\n\n'
+    events = [role] + [sse_event(n) for n in range(1, count + 1)] + [b"data: [DONE]\n\n"]
+    return [HEAD] + [chunk(e) for e in events] + [b"0\r\n\r\n"]
+
+
+def read_all(pieces: list[bytes], marker: bytes) -> tuple[ResponseReader, TokenScanner]:
+    reader, scanner = ResponseReader(), TokenScanner(marker)
+    for piece in pieces:
+        scanner.feed(reader.feed(piece))
+    return reader, scanner
+
+
+@pytest.mark.parametrize("cut", ["whole", "byte_by_byte", "chunk_by_chunk"])
+def test_sse_tokens_counted_however_the_bytes_arrive(cut: str) -> None:
+    writes = sse_response(25)
+    data = b"".join(writes)
+    if cut == "whole":
+        pieces = [data]
+    elif cut == "byte_by_byte":
+        pieces = [data[i : i + 1] for i in range(len(data))]
+    else:
+        pieces = writes
+    reader, scanner = read_all(pieces, SSE_END)
+    assert reader.status == 200 and reader.done
+    assert (scanner.tokens, scanner.out_of_order, scanner.ended) == (25, 0, True)
+
+
+def test_ndjson_lines_split_across_chunks_and_chunk_extensions() -> None:
+    body = b"".join(ndjson_line(n) for n in range(1, 11)) + b'{"done":true}\n'
+    # Chunks cut lines in the middle, as nginx may relay them; one carries an extension.
+    parts = [body[i : i + 37] for i in range(0, len(body), 37)]
+    wire = HEAD + chunk(parts[0]).replace(b"\r\n", b";x=1\r\n", 1)
+    wire += b"".join(chunk(p) for p in parts[1:]) + b"0\r\nTrailer: 1\r\n\r\n"
+    reader, scanner = read_all([wire[i : i + 5] for i in range(0, len(wire), 5)], NDJSON_END)
+    assert reader.done
+    assert (scanner.tokens, scanner.out_of_order, scanner.ended) == (10, 0, True)
+
+
+def test_missing_and_repeated_tokens_are_counted_out_of_order() -> None:
+    scanner = TokenScanner(NDJSON_END)
+    scanner.feed(ndjson_line(1) + ndjson_line(3) + ndjson_line(3))
+    assert (scanner.tokens, scanner.out_of_order, scanner.ended) == (3, 2, False)
+
+
+def test_error_reply_with_content_length() -> None:
+    body = b'{"error":{"message":"busy"}}'
+    wire = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)
+    reader, scanner = read_all([wire[:20], wire[20:]], SSE_END)
+    assert (reader.status, reader.done, scanner.tokens) == (503, True, 0)
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        b"SSH-2.0-OpenSSH_9.6\r\n\r\n",
+        HEAD + b"zz\r\n",
+        HEAD + b"3\r\nabcXY",
+        b"HTTP/1.1 200 OK\r\n\r\n",
+    ],
+)
+def test_broken_framing_is_an_error(wire: bytes) -> None:
+    with pytest.raises(WireError):
+        ResponseReader().feed(wire)
+
+
+def test_quick_run_end_to_end(tmp_path: Path) -> None:
+    paths = "direct,nginx,gateway" if shutil.which("nginx") else "direct,gateway"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--paths", paths, "--out", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "tokens got/expected" in done.stdout
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert {r["path"] for r in results} == set(paths.split(","))
+    for r in results:
+        # Every stream of the tiny load completes and every token arrives, in order.
+        assert r["tokens"] == r["expected_tokens"] > 0, r
+        assert (r["completed"], r["out_of_order"]) == (r["streams"], 0), r
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "## Figures" in text and "| gateway |" in text
