@@ -35,13 +35,11 @@ import os
 import re
 import types
 import typing
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import cache
 from typing import Any, Final, NamedTuple
-
-import yaml
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -768,49 +766,6 @@ def config_from_mapping(data: object, *, overrides: Mapping[str, object] | None 
         raise
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that rejects a key written twice in one mapping: PyYAML would silently
-    keep the last one, and a second ``port:`` further down is a classic config bug."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
-        seen: set[object] = set()
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key = self.construct_object(key_node, deep=deep)
-            if isinstance(key, Hashable):
-                if key in seen:
-                    raise yaml.constructor.ConstructorError(
-                        None, None, f"duplicate key {key!r}", key_node.start_mark
-                    )
-                seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
-def _read_yaml(path: str) -> object:
-    try:
-        with open(path, encoding="utf-8") as stream:
-            text = stream.read()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    try:
-        return yaml.load(text, Loader=_StrictLoader)  # A SafeLoader: builds no Python objects.
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(
-            f"{path}: invalid YAML{where}: {_one_line(exc.problem or str(exc))}"
-        ) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {_one_line(str(exc))}") from None
-
-
 def load_config(
     path: str | None = None,
     *,
@@ -825,7 +780,13 @@ def load_config(
     """
     if path is None:
         path = (os.environ if env is None else env).get(CONFIG_ENV_VAR) or None
-    data = None if path is None else _read_yaml(path)
+    if path is None:
+        data = None
+    else:
+        # Imported here: PyYAML costs ~1.3 MiB of RSS, and most appliances run on defaults.
+        from .configfile import read_yaml
+
+        data = read_yaml(path)
     try:
         return config_from_mapping(data, overrides=overrides)
     except ConfigError as exc:
