@@ -83,11 +83,16 @@ class ModelCatalog:
             self._fetched_at = self._gw.loop.time()
 
     async def _fetch(self) -> frozenset[str]:
-        upstream = await self._gw.pool.send(b"GET", b"/api/tags", None)
-        try:
-            body = await upstream.read_body(MAX_TAGS_BYTES)
-        finally:
-            upstream.release()
-        if upstream.status != 200:
-            raise UpstreamUnavailable(f"Ollama answered /api/tags with HTTP {upstream.status}")
-        return parse_tags(body)
+        return parse_tags(await fetch_tags(self._gw))
+
+
+async def fetch_tags(gw: Gateway) -> bytes:
+    """Ollama's ``/api/tags`` body (the installed models), bounded in size."""
+    upstream = await gw.pool.send(b"GET", b"/api/tags", None)
+    try:
+        body = await upstream.read_body(MAX_TAGS_BYTES)
+    finally:
+        upstream.release()
+    if upstream.status != 200:
+        raise UpstreamUnavailable(f"Ollama answered /api/tags with HTTP {upstream.status}")
+    return body

@@ -39,7 +39,7 @@ from .errors import (
 )
 from .guard import check_client
 from .heartbeat import Heartbeat
-from .mapping import ChatPlan, build_chat_plan
+from .mapping import ChatPlan, build_chat_plan, parse_json_body
 from .reframe import SseReframer, error_event
 from .upstream import ConnState
 
@@ -78,13 +78,7 @@ async def chat_completions(gw: Gateway, request: Request, conn: HttpConnection) 
 
 
 def plan_request(gw: Gateway, body: bytes) -> ChatPlan:
-    try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        # orjson's message names the position only, never the content.
-        raise InvalidRequest(
-            f"request body is not valid JSON: {exc}", code="invalid_json"
-        ) from None
+    parsed = parse_json_body(body)
     defaults = gw.config.model
     if defaults.name != gw.state.model:
         defaults = dataclasses.replace(defaults, name=gw.state.model)

@@ -22,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from clawproxy.config import ModelConfig
 from clawproxy.errors import InvalidRequest
 from clawproxy.messages import (
@@ -78,6 +80,17 @@ class ChatPlan:
     stream: bool
     include_usage: bool
     payload: dict[str, Any]
+
+
+def parse_json_body(body: bytes) -> object:
+    """A request body as JSON; 400 otherwise. orjson refuses NaN, lone surrogates, invalid
+    UTF-8 and nesting deeper than 1024, and its message names a position, never content."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(
+            f"request body is not valid JSON: {exc}", code="invalid_json"
+        ) from None
 
 
 def build_chat_plan(body: object, defaults: ModelConfig) -> ChatPlan:

@@ -30,7 +30,7 @@ import orjson
 from .chat import upstream_status_error
 from .config import parse_endpoint
 from .errors import GatewayError, InvalidRequest, NotFound, UpstreamUnavailable
-from .mapping import parse_model_name
+from .mapping import parse_json_body, parse_model_name
 from .upstream import UpstreamPool
 
 if TYPE_CHECKING:
@@ -212,12 +212,7 @@ def parse_admin_body(body: bytes, *, required: bool) -> object:
         if required:
             raise InvalidRequest("the body must be a JSON object with a 'model' field")
         return None
-    try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(
-            f"request body is not valid JSON: {exc}", code="invalid_json"
-        ) from None
+    parsed = parse_json_body(body)
     if not isinstance(parsed, dict):
         raise InvalidRequest("the body must be a JSON object with a 'model' field")
     model = parsed.get("model")

@@ -12,17 +12,15 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from .catalog import fetch_tags
 from .chat import chat_completions
-from .errors import MethodNotAllowed, NotFound, UpstreamFailed, UpstreamUnavailable
+from .errors import MethodNotAllowed, NotFound, UpstreamUnavailable
 from .guard import check_client
 
 if TYPE_CHECKING:
     from .config import Config
     from .gateway import Gateway, Handler
     from .server import HttpConnection, Request
-
-# /api/tags lists installed models; a few KiB each. 4 MiB is thousands of models.
-MAX_TAGS_BYTES = 4 * 1024 * 1024
 
 
 async def health(gw: Gateway, request: Request, conn: HttpConnection) -> None:
@@ -40,13 +38,7 @@ async def health(gw: Gateway, request: Request, conn: HttpConnection) -> None:
 async def list_models(gw: Gateway, request: Request, conn: HttpConnection) -> None:
     """OpenAI's model list, from Ollama's ``/api/tags``."""
     check_client(gw, request)
-    upstream = await gw.pool.send(b"GET", b"/api/tags", None)
-    try:
-        body = await upstream.read_body(MAX_TAGS_BYTES)
-    finally:
-        upstream.release()
-    if upstream.status != 200:
-        raise UpstreamFailed(f"Ollama answered /api/tags with HTTP {upstream.status}")
+    body = await fetch_tags(gw)
     conn.send(request, 200, orjson.dumps({"object": "list", "data": tags_to_models(body)}))
 
 

@@ -9,10 +9,10 @@ from collections.abc import Iterator
 from typing import Any, cast
 
 import pytest
-from harness import Harness, post_json
+from harness import Harness, post_json, read_until_closed
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_http_server import connect, read_all, status_of
+from test_http_server import connect, status_of
 
 from clawproxy.config import config_from_mapping
 from clawproxy.gateway import Gateway
@@ -153,7 +153,7 @@ def test_flood_behind_a_request_does_not_grow_memory(gw: Harness) -> None:
         assert sent < 64 << 20
         assert rss_kib() - before < 16 * 1024
         sock.setblocking(True)
-        data = read_all(sock)
+        data = read_until_closed(sock)
     assert status_of(data) == 200
     assert b"data: [DONE]" in data
     assert gw.settled()

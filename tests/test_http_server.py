@@ -9,7 +9,7 @@ import socket
 import time
 
 import pytest
-from harness import Harness
+from harness import Harness, read_until_closed
 
 from clawproxy.simulator import Reply
 
@@ -22,21 +22,10 @@ def connect(h: Harness) -> socket.socket:
     return sock
 
 
-def read_all(sock: socket.socket) -> bytes:
-    """Everything until the server closes the connection."""
-    data = b""
-    try:
-        while chunk := sock.recv(65536):
-            data += chunk
-    except ConnectionResetError:
-        pass
-    return data
-
-
 def exchange(h: Harness, raw: bytes) -> bytes:
     with connect(h) as sock:
         sock.sendall(raw)
-        return read_all(sock)
+        return read_until_closed(sock)
 
 
 def status_of(response: bytes) -> int:
@@ -131,7 +120,7 @@ def test_oversized_body_is_refused_before_it_is_read() -> None:
             b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000000\r\n"
             b"Expect: 100-continue\r\n\r\n"
         )
-        data = read_all(sock)
+        data = read_until_closed(sock)
         assert status_of(data) == 413
         assert b"100 Continue" not in data
         assert len(h.sim.requests) == 0
@@ -151,7 +140,7 @@ def test_idle_keep_alive_connection_is_closed() -> None:
     with Harness({"server.keepalive_timeout": "200ms"}) as h, connect(h) as sock:
         sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
         started = time.monotonic()
-        data = read_all(sock)
+        data = read_until_closed(sock)
         assert status_of(data) == 200
         assert 0.15 < time.monotonic() - started < 5
 
@@ -180,7 +169,7 @@ def test_slow_head_is_cut_at_the_absolute_deadline() -> None:
 
 def test_silent_connection_is_closed_at_the_header_deadline() -> None:
     with Harness({"server.header_timeout": "200ms"}) as h, connect(h) as sock:
-        assert read_all(sock) == b""
+        assert read_until_closed(sock) == b""
         assert h.settled()
         assert h.read(lambda: h.gateway.state.connections) == 0
 
@@ -188,7 +177,7 @@ def test_silent_connection_is_closed_at_the_header_deadline() -> None:
 def test_last_request_on_a_connection_says_close() -> None:
     with Harness({"server.max_requests_per_connection": 2}) as h, connect(h) as sock:
         sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n" * 3)
-        data = read_all(sock)
+        data = read_until_closed(sock)
         heads = re.findall(rb"HTTP/1\.1 [^\n]*\r\n(?:[^\r]+\r\n)*\r\n", data)
         assert len(heads) == 2
         assert b"connection: close" not in heads[0].lower()

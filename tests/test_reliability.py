@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 from typing import Any
 
@@ -15,16 +14,6 @@ from test_chat_e2e import ask, client, content_of
 from test_errors_e2e import HELLO, error_of
 
 from clawproxy.simulator import Fault, Reply
-
-
-def read_until_closed(sock: socket.socket) -> bytes:
-    data = b""
-    try:
-        while chunk := sock.recv(65536):
-            data += chunk
-    except ConnectionResetError:
-        pass
-    return data
 
 
 def test_heartbeats_keep_a_slow_first_token_alive() -> None:

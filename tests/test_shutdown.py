@@ -8,7 +8,7 @@ import socket
 import time
 
 import pytest
-from harness import Harness
+from harness import Harness, read_until_closed
 
 from clawproxy.simulator import Reply
 
@@ -21,16 +21,6 @@ def read_some(sock: socket.socket, until: bytes, timeout: float = 5) -> bytes:
         if not chunk:
             break
         data += chunk
-    return data
-
-
-def read_rest(sock: socket.socket) -> bytes:
-    data = b""
-    try:
-        while chunk := sock.recv(65536):
-            data += chunk
-    except ConnectionResetError:
-        pass
     return data
 
 
@@ -64,17 +54,17 @@ def test_drain_finishes_short_streams_and_cuts_long_ones_clearly() -> None:
         stopping = asyncio.run_coroutine_threadsafe(h.gateway.stop(drain_timeout=0.6), h.loop)
         try:
             # Queued: a 503 at once. Idle keep-alive: closed. New connections: refused.
-            refused = read_rest(queued)
+            refused = read_until_closed(queued)
             assert refused.startswith(b"HTTP/1.1 503")
             assert b"shutting_down" in refused
-            assert read_rest(idle) == b""
+            assert read_until_closed(idle) == b""
             with pytest.raises(OSError):
                 socket.create_connection(("127.0.0.1", h.port), timeout=1).close()
             # The short stream finishes whole within the drain deadline.
-            short = read_rest(short_stream)
+            short = read_until_closed(short_stream)
             assert short.endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n")
             # The long one is cut at the deadline with an error event and no [DONE].
-            cut = read_rest(long_stream)
+            cut = read_until_closed(long_stream)
             assert b"shutting down" in cut
             assert b"[DONE]" not in cut
             stopping.result(5)
