@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import urllib.request
 from pathlib import Path
 
 import openai
@@ -50,6 +51,11 @@ def test_keys_guard_v1_but_not_health(caplog: pytest.LogCaptureFixture) -> None:
         with keyed_client(h, "sk-nope") as c, pytest.raises(openai.AuthenticationError):
             c.models.list()
         assert h.read(lambda: h.gateway.state.refused["auth_failed"]) >= 7
+        # Nor in what operators read: metrics, stats, admin health.
+        admin = f"http://127.0.0.1:{h.gateway.admin_port}"
+        for path in ("/metrics", "/stats", "/health"):
+            with urllib.request.urlopen(admin + path, timeout=10) as resp:
+                assert b"CANARY" not in resp.read(), path
     # Neither the key nor the prompt reaches a log line, at any level.
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert "CANARY" not in text
