@@ -209,3 +209,13 @@ def test_too_many_connections_are_refused_cleanly() -> None:
         finally:
             first.close()
             second.close()
+
+
+def test_cors_preflight_from_a_foreign_origin_gets_no_cors_grant(gw: Harness) -> None:
+    raw = (
+        b"OPTIONS /v1/chat/completions HTTP/1.1\r\nHost: x\r\nOrigin: http://evil.example\r\n"
+        b"Access-Control-Request-Method: POST\r\nConnection: close\r\n\r\n"
+    )
+    data = exchange(gw, raw)
+    assert status_of(data) == 405
+    assert b"access-control-allow-origin" not in data.lower()

@@ -1,0 +1,102 @@
+"""``python -m clawproxy`` as a newcomer runs it: the demo streams; a bad config says why."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import openai
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "clawproxy", *args],
+        cwd=ROOT,
+        env={**os.environ, "CLAWPROXY_CONFIG": "", **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_bad_config_stops_start_up_with_one_line_and_exit_2(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("server:\n  prot: 8080\n")
+    result = run_cli("--config", str(bad))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "server.prot" in lines[0] and "server.port" in lines[0]
+    # The environment variable works the same way, and wrong types name their key.
+    bad.write_text("gateway:\n  max_concurrent: lots\n")
+    result = run_cli(env={"CLAWPROXY_CONFIG": str(bad)})
+    assert result.returncode == 2
+    assert "gateway.max_concurrent" in result.stderr
+
+
+def test_impossible_flag_value_is_exit_2() -> None:
+    result = run_cli("--port", "70000")
+    assert result.returncode == 2
+    assert "server.port" in result.stderr
+
+
+def wait_health(port: int, timeout: float = 15.0) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
+                health: dict[str, object] = json.loads(resp.read())
+                return health
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def test_demo_streams_with_the_official_client_and_stops_cleanly() -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "clawproxy", "--demo", "--port", str(port), "--host", "127.0.0.1"],
+        cwd=ROOT,
+        env={**os.environ, "CLAWPROXY_CONFIG": ""},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert wait_health(port)["model"] == "qwen3:32b"
+        with openai.OpenAI(
+            base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0
+        ) as client:
+            chunks = list(
+                client.chat.completions.create(
+                    model="qwen3:32b",
+                    stream=True,
+                    messages=[{"role": "user", "content": "Hello!"}],
+                )
+            )
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert "Hello!" in text  # the demo model repeats what it was told
+        assert len(chunks) > 10  # token by token, not one lump
+        assert chunks[-1].choices[0].finish_reason == "stop"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert "curl -N" in err  # the banner shows the newcomer what to try
+    assert "Traceback" not in err
