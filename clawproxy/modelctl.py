@@ -127,28 +127,15 @@ class ModelControl:
     async def load(self, raw_name: object) -> dict[str, Any]:
         """Check, warm and switch the default model; raise a GatewayError on any failure."""
         name = parse_model_name(raw_name)
-        allowed = self.gw.config.model.allowed
-        if allowed and name not in allowed:
-            raise NotFound(
-                f"model '{name}' is not in model.allowed", param="model", code="model_not_found"
-            )
+        # The same allow-list as chat requests (model.allowed, else Ollama's installed models).
+        await self.gw.catalog.check(name)
         loop = self.gw.loop
         async with self._lock:
             started = loop.time()
-            status, body = await self.call(b"POST", b"/api/show", {"model": name}, MAX_SHOW_BYTES)
-            if status == 404:
-                raise NotFound(
-                    f"model '{name}' is not installed in Ollama",
-                    param="model",
-                    code="model_not_found",
-                )
-            if status != 200:
-                raise upstream_status_error(status, body)
+            await self._call_ok(name, b"/api/show", {"model": name}, MAX_SHOW_BYTES)
             keep_alive = keep_alive_value(self.gw.config.gateway.model_keep_alive)
             warm = {"model": name, "prompt": "", "stream": False, "keep_alive": keep_alive}
-            status, body = await self.call(b"POST", b"/api/generate", warm, MAX_REPLY_BYTES)
-            if status != 200:
-                raise upstream_status_error(status, body)
+            await self._call_ok(name, b"/api/generate", warm, MAX_REPLY_BYTES)
             state = self.gw.state
             previous, state.model = state.model, name
             self._details = None
@@ -160,20 +147,23 @@ class ModelControl:
             "load_ms": round((loop.time() - started) * 1000, 1),
         }
 
+    async def _call_ok(self, name: str, path: bytes, payload: dict[str, Any], limit: int) -> bytes:
+        """POST to Ollama; 404 means the model is not installed, other errors map as chat's."""
+        status, body = await self.call(b"POST", path, payload, limit)
+        if status == 404:
+            raise NotFound(
+                f"model '{name}' is not installed in Ollama", param="model", code="model_not_found"
+            )
+        if status != 200:
+            raise upstream_status_error(status, body)
+        return body
+
     async def unload(self, raw_name: object) -> dict[str, Any]:
         """Ask Ollama to unload a model (the default one if none is named)."""
         name = self.gw.state.model if raw_name is None else parse_model_name(raw_name)
         async with self._lock:
             request = {"model": name, "keep_alive": 0}
-            status, body = await self.call(b"POST", b"/api/generate", request, MAX_REPLY_BYTES)
-            if status == 404:
-                raise NotFound(
-                    f"model '{name}' is not installed in Ollama",
-                    param="model",
-                    code="model_not_found",
-                )
-            if status != 200:
-                raise upstream_status_error(status, body)
+            await self._call_ok(name, b"/api/generate", request, MAX_REPLY_BYTES)
             self._details = None
         return {"status": "unloaded", "model": name, "default_model": self.gw.state.model}
 
