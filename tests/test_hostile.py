@@ -12,7 +12,7 @@ import pytest
 from harness import Harness, post_json, read_until_closed
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_http_server import connect, status_of
+from test_http_server import connect, status_of, trickle
 
 from clawproxy.config import config_from_mapping
 from clawproxy.gateway import Gateway
@@ -96,20 +96,11 @@ def test_slow_body_is_cut_at_the_body_deadline_without_taking_a_slot() -> None:
             b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
         )
         started = time.monotonic()
-        sock.settimeout(0.05)
-        data = b""
-        for _ in range(200):
-            try:
-                sock.sendall(b"x")
-                chunk = sock.recv(4096)
-            except TimeoutError:
-                assert h.read(lambda: h.gateway.state.admission.active) == 0
-                continue
-            except (BrokenPipeError, ConnectionResetError):
-                break
-            if not chunk:
-                break
-            data += chunk
+
+        def no_slot_taken() -> None:
+            assert h.read(lambda: h.gateway.state.admission.active) == 0
+
+        data = trickle(sock, b"x", no_slot_taken)
         assert status_of(data) == 408
         assert time.monotonic() - started < 3
         assert h.read(lambda: h.gateway.state.admission.admitted) == 0

@@ -7,6 +7,7 @@ import json
 import re
 import socket
 import time
+from collections.abc import Callable
 
 import pytest
 from harness import Harness, read_until_closed
@@ -26,6 +27,26 @@ def exchange(h: Harness, raw: bytes) -> bytes:
     with connect(h) as sock:
         sock.sendall(raw)
         return read_until_closed(sock)
+
+
+def trickle(sock: socket.socket, piece: bytes, between: Callable[[], None] = lambda: None) -> bytes:
+    """Send ``piece`` every 50 ms until the server answers and closes; return the answer.
+    ``between`` runs at each pause (a check that must hold while the client trickles)."""
+    sock.settimeout(0.05)
+    data = b""
+    for _ in range(200):
+        try:
+            sock.sendall(piece)
+            chunk = sock.recv(4096)
+        except TimeoutError:
+            between()
+            continue
+        except (BrokenPipeError, ConnectionResetError):
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
 def status_of(response: bytes) -> int:
@@ -149,20 +170,8 @@ def test_slow_head_is_cut_at_the_absolute_deadline() -> None:
     with Harness({"server.header_timeout": "300ms"}) as h, connect(h) as sock:
         started = time.monotonic()
         sock.sendall(b"GET /health HTTP/1.1\r\n")
-        sock.settimeout(0.05)
-        data = b""
         # Keep trickling header bytes: an idle timer would be reset, a deadline is not.
-        for _ in range(200):
-            try:
-                sock.sendall(b"X-Slow: 1\r\n")
-                chunk = sock.recv(4096)
-            except TimeoutError:
-                continue
-            except (BrokenPipeError, ConnectionResetError):
-                break
-            if not chunk:
-                break
-            data += chunk
+        data = trickle(sock, b"X-Slow: 1\r\n")
         assert status_of(data) == 408
         assert time.monotonic() - started < 3
 
