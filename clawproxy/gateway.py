@@ -39,8 +39,16 @@ Handler = Callable[["Gateway", Request, HttpConnection], Awaitable[None]]
 class Gateway:
     """Everything one gateway process shares between its connections."""
 
-    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        reuse_port: bool = False,
+    ) -> None:
         self.config = config
+        # With --workers, every worker's public listener shares the port (SO_REUSEPORT).
+        self.reuse_port = reuse_port
         self.loop = loop or asyncio.get_running_loop()
         self.state = LiveState(config, self.loop.time())
         self.draining = False
@@ -113,7 +121,10 @@ class Gateway:
         def factory() -> HttpConnection:
             return HttpConnection(self, router)
 
-        return await self.loop.create_server(factory, host, port, reuse_address=True, backlog=1024)
+        shared = self.reuse_port and router is self.public
+        return await self.loop.create_server(
+            factory, host, port, reuse_address=True, reuse_port=shared or None, backlog=1024
+        )
 
     async def stop(self, drain_timeout: float | None = None) -> None:
         """Stop accepting, let running requests finish (bounded), then close everything."""

@@ -54,12 +54,9 @@ from typing import TYPE_CHECKING, NoReturn
 
 from .config import Config, ConfigError
 from .gateway import Gateway
-from .server import HttpConnection
 
 if TYPE_CHECKING:
-    import asyncio
-
-    from .routes import Router
+    pass
 
 log = logging.getLogger("clawproxy.workers")
 
@@ -116,25 +113,13 @@ def worker_config(config: Config, index: int, workers: int, port: int) -> Config
         max_concurrent=share(gw.max_concurrent, workers, index),
         queue_size=share(gw.queue_size, workers, index),
     )
+    gpu = config.gpu
     if index != 0:
         gateway = dataclasses.replace(gateway, debug_host="127.0.0.1", debug_port=0)
+        # One sampler per host is enough, and N would send N webhooks per alert.
+        gpu = dataclasses.replace(gpu, enabled=False)
     server = dataclasses.replace(config.server, port=port)
-    return dataclasses.replace(config, gateway=gateway, server=server)
-
-
-class WorkerGateway(Gateway):
-    """A gateway whose public listener shares its port with the other workers."""
-
-    async def _listen(self, router: Router, host: str, port: int) -> asyncio.Server:
-        if router is not self.public:
-            return await super()._listen(router, host, port)
-
-        def factory() -> HttpConnection:
-            return HttpConnection(self, router)
-
-        return await self.loop.create_server(
-            factory, host, port, reuse_address=True, reuse_port=True, backlog=LISTEN_BACKLOG
-        )
+    return dataclasses.replace(config, gateway=gateway, server=server, gpu=gpu)
 
 
 def reserve_port(host: str, port: int) -> tuple[list[socket.socket], int]:
@@ -326,7 +311,7 @@ def _worker_main(sup: Supervisor, index: int, parent: int, old_mask: _SigSet) ->
         from .cli import run, serve
 
         def make_gateway(cfg: Config) -> Gateway:
-            return WorkerGateway(cfg)
+            return Gateway(cfg, reuse_port=True)
 
         run(serve(config, make_gateway=make_gateway))
         code = EXIT_OK

@@ -48,6 +48,8 @@ def test_worker_configs_split_the_limits_and_the_admin_port() -> None:
     assert {w.server.port for w in workers} == {8123}
     assert workers[0].gateway.debug_port == cfg.gateway.debug_port
     assert (workers[1].gateway.debug_host, workers[1].gateway.debug_port) == ("127.0.0.1", 0)
+    # Only worker 0 samples the GPU (and so sends alerts).
+    assert [w.gpu.enabled for w in workers] == [True, False]
 
 
 @pytest.mark.parametrize("workers", [0, 5])
