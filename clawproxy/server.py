@@ -57,6 +57,19 @@ SERVER_HEADER = (b"server", b"clawproxy")
 REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 
 
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+def client_keeps_alive(head: h11.Request) -> bool:
+    """HTTP/1.1 without ``Connection: close`` (h11's rule too: HTTP/1.0 always closes)."""
+    if head.http_version != b"1.1":
+        return False
+    for name, value in head.headers:
+        if name == b"connection" and b"close" in (t.strip().lower() for t in value.split(b",")):
+            return False
+    return True
+
+
 class Phase(enum.Enum):
     IDLE = "idle"
     HEAD = "head"
@@ -100,7 +113,7 @@ class HttpConnection(asyncio.Protocol):
         self.router = router
         self.cfg = gateway.config.server
         self.loop = gateway.loop
-        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=self.cfg.max_header_bytes)
+        self.h11 = self._new_parser()
         self.transport: asyncio.Transport | None = None
         self.client = "-"
         self.phase = Phase.IDLE
@@ -118,9 +131,13 @@ class HttpConnection(asyncio.Protocol):
         self.response_started = False
         self._chunked = False
         self._keep_alive = True
+        self._response_complete = False
 
     def __repr__(self) -> str:
         return f"<HttpConnection {self.client} {self.phase.value} served={self._served}>"
+
+    def _new_parser(self) -> h11.Connection:
+        return h11.Connection(h11.SERVER, max_incomplete_event_size=self.cfg.max_header_bytes)
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
@@ -280,8 +297,11 @@ class HttpConnection(asyncio.Protocol):
         self._head = None
         self._body = bytearray()
         self.response_started = False
+        self._response_complete = False
         self._served += 1
-        self._keep_alive = self._served < self.cfg.max_requests_per_connection
+        self._keep_alive = (
+            self._served < self.cfg.max_requests_per_connection and client_keeps_alive(head)
+        )
         self._task = self.loop.create_task(self._run(request))
 
     async def _run(self, request: Request) -> None:
@@ -331,23 +351,29 @@ class HttpConnection(asyncio.Protocol):
             (b"content-length", str(len(body)).encode()),
             *headers,
         ]
-        self._send_head(request, status, hdrs)
+        head = self._render_head(request, status, hdrs)
         if self.closed:
             return
-        out = self.h11.send(h11.Data(data=body)) if body and request.method != b"HEAD" else b""
-        out = (out or b"") + (self.h11.send(h11.EndOfMessage()) or b"")
         assert self.transport is not None
-        self.transport.write(out)
+        # HEAD gets the headers GET would, and no body (RFC 9110 9.3.2).
+        self.transport.write(head if request.method == b"HEAD" else head + body)
+        self._response_complete = True
 
     def start_stream(
         self, request: Request, status: int, headers: tuple[tuple[bytes, bytes], ...]
     ) -> None:
         """Send a streaming head; chunks follow with ``write()``."""
-        self._send_head(
-            request, status, [SERVER_HEADER, (b"transfer-encoding", b"chunked"), *headers]
-        )
-        # HTTP/1.0 peers get a close-delimited body (h11 drops chunked for them).
-        self._chunked = request.http_version != b"1.0"
+        hdrs = [SERVER_HEADER, *headers]
+        # HTTP/1.0 peers know no chunked encoding: their body ends when the connection does.
+        self._chunked = request.http_version == b"1.1"
+        if self._chunked:
+            hdrs.append((b"transfer-encoding", b"chunked"))
+        else:
+            self._keep_alive = False
+        head = self._render_head(request, status, hdrs)
+        if not self.closed:
+            assert self.transport is not None
+            self.transport.write(head)
 
     def write(self, data: bytes) -> None:
         """One chunk of a streamed body. The hot path: one transport write, no h11."""
@@ -363,7 +389,9 @@ class HttpConnection(asyncio.Protocol):
         if self.closed:
             return
         assert self.transport is not None
-        self.transport.write(self.h11.send(h11.EndOfMessage()) or b"")
+        if self._chunked:
+            self.transport.write(LAST_CHUNK)
+        self._response_complete = True
 
     def interrupt(self, stream_event: bytes) -> None:
         """The drain deadline passed: end whatever this connection is doing, now."""
@@ -382,34 +410,35 @@ class HttpConnection(asyncio.Protocol):
         self._keep_alive = False
         self._close()
 
-    def _send_head(self, request: Request, status: int, headers: list[tuple[bytes, bytes]]) -> None:
-        if self.closed:
-            return
+    def _render_head(
+        self, request: Request, status: int, headers: list[tuple[bytes, bytes]]
+    ) -> bytes:
+        """The response head as bytes. Rendered here, not by h11: every header is ours and
+        constant or already valid, and h11's per-send validation was a large share of the
+        per-request cost (bench/RESULTS.md). h11 still parses every request."""
         if not self._keep_alive or self.gw.draining:
+            self._keep_alive = False
             headers.append((b"connection", b"close"))
         request.status = status
         self.response_started = True
-        response = h11.Response(
-            status_code=status, headers=headers, reason=REASONS.get(status, b"")
-        )
-        data = self.h11.send(response)
-        assert self.transport is not None
-        self.transport.write(data or b"")
+        lines = [b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, b""))]
+        lines += [name + b": " + value + b"\r\n" for name, value in headers]
+        lines.append(b"\r\n")
+        return b"".join(lines)
 
     def _response_finished(self) -> None:
         """After a response: keep the connection for the next request, or close it."""
         self.flow.close()
         self._task = None
-        conn = self.h11
-        if (
-            not self._keep_alive
-            or self.gw.draining
-            or conn.our_state is not h11.DONE
-            or conn.their_state is not h11.DONE
-        ):
+        if not self._keep_alive or self.gw.draining or not self._response_complete:
             self._close()
             return
-        conn.start_next_cycle()
+        # h11 parsed the request but did not write the response, so it is not at a cycle
+        # boundary: the next request gets a fresh parser, fed what was pipelined so far.
+        pipelined, _ = self.h11.trailing_data
+        self.h11 = self._new_parser()
+        if pipelined:
+            self.h11.receive_data(pipelined)
         self.response_started = False
         self._chunked = False
         if self._pipelined:

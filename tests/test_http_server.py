@@ -228,3 +228,27 @@ def test_cors_preflight_from_a_foreign_origin_gets_no_cors_grant(gw: Harness) ->
     data = exchange(gw, raw)
     assert status_of(data) == 405
     assert b"access-control-allow-origin" not in data.lower()
+
+
+def test_connection_close_ends_the_connection_after_one_response(gw: Harness) -> None:
+    raw = (
+        b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Close\r\n\r\n"
+        b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    data = exchange(gw, raw)
+    assert len(re.findall(rb"HTTP/1\.1 200 ", data)) == 1
+    assert b"connection: close" in data.lower()
+
+
+def test_head_has_the_headers_and_no_body_and_keeps_the_connection(gw: Harness) -> None:
+    raw = (
+        b"HEAD /health HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    data = exchange(gw, raw)
+    first, _, rest = data.partition(b"\r\n\r\n")
+    length = int(re.search(rb"content-length: (\d+)", first).group(1))  # type: ignore[union-attr]
+    assert length > 0
+    # No body after the HEAD response: the next bytes are the GET's status line.
+    assert rest.startswith(b"HTTP/1.1 200 ")
+    assert rest.endswith(b"}")
