@@ -3,20 +3,21 @@ file: tokens arrive at the client one by one, and only the public paths are reac
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import itertools
 import json
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from harness import CALL_TIMEOUT, Harness
 from test_contrib import NGINX_SITE, need, nginx_main_conf
 
-from clawproxy.simulator import Reply
+from clawproxy.simulator import Fault, Reply
 
 TOKENS = 10
 TOKEN_RATE = 20.0  # per second: the stream takes about half a second
@@ -41,13 +42,19 @@ def site_for(nginx_port: int, gateway_port: int) -> str:
     return site.replace("server 127.0.0.1:8080;", f"server 127.0.0.1:{gateway_port};")
 
 
-@pytest.fixture
-def front(tmp_path: Path) -> Iterator[tuple[Harness, int]]:
+@contextlib.contextmanager
+def nginx_in_front(
+    tmp_path: Path,
+    settings: dict[str, object] | None = None,
+    edit_site: Callable[[str], str] = lambda site: site,
+) -> Iterator[tuple[Harness, int]]:
+    """A gateway on the simulator with real nginx in front, from the contrib site file."""
     tool = need("nginx")
-    with Harness({"gpu.enabled": False}, sim_options={"token_rate": TOKEN_RATE}) as h:
+    config = {"gpu.enabled": False, **(settings or {})}
+    with Harness(config, sim_options={"token_rate": TOKEN_RATE}) as h:
         port = free_port()
         conf = tmp_path / "nginx.conf"
-        conf.write_text(nginx_main_conf(tmp_path, site_for(port, h.port)))
+        conf.write_text(nginx_main_conf(tmp_path, edit_site(site_for(port, h.port))))
         error_log = str(tmp_path / "logs" / "error.log")
         proc = subprocess.Popen(
             [tool, "-e", error_log, "-p", str(tmp_path), "-c", str(conf)],
@@ -72,6 +79,12 @@ def front(tmp_path: Path) -> Iterator[tuple[Harness, int]]:
             proc.wait(CALL_TIMEOUT)
             if proc.stderr is not None:
                 proc.stderr.close()
+
+
+@pytest.fixture
+def front(tmp_path: Path) -> Iterator[tuple[Harness, int]]:
+    with nginx_in_front(tmp_path) as pair:
+        yield pair
 
 
 def test_tokens_arrive_one_by_one_through_nginx(front: tuple[Harness, int]) -> None:
@@ -133,3 +146,52 @@ def test_only_public_paths_pass(
     resp.read()
     conn.close()
     assert resp.status == status
+
+
+def test_client_abort_through_nginx_closes_the_ollama_stream(front: tuple[Harness, int]) -> None:
+    """RELIABILITY checklist 43 through nginx: browser leaves, nginx closes our socket (its
+    proxy_ignore_client_abort is off), the gateway closes Ollama's within a second."""
+    h, port = front
+    h.sim.next_reply(Reply(tokens=[" t"] * 400))
+    body = json.dumps({"messages": [{"role": "user", "content": "x"}], "stream": True})
+    sock = socket.create_connection(("127.0.0.1", port), timeout=CALL_TIMEOUT)
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body.encode())
+    )
+    data = b""
+    while b"data: {" not in data:
+        chunk = sock.recv(4096)
+        assert chunk, "nginx closed before the first event"
+        data += chunk
+    sock.close()
+    record = h.sim.streams[-1]
+    assert h.call(lambda: record.wait_ended(timeout=1.0)) == "client_closed"
+    assert record.tokens_sent < 400
+    assert h.settled()
+
+
+def test_heartbeats_keep_a_slow_first_token_alive_behind_nginx(tmp_path: Path) -> None:
+    """RELIABILITY checklist 24: nginx's read timeout (1 s here) shorter than the model
+    load (1.5 s): without the gateway's heartbeats nginx would cut the stream with a 504."""
+
+    def short_read_timeout(site: str) -> str:
+        return site.replace("proxy_read_timeout 3600s;", "proxy_read_timeout 1s;")
+
+    settings = {"server.heartbeat_interval": "300ms", "server.timeout": "5s"}
+    with nginx_in_front(tmp_path, settings, short_read_timeout) as (h, port):
+        h.sim.next_reply(Reply(tokens=["late", " but", " whole"], fault=Fault(first_delay=1.5)))
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=CALL_TIMEOUT)
+        body = json.dumps({"messages": [{"role": "user", "content": "x"}], "stream": True})
+        conn.request("POST", "/v1/chat/completions", body=body)
+        resp = conn.getresponse()
+        text = resp.read()
+        conn.close()
+        assert resp.status == 200
+        assert text.count(b": keep-alive") >= 3
+        assert b"data: [DONE]" in text
+        events = [json.loads(line[6:]) for line in text.split(b"\n") if line.startswith(b"data: {")]
+        content = "".join(
+            e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"]
+        )
+        assert content == "late but whole"
