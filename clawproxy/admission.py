@@ -19,8 +19,20 @@ from __future__ import annotations
 import asyncio
 import enum
 from collections import Counter, deque
+from collections.abc import Callable
+from typing import Protocol
 
 from .errors import Overloaded
+
+
+class Cancellable(Protocol):
+    def cancel(self) -> None: ...
+
+
+# ``loop.call_later``'s shape: (delay, callback, argument) -> something cancellable.
+Schedule = Callable[
+    [float, Callable[[asyncio.Future[None]], None], asyncio.Future[None]], Cancellable
+]
 
 # Seconds a refused client should wait before retrying. A queue that is full now drains in
 # about one generation; one second keeps polite clients from hammering without stalling them.
@@ -51,7 +63,11 @@ def overloaded(message: str, code: str) -> Overloaded:
 class Admission:
     """Concurrency slots plus a FIFO wait queue; the single owner of active/waiting counts."""
 
-    def __init__(self, max_concurrent: int, queue_size: int) -> None:
+    def __init__(
+        self, max_concurrent: int, queue_size: int, *, schedule: Schedule | None = None
+    ) -> None:
+        # How a wait's deadline is set: the running loop's call_later, or a test's fake clock.
+        self._schedule = schedule
         self.max_concurrent = max_concurrent
         self.queue_size = queue_size
         self.active = 0
@@ -112,7 +128,8 @@ class Admission:
         waiter: asyncio.Future[None] = loop.create_future()
         self._queue.append(waiter)
         self.waiting += 1
-        timer = loop.call_later(timeout, self._expire, waiter)
+        schedule = self._schedule or loop.call_later
+        timer = schedule(timeout, self._expire, waiter)
         try:
             await waiter
         except asyncio.CancelledError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -104,14 +105,55 @@ def test_waiter_that_leaves_frees_its_place_at_once() -> None:
     run(main())
 
 
+class FakeClock:
+    """Stands in for loop.call_later: deadlines fire when the test advances time."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.timers: list[tuple[float, Any, Any, list[bool]]] = []
+
+    def call_later(self, delay: float, callback: Any, arg: Any) -> Any:
+        cancelled = [False]
+        self.timers.append((self.now + delay, callback, arg, cancelled))
+
+        class Handle:
+            def cancel(self) -> None:
+                cancelled[0] = True
+
+        return Handle()
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        due = [t for t in self.timers if t[0] <= self.now and not t[3][0]]
+        self.timers = [t for t in self.timers if t not in due]
+        for _, callback, arg, _ in due:
+            callback(arg)
+
+
 def test_queue_timeout_gives_503_and_keeps_counts_true() -> None:
     async def main() -> None:
-        adm = Admission(max_concurrent=1, queue_size=2)
+        clock = FakeClock()
+        adm = Admission(max_concurrent=1, queue_size=2, schedule=clock.call_later)
         await adm.acquire(10)
+        late = asyncio.create_task(adm.acquire(30))
+        on_time = asyncio.create_task(adm.acquire(60))
+        await settle()
+        assert adm.waiting == 2
+        clock.advance(29.9)
+        await settle()
+        assert not late.done()
+        clock.advance(0.2)  # past the first waiter's 30 s, not the second's 60 s
+        await settle()
         with pytest.raises(Overloaded) as info:
-            await adm.acquire(0.001)
+            await late
         assert info.value.code == "queue_timeout"
+        assert (adm.active, adm.waiting) == (1, 1)
+        assert adm.rejected["queue_timeout"] == 1
+        adm.release()  # the slot goes to the waiter still in time
+        await on_time
         assert (adm.active, adm.waiting) == (1, 0)
+        # Its own deadline was cancelled with the hand-over: advancing fires nothing.
+        clock.advance(100)
         assert adm.rejected["queue_timeout"] == 1
         adm.release()
         assert adm.active == 0
