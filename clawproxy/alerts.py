@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import h11
 import orjson
 
-from .config import parse_http_url
+from .units import parse_http_url
 
 if TYPE_CHECKING:
     from .config import AlertsConfig

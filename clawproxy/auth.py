@@ -36,8 +36,9 @@ import stat
 from collections.abc import Iterable
 from typing import Final
 
-from .config import KIB, MIB, AuthConfig, ConfigError, check_api_key, check_key_label
+from .config import AuthConfig, ConfigError, check_api_key, check_key_label
 from .errors import AuthenticationFailed
+from .units import KIB, MIB
 
 log = logging.getLogger("clawproxy.auth")
 

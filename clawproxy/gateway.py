@@ -18,7 +18,7 @@ from .alerts import GpuAlerts
 from .auth import KeyStore
 from .catalog import ModelCatalog
 from .clientaddr import TrustedProxies
-from .config import Config, parse_endpoint
+from .config import Config
 from .gpu import GpuSampler
 from .logs import ACCESS, access_line
 from .modelctl import ModelControl
@@ -27,6 +27,7 @@ from .reframe import error_event
 from .routes import Router, public_router
 from .server import HttpConnection, Phase, Request
 from .state import LiveState
+from .units import parse_endpoint
 from .upstream import UpstreamPool
 
 log = logging.getLogger("clawproxy")

@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from .chat import upstream_status_error
-from .config import parse_endpoint
 from .errors import GatewayError, InvalidRequest, NotFound, UpstreamUnavailable
 from .mapping import parse_json_body, parse_model_name
+from .units import parse_endpoint
 from .upstream import UpstreamPool
 
 if TYPE_CHECKING:

@@ -28,12 +28,9 @@ from clawproxy.config import (
     config_from_mapping,
     config_keys,
     load_config,
-    parse_duration,
-    parse_endpoint,
-    parse_http_url,
-    parse_size,
     queue_timeout_s,
 )
+from clawproxy.units import parse_duration, parse_endpoint, parse_http_url, parse_size
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "contrib" / "config.example.yaml"
 
