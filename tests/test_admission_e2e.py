@@ -191,3 +191,32 @@ def test_slow_reader_pauses_the_upstream_and_bounds_memory(gw: Harness) -> None:
     finally:
         sock.close()
     assert gw.call(lambda: gw.sim.streams[-1].wait_ended(timeout=2.0)) == "client_closed"
+
+
+def test_a_trickling_reader_stays_bounded_and_keeps_the_upstream_paused(gw: Harness) -> None:
+    """A client reading one small piece at a time (here every 50 ms, scaled down from one a
+    second): the gateway's buffer for it stays under the high-water mark plus one read,
+    and Ollama's stream spends its time paused instead of filling the gateway's memory."""
+    gw.sim.next_reply(Reply(tokens=["y" * 200], fault=Fault(flood=True)))
+    sock = open_stream(gw, rcvbuf=4096)
+    try:
+
+        def server_side() -> Any:
+            return next(iter(gw.gateway._connections))
+
+        def paused() -> bool:
+            conns = list(gw.gateway._connections)
+            return bool(conns) and conns[0].flow.client_paused
+
+        assert gw.call(lambda: gw.wait_until(paused, timeout=10))
+        peak = 0
+        for _ in range(10):
+            assert len(sock.recv(1024)) > 0
+            time.sleep(0.05)
+            peak = max(peak, gw.read(lambda: server_side().transport.get_write_buffer_size()))
+        assert peak < 64 * 1024 + 256 * 1024
+        # Still paused: a kilobyte now and then never drains it below the low-water mark.
+        assert gw.read(paused)
+    finally:
+        sock.close()
+    assert gw.call(lambda: gw.sim.streams[-1].wait_ended(timeout=2.0)) == "client_closed"
