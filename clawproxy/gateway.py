@@ -18,7 +18,7 @@ from .alerts import GpuAlerts
 from .auth import KeyStore
 from .catalog import ModelCatalog
 from .clientaddr import TrustedProxies
-from .config import Config
+from .config import Config, queue_timeout_s
 from .gpu import GpuSampler
 from .logs import ACCESS, access_line
 from .modelctl import ModelControl
@@ -94,8 +94,7 @@ class Gateway:
 
     @property
     def queue_timeout(self) -> float:
-        gw = self.config.gateway
-        return gw.queue_timeout if gw.queue_timeout is not None else self.config.server.timeout
+        return queue_timeout_s(self.config)
 
     # -- life cycle -----------------------------------------------------------------------------
 
