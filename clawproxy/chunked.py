@@ -27,7 +27,7 @@ _HEX = frozenset(b"0123456789abcdefABCDEF")
 # Parser states.
 _SIZE = 0  # reading a chunk-size line
 _DATA = 1  # reading chunk data, ``_left`` bytes to go
-_DATA_END = 2  # expecting the CRLF after chunk data
+_DATA_END = 2  # expecting the CRLF after chunk data, ``_left`` bytes of it to go
 _TRAILER = 3  # after the last chunk: trailer lines until an empty one
 _DONE = 4
 
@@ -44,7 +44,7 @@ class ChunkedDecoder:
     def __init__(self) -> None:
         self._state = _SIZE
         self._left = 0
-        # Bytes of an unfinished size line, CRLF or trailer line.
+        # Bytes of an unfinished size or trailer line.
         self._pending = b""
         self.done = False
         # Bytes that arrived after the end of the body (the connection must not be reused).
@@ -66,7 +66,7 @@ class ChunkedDecoder:
 
     def _feed(self, data: bytes) -> bytes:
         if self._pending:
-            # Rare: the previous read ended inside a size line or a CRLF.
+            # Rare: the previous read ended inside a size or trailer line.
             data = self._pending + data
             self._pending = b""
         out: list[bytes] = []
@@ -81,6 +81,18 @@ class ChunkedDecoder:
                 self._left -= take
                 if not self._left:
                     self._state = _DATA_END
+                    self._left = 2
+            elif state == _DATA_END:
+                # Exactly CRLF after the data, checked byte by byte as it arrives, so a
+                # chunk longer than declared fails at its first extra byte.
+                take = min(self._left, n - pos)
+                done = 2 - self._left
+                if data[pos : pos + take] != b"\r\n"[done : done + take]:
+                    raise ChunkedError("chunk data longer than its declared size")
+                pos += take
+                self._left -= take
+                if not self._left:
+                    self._state = _SIZE
             elif state == _DONE:
                 self.extra += n - pos
                 break
@@ -111,12 +123,7 @@ class ChunkedDecoder:
         return line, end + 2
 
     def _on_line(self, line: bytes) -> None:
-        state = self._state
-        if state == _DATA_END:
-            if line:
-                raise ChunkedError("chunk data longer than its declared size")
-            self._state = _SIZE
-        elif state == _SIZE:
+        if self._state == _SIZE:
             size = self._parse_size(line.split(b";", 1)[0])
             if size:
                 self._left = size

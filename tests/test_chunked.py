@@ -60,6 +60,13 @@ def test_byte_by_byte_and_extension() -> None:
     assert out == b"hello" and decoder.done
 
 
+def test_a_runaway_chunk_fails_at_its_first_extra_byte() -> None:
+    decoder = ChunkedDecoder()
+    assert decoder.feed(b"3\r\nabc") == b"abc"
+    with pytest.raises(ChunkedError):
+        decoder.feed(b"X")
+
+
 def test_bytes_after_the_end_are_counted() -> None:
     out, decoder = decode([encode([b"abc"]) + b"junk"])
     assert out == b"abc" and decoder.done and decoder.extra == 4
