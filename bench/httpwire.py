@@ -3,7 +3,8 @@
 Theory of operation: ``ResponseReader.feed(data)`` takes raw socket bytes and returns the
 body bytes they complete (chunked framing removed), so the caller never sees framing and
 never needs an HTTP library. The head is parsed once (status and framing only); the body is
-chunked, or Content-Length for error replies. ``TokenScanner.feed(body)`` splits body bytes
+chunked (decoded by ``clawproxy.chunked``, the gateway's own strict decoder), or
+Content-Length for error replies. ``TokenScanner.feed(body)`` splits body bytes
 into lines and counts tokens, keeping the partial last line for the next read, so tokens
 are counted the same however the bytes were cut on the way.
 
@@ -24,18 +25,16 @@ from __future__ import annotations
 
 import re
 
+from clawproxy.chunked import ChunkedDecoder, ChunkedError
+
 # A response head larger than this is not from any server we benchmark.
 MAX_HEAD_BYTES = 64 * 1024
-# Chunk-size lines and trailers are a few bytes; cap them so garbage cannot grow memory.
-MAX_LINE_BYTES = 4 * 1024
-# Hex digits of a chunk size the fast path parses (16 is already beyond any stream).
-MAX_HEX_DIGITS = 16
 
 TOKEN = re.compile(rb'"content":" t(\d+)"')
 NDJSON_END = b'"done":true'
 SSE_END = b"data: [DONE]"
 
-_HEAD, _SIZE, _DATA, _DATA_END, _TRAILER, _LENGTH, _DONE = range(7)
+_HEAD, _CHUNKED, _LENGTH = range(3)
 
 
 class WireError(ValueError):
@@ -46,12 +45,13 @@ class ResponseReader:
     """Feed raw bytes, get body bytes. ``status`` is set once the head arrived; ``done``
     once the body ended (last chunk and trailers, or Content-Length bytes)."""
 
-    __slots__ = ("_buf", "_need", "_state", "chunked", "done", "status")
+    __slots__ = ("_buf", "_chunks", "_need", "_state", "chunked", "done", "status")
 
     def __init__(self) -> None:
         self._buf = bytearray()
         self._state = _HEAD
         self._need = 0
+        self._chunks: ChunkedDecoder | None = None
         self.status = 0
         self.chunked = False
         self.done = False
@@ -87,7 +87,9 @@ class ResponseReader:
             elif name == b"content-length":
                 length = int(value.strip())
         if self.chunked:
-            self._state = _SIZE
+            # The gateway's own strict decoder: one find and one slice for the usual read.
+            self._chunks = ChunkedDecoder()
+            self._state = _CHUNKED
         elif length is not None:
             self._state = _LENGTH
             self._need = length
@@ -103,84 +105,16 @@ class ResponseReader:
         return data
 
     def _chunked_body(self, data: bytes) -> bytes:
-        # Servers that stream write one chunk per token, so a read is usually exactly one
-        # whole chunk: take it with one find and one slice, no state machine.
-        if self._state == _SIZE and not self._buf:
-            end = data.find(b"\r\n")
-            if 0 < end <= MAX_HEX_DIGITS:
-                try:
-                    chunk_size = int(data[:end], 16)
-                except ValueError:
-                    chunk_size = 0
-                stop = end + 2 + chunk_size
-                if chunk_size and len(data) == stop + 2 and data.endswith(b"\r\n"):
-                    return data[end + 2 : stop]
-        out: list[bytes] = []
-        pos = 0
-        size = len(data)
-        while pos < size:
-            state = self._state
-            if state == _DATA:
-                take = min(self._need, size - pos)
-                out.append(data[pos : pos + take])
-                pos += take
-                self._need -= take
-                if self._need == 0:
-                    self._state = _DATA_END
-                    self._need = 2
-            elif state == _DATA_END:
-                take = min(self._need, size - pos)
-                if data[pos : pos + take] != b"\r\n"[2 - self._need : 2 - self._need + take]:
-                    raise WireError("chunk data not followed by CRLF")
-                pos += take
-                self._need -= take
-                if self._need == 0:
-                    self._state = _SIZE
-            elif state in (_SIZE, _TRAILER):
-                line, pos = self._line(data, pos)
-                if line is None:
-                    break
-                if state == _TRAILER:
-                    if not line:
-                        self._state = _DONE
-                        self.done = True
-                    continue
-                try:
-                    chunk_size = int(line.split(b";", 1)[0], 16)
-                except ValueError:
-                    raise WireError(f"bad chunk size line {line[:40]!r}") from None
-                if chunk_size == 0:
-                    self._state = _TRAILER
-                else:
-                    self._state = _DATA
-                    self._need = chunk_size
-            else:
-                raise WireError("bytes after the end of the body")
-        return b"".join(out)
-
-    def _line(self, data: bytes, pos: int) -> tuple[bytes | None, int]:
-        """One CRLF-terminated line from the buffer plus ``data[pos:]``, or ``None``."""
-        buf = self._buf
-        if buf:
-            buf += data[pos:]
-            end = buf.find(b"\r\n")
-            if end < 0:
-                self._keep_partial()
-                return None, len(data)
-            line = bytes(buf[:end])
-            rest = len(buf) - end - 2
-            buf.clear()
-            return line, len(data) - rest
-        end = data.find(b"\r\n", pos)
-        if end < 0:
-            buf += data[pos:]
-            self._keep_partial()
-            return None, len(data)
-        return data[pos:end], end + 2
-
-    def _keep_partial(self) -> None:
-        if len(self._buf) > MAX_LINE_BYTES:
-            raise WireError("chunk size or trailer line too long")
+        chunks = self._chunks
+        assert chunks is not None
+        try:
+            body = chunks.feed(data)
+        except ChunkedError as exc:
+            raise WireError(str(exc)) from None
+        if chunks.extra:
+            raise WireError("bytes after the end of the body")
+        self.done = chunks.done
+        return body
 
 
 class TokenScanner:
