@@ -79,18 +79,6 @@ class MethodNotAllowed(GatewayError):
     default_code = "method_not_allowed"
 
 
-class RequestTimeout(GatewayError):
-    status = 408
-    err_type = "invalid_request_error"
-    default_code = "request_timeout"
-
-
-class PayloadTooLarge(GatewayError):
-    status = 413
-    err_type = "invalid_request_error"
-    default_code = "request_too_large"
-
-
 class RateLimited(GatewayError):
     status = 429
     err_type = "rate_limit_error"

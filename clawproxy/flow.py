@@ -43,7 +43,6 @@ class FlowControl:
         self._stall_timer: asyncio.TimerHandle | None = None
         self.client_paused = False
         self.upstream: Pausable | None = None
-        self.stalls = 0
 
     def attach(self, upstream: Pausable) -> None:
         self.upstream = upstream
@@ -85,5 +84,4 @@ class FlowControl:
     def _stalled(self) -> None:
         self._stall_timer = None
         if self.client_paused:
-            self.stalls += 1
             self._on_stall()

@@ -83,7 +83,6 @@ class Request:
 
     method: bytes
     path: bytes
-    query: bytes
     headers: list[tuple[bytes, bytes]]
     body: bytes
     client: str
@@ -283,11 +282,12 @@ class HttpConnection(asyncio.Protocol):
         self._cancel_timer()
         self.phase = Phase.HANDLING
         self._pipelined = 0
-        path, _, query = head.target.partition(b"?")
+        # The query string is dropped: nothing is ever read from it (the model comes only
+        # from the validated body, RELIABILITY 3).
+        path = head.target.partition(b"?")[0]
         request = Request(
             method=head.method,
             path=path,
-            query=query,
             headers=list(head.headers),
             body=bytes(self._body),
             client=self.client,

@@ -77,7 +77,6 @@ class UpstreamConnection(asyncio.Protocol):
         self._timeout = pool.io_timeout
         self._last_rx = 0.0
         self._watchdog: asyncio.TimerHandle | None = None
-        self.idle_since = 0.0
 
     def __repr__(self) -> str:
         return f"<UpstreamConnection {self.state.value} reused={self.reused} status={self.status}>"
@@ -264,7 +263,6 @@ class UpstreamConnection(asyncio.Protocol):
             self.resume_reading()
         self.state = ConnState.IDLE
         self.reused = True
-        self.idle_since = self._loop.time()
         self._pool.put_idle(self)
 
     def abort(self) -> None:

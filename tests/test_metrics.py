@@ -46,9 +46,7 @@ def value(samples: Samples, metric: str, /, **labels: str) -> float:
 def fake_request(
     model: str = "m", status: int = 200, tokens: int = 0, ttft: float | None = None
 ) -> Request:
-    req = Request(
-        b"POST", b"/v1/chat/completions", b"", [], b"", "127.0.0.1", b"1.1", started=100.0
-    )
+    req = Request(b"POST", b"/v1/chat/completions", [], b"", "127.0.0.1", b"1.1", started=100.0)
     req.status, req.model, req.tokens = status, model, tokens
     req.first_token_at = None if ttft is None else 100.0 + ttft
     return req

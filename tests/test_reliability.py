@@ -1,4 +1,4 @@
-"""Upstream faults and slow parties: heartbeats, stalls, garbage, stale connections, stalls."""
+"""Upstream faults and slow parties: heartbeats, stalls, garbage, stale connections."""
 
 from __future__ import annotations
 
@@ -99,7 +99,7 @@ def test_bytes_after_done_are_ignored_and_the_connection_not_reused(gw: Harness)
     assert gw.read(lambda: gw.gateway.pool.connects) == 2
 
 
-def test_stale_pooled_connection_is_retried_once(gw: Harness) -> None:
+def test_ollama_closing_an_idle_connection_is_not_a_failure(gw: Harness) -> None:
     gw.sim.next_reply(Reply(tokens=["one"]))
     assert ask(gw).choices[0].message.content == "one"
     # Ollama (here: the simulator) closes the idle keep-alive connection behind our back.
@@ -107,6 +107,31 @@ def test_stale_pooled_connection_is_retried_once(gw: Harness) -> None:
     gw.sim.next_reply(Reply(tokens=["two"]))
     assert ask(gw).choices[0].message.content == "two"
     assert len([r for r in gw.sim.requests if r.path == "/api/chat"]) == 2
+
+
+def test_stale_pooled_connection_is_retried_once_on_a_fresh_one(gw: Harness) -> None:
+    """The race itself: the pool hands out a connection Ollama has just closed, before the
+    FIN is seen. Nothing came back, so nothing was generated: one retry, then success."""
+    assert ask(gw).choices[0].message.content
+
+    async def race() -> tuple[bool, bool, int]:
+        await gw.wait_until(lambda: any(c.idle for c in gw.sim._connections))
+        pool = gw.gateway.pool
+        stale = pool._idle[-1]
+        connects = pool.connects
+        gw.sim.drop_idle_connections()
+        # No await between the close and the send: the pool cannot have noticed yet.
+        handed_out_stale = not stale.transport.is_closing()
+        upstream = await pool.send(b"GET", b"/api/tags", None)
+        try:
+            await upstream.read_body(1 << 20)
+        finally:
+            upstream.release()
+        return handed_out_stale, upstream is not stale, pool.connects - connects
+
+    handed_out_stale, fresh, new_connections = gw.call(race)
+    assert handed_out_stale
+    assert fresh and new_connections == 1
 
 
 async def _drop_idle(h: Harness) -> int:
