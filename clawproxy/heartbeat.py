@@ -19,9 +19,9 @@ COMMENT = b": keep-alive\n\n"
 
 
 class Heartbeat:
-    """Periodic SSE comments for one stream, only while it is otherwise silent."""
+    """Periodic SSE comments for one stream until Ollama answers."""
 
-    __slots__ = ("_commit", "_interval", "_loop", "_timer", "_write", "active", "beats")
+    __slots__ = ("_commit", "_interval", "_loop", "_timer", "_write")
 
     def __init__(
         self,
@@ -35,9 +35,6 @@ class Heartbeat:
         self._commit = commit
         self._write = write
         self._timer: asyncio.TimerHandle | None = None
-        # Set by the relay on every write; cleared by each tick.
-        self.active = False
-        self.beats = 0
 
     def start(self) -> None:
         if self._interval > 0:
@@ -49,10 +46,6 @@ class Heartbeat:
             self._timer = None
 
     def _tick(self) -> None:
-        if self.active:
-            self.active = False
-        else:
-            self._commit()
-            self._write(COMMENT)
-            self.beats += 1
+        self._commit()
+        self._write(COMMENT)
         self._timer = self._loop.call_later(self._interval, self._tick)
