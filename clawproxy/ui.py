@@ -25,8 +25,8 @@ any number of open dashboards ask Ollama at most that often. It goes through
 ``guard.check_client``, so it needs an API key when keys are configured, like ``/v1``.
 
 UI requests are not user traffic: a dashboard polling every second must not chart itself or
-fill the recent-requests table, so they are marked like admin-port requests, which
-``LiveState`` leaves out of its numbers.
+fill the recent-requests table, so they set ``Request.counted = False`` as admin-port
+requests do, and ``LiveState`` leaves them out of its numbers.
 """
 
 from __future__ import annotations
