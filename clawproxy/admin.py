@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from . import __version__
-from .errors import AuthenticationFailed, GatewayError
+from .errors import AuthenticationFailed, Forbidden, MisdirectedRequest
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import render
 from .modelctl import parse_admin_body
@@ -46,18 +46,6 @@ if TYPE_CHECKING:
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
 # Binding to every address is not a name a client uses: it never widens the allow-list.
 WILDCARD_HOSTS = frozenset({"0.0.0.0", "[::]"})
-
-
-class Forbidden(GatewayError):
-    status = 403
-    err_type = "permission_error"
-    default_code = "forbidden"
-
-
-class MisdirectedRequest(GatewayError):
-    status = 421
-    err_type = "invalid_request_error"
-    default_code = "host_not_allowed"
 
 
 def host_of(authority: str) -> str | None:

@@ -68,6 +68,14 @@ class AuthenticationFailed(GatewayError):
     default_code = "invalid_api_key"
 
 
+class Forbidden(GatewayError):
+    """A cross-origin request to the admin port (403)."""
+
+    status = 403
+    err_type = "permission_error"
+    default_code = "forbidden"
+
+
 class NotFound(GatewayError):
     status = 404
     err_type = "not_found_error"
@@ -77,6 +85,14 @@ class MethodNotAllowed(GatewayError):
     status = 405
     err_type = "invalid_request_error"
     default_code = "method_not_allowed"
+
+
+class MisdirectedRequest(GatewayError):
+    """A Host the admin port does not answer to: DNS rebinding protection (421)."""
+
+    status = 421
+    err_type = "invalid_request_error"
+    default_code = "host_not_allowed"
 
 
 class RateLimited(GatewayError):
