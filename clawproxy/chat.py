@@ -172,7 +172,11 @@ async def stream_reply(
     def sink(data: bytes) -> None:
         out = reframer.feed(data)
         if out:
-            write(out)
+            if reframer.done:
+                # [DONE] and the last chunk in one write; the upstream's end is not awaited.
+                conn.end_stream(out)
+            else:
+                write(out)
             if request.first_token_at is None and reframer.deltas:
                 request.first_token_at = now()
         if reframer.error is not None:
@@ -182,7 +186,11 @@ async def stream_reply(
     conn.flow.attach(upstream)
     tail = b""
     try:
-        await upstream.stream_body(sink)
+        body_done = upstream.stream_body(sink)
+        # What came with Ollama's head was relayed just now, together with our head; if
+        # nothing did, the head goes out alone so the client sees its 200 at once.
+        conn.flush()
+        await body_done
         tail = reframer.eof()
         if reframer.error is not None:
             # A clean end of the body without Ollama's done line: the answer was cut.

@@ -22,9 +22,11 @@ paused, so a flood behind one request cannot grow memory. Reading otherwise cont
 client that disconnects is noticed at once (``connection_lost`` cancels the handler task,
 whose cleanup closes the Ollama connection).
 
-Responses: small ones are sent whole with Content-Length. Streams send their head through
-h11 and frame each chunk here directly (h11 does not track chunk contents), one transport
-write per upstream read; the final ``0\\r\\n\\r\\n`` goes through h11 so its state stays true.
+Responses are rendered here, not by h11 (every header is ours; h11's per-send validation
+cost more than the rest of a request): small ones whole with Content-Length, streams as a
+head and chunks, one transport write per upstream read. A stream's head is held until its
+first chunk (or ``flush()``), and its last chunk rides with the final bytes: on loopback
+each write wakes the peer, which costs more than all the Python around it.
 A stream that failed ends with ``cut_stream()``: the connection closes without the final
 chunk, so no client can mistake a cut answer for a whole one.
 """
@@ -34,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import socket
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import TYPE_CHECKING, cast
@@ -123,6 +124,8 @@ class HttpConnection(asyncio.Protocol):
         self._body = bytearray()
         self._task: asyncio.Task[None] | None = None
         self._pipelined = 0
+        # Bytes of a Content-Length body still to come; None when h11 reads the body.
+        self._body_left: int | None = None
         self._reading_paused = False
         self._served = 0
         self._counted = False
@@ -131,6 +134,8 @@ class HttpConnection(asyncio.Protocol):
         self._chunked = False
         self._keep_alive = True
         self._response_complete = False
+        # A stream's rendered head, waiting to go out with its first chunk.
+        self._held_head = b""
 
     def __repr__(self) -> str:
         return f"<HttpConnection {self.client} {self.phase.value} served={self._served}>"
@@ -154,9 +159,7 @@ class HttpConnection(asyncio.Protocol):
             transport.close()
             return
         self._counted = True
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # No TCP_NODELAY here: asyncio and uvloop both set it on every TCP transport.
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER_BYTES, low=WRITE_LOW_WATER_BYTES)
         # A connection that never sends a byte is closed at the header deadline.
         self._arm(self.cfg.header_timeout)
@@ -171,6 +174,9 @@ class HttpConnection(asyncio.Protocol):
                 self._reading_paused = True
                 assert self.transport is not None
                 self.transport.pause_reading()
+            return
+        if self._body_left:
+            self._take_body(data)
             return
         if self.phase is Phase.IDLE:
             self.phase = Phase.HEAD
@@ -190,7 +196,9 @@ class HttpConnection(asyncio.Protocol):
         if self._counted:
             self._counted = False
             self.gw.connection_closed(self)
-        if self._task is not None and not self._task.done():
+        if self._task is not None and not self._task.done() and not self._response_complete:
+            # A client that leaves after the whole answer (last chunk sent, Ollama's own end
+            # still on its way) is no abort: the exchange finishes and its connection is reused.
             self._task.cancel()
 
     def pause_writing(self) -> None:
@@ -215,6 +223,9 @@ class HttpConnection(asyncio.Protocol):
             if kind is h11.Request:
                 assert isinstance(event, h11.Request)
                 if not self._accept_head(event):
+                    return
+                if self._body_left is not None or self.phase is Phase.HANDLING:
+                    # The body is ours to count (see _accept_head), or already complete.
                     return
             elif kind is h11.Data:
                 assert isinstance(event, h11.Data)
@@ -274,7 +285,33 @@ class HttpConnection(asyncio.Protocol):
         self._body = bytearray()
         self.phase = Phase.BODY
         self._arm(cfg.body_timeout)
+        if length is not None:
+            # A Content-Length body is counted here, not parsed by h11 (two events fewer per
+            # request); h11 keeps chunked bodies. What h11 buffered past the head is the
+            # body's start, and a fresh parser takes whatever follows the body.
+            rest, _ = self.h11.trailing_data
+            self.h11 = self._new_parser()
+            self._body_left = length
+            self._take_body(rest)
         return True
+
+    def _take_body(self, data: bytes | bytearray) -> None:
+        left = self._body_left
+        assert left is not None
+        excess = b""
+        if len(data) > left:
+            excess = bytes(data[left:])
+            data = data[:left]
+        self._body += data
+        left -= len(data)
+        if left:
+            self._body_left = left
+            return
+        self._body_left = None
+        self._dispatch()
+        if excess:
+            # Pipelined: the next request's bytes, held (bounded) while this one runs.
+            self.data_received(excess)
 
     def _dispatch(self) -> None:
         head = self._head
@@ -370,8 +407,14 @@ class HttpConnection(asyncio.Protocol):
             hdrs.append((b"transfer-encoding", b"chunked"))
         else:
             self._keep_alive = False
-        head = self._render_head(request, status, hdrs)
-        if not self.closed:
+        # Held, not written: the first chunk (or flush()) takes it along in the same write.
+        self._held_head = self._render_head(request, status, hdrs)
+
+    def flush(self) -> None:
+        """Send a held stream head now (no body bytes came with Ollama's head)."""
+        head = self._held_head
+        if head and not self.closed:
+            self._held_head = b""
             assert self.transport is not None
             self.transport.write(head)
 
@@ -380,18 +423,27 @@ class HttpConnection(asyncio.Protocol):
         if self.closed:
             return
         assert self.transport is not None
-        if self._chunked:
-            self.transport.write(b"%x\r\n%b\r\n" % (len(data), data))
-        else:
-            self.transport.write(data)
+        out = b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data
+        if self._held_head:
+            out = self._held_head + out
+            self._held_head = b""
+        self.transport.write(out)
 
-    def end_stream(self) -> None:
-        if self.closed:
+    def end_stream(self, data: bytes = b"") -> None:
+        """The stream's last bytes and its end, in one write; later calls do nothing."""
+        if self.closed or self._response_complete:
             return
         assert self.transport is not None
-        if self._chunked:
-            self.transport.write(LAST_CHUNK)
         self._response_complete = True
+        if self._chunked:
+            out = (b"%x\r\n%b\r\n" % (len(data), data) + LAST_CHUNK) if data else LAST_CHUNK
+        else:
+            out = data
+        if self._held_head:
+            out = self._held_head + out
+            self._held_head = b""
+        if out:
+            self.transport.write(out)
 
     def interrupt(self, stream_event: bytes) -> None:
         """The drain deadline passed: end whatever this connection is doing, now."""
@@ -505,4 +557,6 @@ class HttpConnection(asyncio.Protocol):
     def _close(self) -> None:
         self._cancel_timer()
         if self.transport is not None and not self.transport.is_closing():
+            # A cut stream still shows its status: the head goes before the close.
+            self.flush()
             self.transport.close()

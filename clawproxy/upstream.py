@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import enum
 import logging
-import socket
 from collections import deque
 from collections.abc import Callable
 from typing import cast
@@ -42,8 +41,11 @@ log = logging.getLogger("clawproxy.upstream")
 # h11's default cap on an incomplete response head; Ollama's heads are a few hundred bytes.
 MAX_RESPONSE_HEAD_BYTES = 64 * 1024
 USER_AGENT = b"clawproxy"
+# Distinct (method, target) pairs whose stand-in request is kept (there are a handful).
+MAX_STAND_INS = 32
 
 BodySink = Callable[[bytes], None]
+END_OF_MESSAGE = h11.EndOfMessage()
 
 
 class ConnState(enum.Enum):
@@ -85,11 +87,8 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport, but implement it.
-        self.transport = transport = cast(asyncio.Transport, transport)
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            # One small write per request; never wait for Nagle to coalesce it.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # No TCP_NODELAY here: asyncio and uvloop both set it on every TCP transport.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         if self.state is not ConnState.ACTIVE:
@@ -194,14 +193,15 @@ class UpstreamConnection(asyncio.Protocol):
         self._chunks = None
         self._head = self._loop.create_future()
         self._done = self._loop.create_future()
-        headers = [(b"Host", host), (b"User-Agent", USER_AGENT), (b"Accept", b"*/*")]
-        if body is not None:
-            headers.append((b"Content-Type", b"application/json"))
-            headers.append((b"Content-Length", str(len(body)).encode()))
-        out = self._h11.send(h11.Request(method=method, target=target, headers=headers))
-        if body:
-            out = (out or b"") + (self._h11.send(h11.Data(data=body)) or b"")
-        out = (out or b"") + (self._h11.send(h11.EndOfMessage()) or b"")
+        # h11 parses the response only after it has "sent" a request: it is given a
+        # validated stand-in with the same method and target (all it frames a response
+        # by), while the bytes on the wire are rendered here, as the server renders its
+        # responses. Building and validating the real request in h11 cost more than
+        # everything else this method does.
+        conn = self._h11
+        conn.send(self._pool.stand_in(method, target))
+        conn.send(END_OF_MESSAGE)
+        out = render_request(method, target, host, body)
         self._last_rx = self._loop.time()
         self._arm_watchdog(self._timeout)
         self.transport.write(out)
@@ -392,6 +392,7 @@ class UpstreamPool:
         self.max_idle = max_idle
         self._host_header = (f"[{host}]" if ":" in host else host).encode() + f":{port}".encode()
         self._idle: deque[UpstreamConnection] = deque()
+        self._stand_ins: dict[tuple[bytes, bytes], h11.Request] = {}
         self._all: set[UpstreamConnection] = set()
         self.connects = 0  # connections opened (tests check reuse with it)
 
@@ -449,6 +450,17 @@ class UpstreamPool:
             raise
         return conn
 
+    def stand_in(self, method: bytes, target: bytes) -> h11.Request:
+        """The request h11 is told about (see ``UpstreamConnection.begin``), built once."""
+        key = (method, target)
+        event = self._stand_ins.get(key)
+        if event is None:
+            headers = [(b"Host", self._host_header), (b"Content-Length", b"0")]
+            event = h11.Request(method=method, target=target, headers=headers)
+            if len(self._stand_ins) < MAX_STAND_INS:
+                self._stand_ins[key] = event
+        return event
+
     def _take_idle(self) -> UpstreamConnection | None:
         while self._idle:
             # Most recently used first: it is the least likely to have been closed by Ollama.
@@ -475,6 +487,24 @@ class UpstreamPool:
         self.connects += 1
         self._all.add(proto)
         return proto
+
+
+def render_request(method: bytes, target: bytes, host: bytes, body: bytes | None) -> bytes:
+    """One request, head and body. Every part is ours: a method and path from our code, the
+    host from the validated endpoint, a JSON body we encoded."""
+    head = b"%s %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: %s\r\nAccept: */*\r\n" % (
+        method,
+        target,
+        host,
+        USER_AGENT,
+    )
+    if body is None:
+        return head + b"\r\n"
+    return b"%sContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
+        head,
+        len(body),
+        body,
+    )
 
 
 def header_value(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:

@@ -92,6 +92,9 @@ class Fault:
     seed: int = 0
     # Ignore pacing and never finish: filler tokens until the client leaves.
     flood: bool = False
+    # Seconds between the done line and the last chunk (Go writes the 0-chunk when the
+    # handler returns, in its own write after the last flush).
+    end_delay: float | None = None
     # Close the keep-alive connection after this many idle seconds following the response.
     close_idle_after: float | None = None
 

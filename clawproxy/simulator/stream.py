@@ -237,6 +237,9 @@ class Generation:
         await out.line(self._final(content=reply.done_content, tool_calls=calls) + b"\n")
         if fault.extra_after_done:
             await out.line(fault.extra_bytes)
+        if fault.end_delay:
+            await out.flush()
+            await asyncio.sleep(fault.end_delay)
         await out.end()
         self.recorder._finish_stream(record, "fault" if fault.extra_after_done else "complete")
         return True
