@@ -61,14 +61,9 @@ REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 LAST_CHUNK = b"0\r\n\r\n"
 
 
-def client_keeps_alive(head: h11.Request) -> bool:
-    """HTTP/1.1 without ``Connection: close`` (h11's rule too: HTTP/1.0 always closes)."""
-    if head.http_version != b"1.1":
-        return False
-    for name, value in head.headers:
-        if name == b"connection" and b"close" in (t.strip().lower() for t in value.split(b",")):
-            return False
-    return True
+def asks_to_close(value: bytes) -> bool:
+    """Whether a ``Connection`` header value holds the ``close`` option."""
+    return b"close" in (t.strip().lower() for t in value.split(b","))
 
 
 class Phase(enum.Enum):
@@ -123,7 +118,11 @@ class HttpConnection(asyncio.Protocol):
         self._head: h11.Request | None = None
         self._body = bytearray()
         self._task: asyncio.Task[None] | None = None
-        self._pipelined = 0
+        # Bytes that arrived while a request runs (pipelining): the next parser's input.
+        self._held_input = bytearray()
+        # The head's fields, listed once (h11's Headers is slow to iterate).
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._close_asked = False
         # Bytes of a Content-Length body still to come; None when h11 reads the body.
         self._body_left: int | None = None
         self._reading_paused = False
@@ -168,14 +167,14 @@ class HttpConnection(asyncio.Protocol):
         if self.closed:
             return
         if self.phase is Phase.HANDLING:
-            self._pipelined += len(data)
-            self.h11.receive_data(data)
-            if self._pipelined > PIPELINE_BUFFER_BYTES and not self._reading_paused:
+            held = self._held_input
+            held += data
+            if len(held) > PIPELINE_BUFFER_BYTES and not self._reading_paused:
                 self._reading_paused = True
                 assert self.transport is not None
                 self.transport.pause_reading()
             return
-        if self._body_left:
+        if self._body_left is not None:
             self._take_body(data)
             return
         if self.phase is Phase.IDLE:
@@ -234,6 +233,8 @@ class HttpConnection(asyncio.Protocol):
                     self._reject(413, self._body_limit_message(), "request_too_large")
                     return
             elif kind is h11.EndOfMessage:
+                # Whatever h11 holds past this request is the next one's.
+                self._held_input = bytearray(self.h11.trailing_data[0])
                 self._dispatch()
                 return
             else:  # ConnectionClosed: the client finished with us
@@ -249,20 +250,25 @@ class HttpConnection(asyncio.Protocol):
         if line_bytes > cfg.max_request_line_bytes:
             self._reject(414, "request line too long", "request_line_too_long")
             return False
-        headers = head.headers
+        headers = list(head.headers)
         if len(headers) > cfg.max_headers:
             self._reject(431, f"more than {cfg.max_headers} header fields", "too_many_headers")
             return False
-        head_bytes = line_bytes + sum(len(n) + len(v) + 4 for n, v in headers)
-        if head_bytes > cfg.max_header_bytes:
-            self._reject(431, "request header block too large", "headers_too_large")
-            return False
-        has_te = any(name == b"transfer-encoding" for name, _ in headers)
+        head_bytes = line_bytes
+        has_te = close_asked = False
         length = None
         for name, value in headers:
+            head_bytes += len(name) + len(value) + 4
             if name == b"content-length":
                 # h11 validated the syntax and merged identical duplicates.
                 length = int(value)
+            elif name == b"transfer-encoding":
+                has_te = True
+            elif name == b"connection" and asks_to_close(value):
+                close_asked = True
+        if head_bytes > cfg.max_header_bytes:
+            self._reject(431, "request header block too large", "headers_too_large")
+            return False
         if has_te and length is not None:
             self._reject(400, "Content-Length together with Transfer-Encoding", "bad_framing")
             return False
@@ -282,15 +288,16 @@ class HttpConnection(asyncio.Protocol):
             self._reject(413, self._body_limit_message(), "request_too_large")
             return False
         self._head = head
+        self._headers = headers
+        self._close_asked = close_asked
         self._body = bytearray()
         self.phase = Phase.BODY
         self._arm(cfg.body_timeout)
         if length is not None:
             # A Content-Length body is counted here, not parsed by h11 (two events fewer per
             # request); h11 keeps chunked bodies. What h11 buffered past the head is the
-            # body's start, and a fresh parser takes whatever follows the body.
+            # body's start; whatever follows the body is held for the next parser.
             rest, _ = self.h11.trailing_data
-            self.h11 = self._new_parser()
             self._body_left = length
             self._take_body(rest)
         return True
@@ -318,14 +325,13 @@ class HttpConnection(asyncio.Protocol):
         assert head is not None
         self._cancel_timer()
         self.phase = Phase.HANDLING
-        self._pipelined = 0
         # The query string is dropped: nothing is ever read from it (the model comes only
         # from the validated body, RELIABILITY 3).
         path = head.target.partition(b"?")[0]
         request = Request(
             method=head.method,
             path=path,
-            headers=list(head.headers),
+            headers=self._headers,
             body=bytes(self._body),
             client=self.client,
             http_version=head.http_version,
@@ -336,8 +342,11 @@ class HttpConnection(asyncio.Protocol):
         self.response_started = False
         self._response_complete = False
         self._served += 1
+        # HTTP/1.1 without "Connection: close" (h11's rule too: HTTP/1.0 always closes).
         self._keep_alive = (
-            self._served < self.cfg.max_requests_per_connection and client_keeps_alive(head)
+            self._served < self.cfg.max_requests_per_connection
+            and head.http_version == b"1.1"
+            and not self._close_asked
         )
         self._task = self.loop.create_task(self._run(request))
 
@@ -487,19 +496,17 @@ class HttpConnection(asyncio.Protocol):
             return
         # h11 parsed the request but did not write the response, so it is not at a cycle
         # boundary: the next request gets a fresh parser, fed what was pipelined so far.
-        pipelined, _ = self.h11.trailing_data
+        held, self._held_input = self._held_input, bytearray()
         self.h11 = self._new_parser()
-        if pipelined:
-            self.h11.receive_data(pipelined)
         self.response_started = False
         self._chunked = False
-        if self._pipelined:
+        if held:
+            self.h11.receive_data(held)
             self.phase = Phase.HEAD
             self._arm(self.cfg.header_timeout)
         else:
             self.phase = Phase.IDLE
             self._arm(self.cfg.keepalive_timeout)
-        self._pipelined = 0
         if self._reading_paused:
             self._reading_paused = False
             assert self.transport is not None
