@@ -501,7 +501,7 @@ class HttpConnection(asyncio.Protocol):
         self.response_started = False
         self._chunked = False
         if held:
-            self.h11.receive_data(held)
+            self.h11.receive_data(bytes(held))
             self.phase = Phase.HEAD
             self._arm(self.cfg.header_timeout)
         else:
