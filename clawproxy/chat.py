@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import orjson
@@ -85,10 +86,13 @@ def plan_request(gw: Gateway, body: bytes) -> ChatPlan:
     return build_chat_plan(parsed, defaults)
 
 
-async def open_upstream(gw: Gateway, plan: ChatPlan) -> UpstreamConnection:
+async def open_upstream(
+    gw: Gateway, plan: ChatPlan, meanwhile: Callable[[], None] | None = None
+) -> UpstreamConnection:
     """Send the chat request; return the connection once Ollama answered 200."""
     try:
-        upstream = await gw.pool.send(b"POST", b"/api/chat", orjson.dumps(plan.payload))
+        payload = orjson.dumps(plan.payload)
+        upstream = await gw.pool.send(b"POST", b"/api/chat", payload, meanwhile)
         if upstream.status != 200:
             try:
                 body = await upstream.read_body(MAX_ERROR_BODY_BYTES)
@@ -124,15 +128,11 @@ async def relay_whole(gw: Gateway, request: Request, conn: HttpConnection, plan:
 
 async def relay_stream(gw: Gateway, request: Request, conn: HttpConnection, plan: ChatPlan) -> None:
     """Stream the reply as SSE, with heartbeats until Ollama's first byte."""
-
-    def commit() -> None:
-        if not conn.response_started:
-            conn.start_stream(request, 200, SSE_HEADERS)
-
-    heartbeat = Heartbeat(gw.loop, gw.config.server.heartbeat_interval, commit, conn.write)
+    relay = SseRelay(gw, request, conn, plan)
+    heartbeat = Heartbeat(gw.loop, gw.config.server.heartbeat_interval, relay.commit, conn.write)
     heartbeat.start()
     try:
-        upstream = await open_upstream(gw, plan)
+        upstream = await open_upstream(gw, plan, relay.prepare)
     except GatewayError as exc:
         if not conn.response_started:
             raise
@@ -145,73 +145,99 @@ async def relay_stream(gw: Gateway, request: Request, conn: HttpConnection, plan
         heartbeat.stop()
     clean = False
     try:
-        commit()
-        clean = await stream_reply(gw, request, conn, plan, upstream)
+        relay.commit()
+        clean = await relay.run(upstream)
     finally:
         finish_exchange(upstream, clean)
 
 
-async def stream_reply(
-    gw: Gateway,
-    request: Request,
-    conn: HttpConnection,
-    plan: ChatPlan,
-    upstream: UpstreamConnection,
-) -> bool:
-    """Relay Ollama's NDJSON as SSE. Returns True when the upstream ended cleanly."""
-    reframer = SseReframer(
-        completion_id=new_completion_id(),
-        created=int(time.time()),
-        model=plan.model,
-        include_usage=plan.include_usage,
-        max_line_bytes=gw.config.upstream.max_line_bytes,
-    )
-    write = conn.write
-    now = gw.loop.time
+class SseRelay:
+    """Ollama's NDJSON to one client as SSE: one re-frame and one write per upstream read.
 
-    def sink(data: bytes) -> None:
-        out = reframer.feed(data)
-        if out:
-            if reframer.done:
-                # [DONE] and the last chunk in one write; the upstream's end is not awaited.
-                conn.end_stream(out)
-            else:
-                write(out)
-            if request.first_token_at is None and reframer.deltas:
-                request.first_token_at = now()
-        if reframer.error is not None:
-            # An error line or a broken line: stop reading Ollama at once.
-            raise UpstreamFailed(reframer.error)
+    ``prepare()`` builds the re-framer and the body sink; it runs while Ollama works on the
+    request (``UpstreamPool.send``'s ``meanwhile``), so the first token does not wait for it.
+    """
 
-    conn.flow.attach(upstream)
-    tail = b""
-    try:
-        body_done = upstream.stream_body(sink)
-        # What came with Ollama's head was relayed just now, together with our head; if
-        # nothing did, the head goes out alone so the client sees its 200 at once.
-        conn.flush()
-        await body_done
-        tail = reframer.eof()
-        if reframer.error is not None:
-            # A clean end of the body without Ollama's done line: the answer was cut.
-            request.outcome = "upstream_unavailable"
-            gw.state.upstream_errors["upstream_unavailable"] += 1
-    except GatewayError as exc:
-        tail = reframer.fail(exc.message, exc.code or "upstream_error")
-        request.outcome = exc.code or "upstream_error"
-        if isinstance(exc, UPSTREAM_ERRORS):
-            gw.state.upstream_errors[exc.code or "upstream_error"] += 1
-    finally:
-        conn.flow.detach()
-        request.tokens = reframer.deltas
-    if tail:
-        write(tail)
-    if reframer.done:
-        conn.end_stream()
-        return not reframer.extra_after_done
-    request.outcome = request.outcome or "upstream_error"
-    conn.cut_stream()
-    return False
+    __slots__ = ("conn", "gw", "plan", "reframer", "request", "sink")
+
+    def __init__(self, gw: Gateway, request: Request, conn: HttpConnection, plan: ChatPlan):
+        self.gw = gw
+        self.request = request
+        self.conn = conn
+        self.plan = plan
+        self.reframer: SseReframer | None = None
+        self.sink: Callable[[bytes], None] | None = None
+
+    def commit(self) -> None:
+        """Send the 200 and the SSE head (held by the connection until the first chunk)."""
+        if not self.conn.response_started:
+            self.conn.start_stream(self.request, 200, SSE_HEADERS)
+
+    def prepare(self) -> None:
+        if self.reframer is not None:
+            return
+        plan, request, conn = self.plan, self.request, self.conn
+        reframer = self.reframer = SseReframer(
+            completion_id=new_completion_id(),
+            created=int(time.time()),
+            model=plan.model,
+            include_usage=plan.include_usage,
+            max_line_bytes=self.gw.config.upstream.max_line_bytes,
+        )
+        write = conn.write
+        now = self.gw.loop.time
+
+        def sink(data: bytes) -> None:
+            out = reframer.feed(data)
+            if out:
+                if reframer.done:
+                    # [DONE] and the last chunk in one write; the upstream's end is not awaited.
+                    conn.end_stream(out)
+                else:
+                    write(out)
+                if request.first_token_at is None and reframer.deltas:
+                    request.first_token_at = now()
+            if reframer.error is not None:
+                # An error line or a broken line: stop reading Ollama at once.
+                raise UpstreamFailed(reframer.error)
+
+        self.sink = sink
+
+    async def run(self, upstream: UpstreamConnection) -> bool:
+        """Relay until Ollama's body ends. Returns True when it ended cleanly."""
+        self.prepare()
+        reframer, sink = self.reframer, self.sink
+        assert reframer is not None and sink is not None
+        gw, request, conn = self.gw, self.request, self.conn
+        conn.flow.attach(upstream)
+        tail = b""
+        try:
+            body_done = upstream.stream_body(sink)
+            # What came with Ollama's head was relayed just now, together with our head; if
+            # nothing did, the head goes out alone so the client sees its 200 at once.
+            conn.flush()
+            await body_done
+            tail = reframer.eof()
+            if reframer.error is not None:
+                # A clean end of the body without Ollama's done line: the answer was cut.
+                request.outcome = "upstream_unavailable"
+                gw.state.upstream_errors["upstream_unavailable"] += 1
+        except GatewayError as exc:
+            tail = reframer.fail(exc.message, exc.code or "upstream_error")
+            request.outcome = exc.code or "upstream_error"
+            if isinstance(exc, UPSTREAM_ERRORS):
+                gw.state.upstream_errors[exc.code or "upstream_error"] += 1
+        finally:
+            conn.flow.detach()
+            request.tokens = reframer.deltas
+        if tail:
+            conn.write(tail)
+        if reframer.done:
+            conn.end_stream()
+            return not reframer.extra_after_done
+        request.outcome = request.outcome or "upstream_error"
+        conn.cut_stream()
+        return False
 
 
 def new_completion_id() -> str:

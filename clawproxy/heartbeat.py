@@ -2,12 +2,11 @@
 
 Theory of operation: a model load can take minutes, and nginx cuts a proxied response that
 stays silent longer than its ``proxy_read_timeout`` (60 s by default). So once a streaming
-request is admitted, a timer fires every ``interval``; if nothing was written to the client
-since the last tick, it commits the SSE head (200, once) and writes a ``: keep-alive``
-comment, which every SSE client ignores (openai-python included: PROTOCOL 4.4). The relay
-marks activity with one attribute store per upstream read, so the hot path pays nothing
-else. The trade-off, taken knowingly: after a heartbeat has committed the 200, an upstream
-error can only travel as an SSE error event.
+request is admitted, a timer fires every ``interval`` until Ollama's response head arrives
+(the relay stops it then; tokens keep the line busy from there): each tick commits the SSE
+head (200, once) and writes a ``: keep-alive`` comment, which every SSE client ignores
+(openai-python included: PROTOCOL 4.4). The trade-off, taken knowingly: after a heartbeat
+has committed the 200, an upstream error can only travel as an SSE error event.
 """
 
 from __future__ import annotations

@@ -198,13 +198,13 @@ class UpstreamConnection(asyncio.Protocol):
         # by), while the bytes on the wire are rendered here, as the server renders its
         # responses. Building and validating the real request in h11 cost more than
         # everything else this method does.
+        # Written first: everything below runs while Ollama reads the request.
+        self.transport.write(render_request(method, target, host, body))
         conn = self._h11
         conn.send(self._pool.stand_in(method, target))
         conn.send(END_OF_MESSAGE)
-        out = render_request(method, target, host, body)
         self._last_rx = self._loop.time()
         self._arm_watchdog(self._timeout)
-        self.transport.write(out)
 
     async def wait_head(self) -> None:
         assert self._head is not None
@@ -405,8 +405,18 @@ class UpstreamPool:
     def open_connections(self) -> int:
         return len(self._all)
 
-    async def send(self, method: bytes, target: bytes, body: bytes | None) -> UpstreamConnection:
+    async def send(
+        self,
+        method: bytes,
+        target: bytes,
+        body: bytes | None,
+        meanwhile: Callable[[], None] | None = None,
+    ) -> UpstreamConnection:
         """Send one request and wait for the response head.
+
+        ``meanwhile`` runs once, right after the request is written: set-up the caller needs
+        only once the head is in, done while Ollama works instead of on the first token's
+        path.
 
         A reused keep-alive connection that fails before any response byte arrives is
         retried once on a fresh connection: Ollama closed it while idle, so the request
@@ -415,13 +425,14 @@ class UpstreamPool:
         conn = self._take_idle()
         if conn is not None:
             try:
-                return await self._exchange(conn, method, target, body)
+                return await self._exchange(conn, method, target, body, meanwhile)
             except UpstreamUnavailable:
                 if conn.got_response_bytes:
                     raise
                 log.debug("stale keep-alive connection to Ollama; retrying once")
+                meanwhile = None
         conn = await self._connect()
-        return await self._exchange(conn, method, target, body)
+        return await self._exchange(conn, method, target, body, meanwhile)
 
     def put_idle(self, conn: UpstreamConnection) -> None:
         if len(self._idle) >= self.max_idle:
@@ -440,10 +451,17 @@ class UpstreamPool:
         self._idle.clear()
 
     async def _exchange(
-        self, conn: UpstreamConnection, method: bytes, target: bytes, body: bytes | None
+        self,
+        conn: UpstreamConnection,
+        method: bytes,
+        target: bytes,
+        body: bytes | None,
+        meanwhile: Callable[[], None] | None,
     ) -> UpstreamConnection:
         try:
             conn.begin(method, target, self._host_header, body)
+            if meanwhile is not None:
+                meanwhile()
             await conn.wait_head()
         except BaseException:
             conn.abort()
