@@ -122,16 +122,19 @@ def test_stale_pooled_connection_is_retried_once_on_a_fresh_one(gw: Harness) -> 
         gw.sim.drop_idle_connections()
         # No await between the close and the send: the pool cannot have noticed yet.
         handed_out_stale = not stale.transport.is_closing()
-        upstream = await pool.send(b"GET", b"/api/tags", None)
+        upstream = await pool.send(b"GET", b"/api/tags", None, lambda: meanwhile.append(1))
         try:
             await upstream.read_body(1 << 20)
         finally:
             upstream.release()
         return handed_out_stale, upstream is not stale, pool.connects - connects
 
+    meanwhile: list[int] = []
     handed_out_stale, fresh, new_connections = gw.call(race)
     assert handed_out_stale
     assert fresh and new_connections == 1
+    # The caller's set-up ran once, though the request was written twice.
+    assert meanwhile == [1]
 
 
 async def _drop_idle(h: Harness) -> int:
