@@ -20,7 +20,7 @@ from .catalog import ModelCatalog
 from .clientaddr import TrustedProxies
 from .config import Config, queue_timeout_s
 from .gpu import GpuSampler
-from .logs import ACCESS, access_line
+from .logs import access_enabled, access_line, log_access
 from .modelctl import ModelControl
 from .ratelimit import RateLimiter
 from .reframe import error_event
@@ -182,20 +182,21 @@ class Gateway:
             endpoint = self._endpoints.get(request.path, "other")
             self.state.record_request(request, endpoint, now)
         ttft = None if request.first_token_at is None else request.first_token_at - request.started
-        ACCESS.info(
-            access_line(
-                request.client,
-                request.method,
-                request.path,
-                request.status,
-                request.model,
-                ttft,
-                now - request.started,
-                request.tokens,
-                request.outcome,
-                request.extra.get("key", "-"),
+        if access_enabled():
+            log_access(
+                access_line(
+                    request.client,
+                    request.method,
+                    request.path,
+                    request.status,
+                    request.model,
+                    ttft,
+                    now - request.started,
+                    request.tokens,
+                    request.outcome,
+                    request.extra.get("key", "-"),
+                )
             )
-        )
         if self.draining:
             self._idle_drained.set()
 

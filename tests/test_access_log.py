@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from clawproxy.logs import access_line, escape_path
+from clawproxy import logs
+from clawproxy.config import LoggingConfig
+from clawproxy.logs import access_enabled, access_line, escape_path, log_access, setup_logging
 
 
 def reference_escape(path: bytes, limit: int = 200) -> str:
@@ -33,3 +41,44 @@ def test_a_forged_line_stays_on_one_line() -> None:
     )
     assert "\n" not in line and "\r" not in line and "\x1b" not in line
     assert "/x\\x0d\\x0a2026 INFO forged\\x1b[31m" in line
+
+
+@pytest.fixture
+def log_file(tmp_path: Path) -> Iterator[Path]:
+    """setup_logging to a file, and logging as it was afterwards (it is process-wide)."""
+    root = logging.getLogger("clawproxy")
+    saved = (list(root.handlers), root.level, root.propagate)
+    path = tmp_path / "clawproxy.log"
+    yield path
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+    for handler in saved[0]:
+        root.addHandler(handler)
+    root.setLevel(saved[1])
+    root.propagate = saved[2]
+    logs._Direct.handler = None
+
+
+LINE_RE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (INFO|WARNING) clawproxy(\.\w+)?: ")
+
+
+def test_access_lines_share_the_log_format_and_file(log_file: Path) -> None:
+    setup_logging(LoggingConfig(level="info", file=str(log_file)))
+    logging.getLogger("clawproxy").warning("a warning")
+    log_access("127.0.0.1 first")
+    logging.getLogger("clawproxy.gateway").info("an ordinary line")
+    log_access("127.0.0.1 second")
+    lines = log_file.read_text().splitlines()
+    assert len(lines) == 4
+    assert all(LINE_RE.match(line) for line in lines), lines
+    # Written in order, each at once (nothing waits in a buffer).
+    assert lines[1].endswith("INFO clawproxy.access: 127.0.0.1 first")
+    assert lines[3].endswith("INFO clawproxy.access: 127.0.0.1 second")
+
+
+def test_no_access_lines_above_info(log_file: Path) -> None:
+    setup_logging(LoggingConfig(level="warning", file=str(log_file)))
+    assert not access_enabled()
+    log_access("127.0.0.1 hidden")
+    assert "hidden" not in log_file.read_text()
