@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import dataclasses
 import logging
+import os
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -26,9 +27,24 @@ log = logging.getLogger("clawproxy")
 EXIT_CONFIG = 2
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's own, sized to the terminal without importing shutil: argparse builds a
+    formatter for every add_argument(), and shutil (with bz2 and lzma) would stay loaded,
+    half a MiB of the gateway's idle memory, for a help text it rarely prints."""
+
+    def __init__(self, prog: str) -> None:
+        try:
+            columns = int(os.environ.get("COLUMNS", "")) or os.get_terminal_size().columns
+        except (ValueError, OSError):
+            columns = 80
+        super().__init__(prog, width=max(columns, 40) - 2)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="clawproxy", description="OpenAI-compatible gateway in front of Ollama."
+        prog="clawproxy",
+        description="OpenAI-compatible gateway in front of Ollama.",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--config", metavar="PATH", help="YAML config (default: $CLAWPROXY_CONFIG)")
     parser.add_argument("--host", help="listen address (server.host)")

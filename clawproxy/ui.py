@@ -35,8 +35,6 @@ import asyncio
 import logging
 import re
 from dataclasses import dataclass
-from importlib.resources import files
-from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,8 +49,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("clawproxy.ui")
 
-# Where the UI's files live, inside the installed package (tests point it elsewhere).
-STATIC_ROOT: Traversable = files("clawproxy") / "ui_static"
+# Where the UI's files live, inside the installed package (tests point it elsewhere). A
+# plain path: the package is always installed as files, and importlib.resources (with the
+# zipfile and tempfile it pulls in) would cost the idle process about 1 MiB.
+STATIC_ROOT = Path(__file__).resolve().parent / "ui_static"
 # Page files and the paths they answer on; every other file is under ASSET_PREFIX.
 PAGES: dict[str, tuple[bytes, ...]] = {
     "index.html": (b"/ui", b"/ui/"),
@@ -114,17 +114,17 @@ class Asset:
         conn.send(request, 200, self.body, content_type=self.content_type, headers=headers)
 
 
-Found = list[tuple[tuple[str, ...], Traversable]]
+Found = list[tuple[tuple[str, ...], Path]]
 
 
-def _files(folder: Traversable, parts: tuple[str, ...]) -> Found:
+def _files(folder: Path, parts: tuple[str, ...]) -> Found:
     """Regular files under ``folder`` with their relative path; no symlinks, no odd names."""
     found: Found = []
     for entry in sorted(folder.iterdir(), key=lambda e: e.name):
         name = entry.name
         if not SAFE_NAME.fullmatch(name):
             continue  # dot files, and names a URL could not carry plainly
-        if isinstance(entry, Path) and entry.is_symlink():
+        if entry.is_symlink():
             log.warning("UI: not serving symlink %s", entry)
             continue
         if entry.is_dir():
@@ -135,7 +135,7 @@ def _files(folder: Traversable, parts: tuple[str, ...]) -> Found:
     return found
 
 
-def build_manifest(root: Traversable) -> dict[bytes, Asset]:
+def build_manifest(root: Path) -> dict[bytes, Asset]:
     """Exact URL path -> response, for every servable file under ``root``."""
     manifest: dict[bytes, Asset] = {}
     for parts, entry in _files(root, ()):
@@ -193,7 +193,7 @@ def stats_handler(probe: UpstreamProbe) -> Handler:
     return ui_stats
 
 
-def ui_routes(root: Traversable | None = None) -> dict[bytes, dict[bytes, Handler]]:
+def ui_routes(root: Path | None = None) -> dict[bytes, dict[bytes, Handler]]:
     """The UI's part of the public route table (one per gateway: it holds the probe cache)."""
     manifest = build_manifest(STATIC_ROOT if root is None else root)
     table: dict[bytes, dict[bytes, Handler]] = {

@@ -100,3 +100,63 @@ def test_demo_streams_with_the_official_client_and_stops_cleanly() -> None:
     assert proc.returncode == 0
     assert "curl -N" in err  # the banner shows the newcomer what to try
     assert "Traceback" not in err
+
+
+# Loaded only where needed: each would stay resident in every idle gateway (issue #6 keeps
+# idle RSS at 30 MiB). shutil and difflib come from argparse's formatter and config's "did
+# you mean"; importlib.resources (zipfile, tempfile) from reading the UI's files.
+NOT_AT_IDLE = (
+    "shutil",
+    "difflib",
+    "importlib.resources",
+    "zipfile",
+    "tempfile",
+    "pynvml",
+    "clawproxy.simulator",
+    "clawproxy.workers",
+)
+
+IDLE_PROBE = """
+import asyncio, sys
+from clawproxy import cli
+from clawproxy.gateway import Gateway
+
+def stop_when_serving(config):
+    gateway = Gateway(config)
+    start = gateway.start
+
+    async def start_then_report():
+        port = await start()
+        heavy = [m for m in sys.argv[2].split(",") if m in sys.modules]
+        print("LOADED", ",".join(heavy), flush=True)
+        raise SystemExit(0)
+
+    gateway.start = start_then_report
+    return gateway
+
+args = cli.build_parser().parse_args(["--config", sys.argv[1]])
+config = cli.load_config(args.config, overrides=cli.overrides_from(args))
+cli.setup_logging(config.logging)
+cli.run(cli.serve(config, make_gateway=stop_when_serving))
+"""
+
+
+def test_an_idle_gateway_loads_nothing_it_does_not_use(tmp_path: Path) -> None:
+    config = tmp_path / "clawproxy.yaml"
+    config.write_text(
+        "server: {host: 127.0.0.1, port: 0}\n"
+        "gateway: {debug_port: 0}\n"
+        "model: {endpoint: 'http://127.0.0.1:9'}\n"
+        "ui: {enabled: true}\n"
+        f"logging: {{level: info, file: '{tmp_path / 'gw.log'}'}}\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", IDLE_PROBE, str(config), ",".join(NOT_AT_IDLE)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert "LOADED" in done.stdout, done.stderr[-2000:]
+    loaded = done.stdout.split("LOADED", 1)[1].strip()
+    assert loaded == "", f"loaded at idle: {loaded}"
