@@ -1,6 +1,7 @@
 """The load generator: N concurrent streaming requests, timed per token, in one process.
 
-    python -m bench.loadgen --port P --format sse --streams 100 --tokens 200 --ramp 1
+    python -m bench.loadgen --port P --format sse --streams 100 --tokens 200 --ramp 1 \
+        --probes 40 --probe-start 1.5 --probe-interval 0.05
 
 Theory of operation: one uvloop event loop, one ``asyncio.Protocol`` per stream and one
 connection per stream (``Connection: close``), the request pre-rendered once. Stream i
@@ -8,6 +9,14 @@ connects at ``start + i * ramp / N``, so every path sees the same arrivals. Each
 through ``httpwire`` (de-chunking, line split, token count) inside ``data_received``; no
 task switch and no HTTP library per token, so the generator stays cheap (its own CPU per
 token is reported next to the others to prove it).
+
+Probes measure what a *new* request sees while the N streams run: probe i connects at
+``start + probe_start + i * probe_interval`` with the same kind of request asking for one
+token. They have their own tallies (a second ``Run``), so they count in none of the main
+figures. Around them (the probe window, from just before the first to just after the last
+has ended) the generator reads the CPU time of the processes named by ``--cpu-pid``, its
+own, and the main streams' tokens so far, so the runner can leave the probes' requests
+out of its per-token CPU figures.
 
 What is measured, on the loop's monotonic clock:
 
@@ -34,6 +43,7 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 from .httpwire import NDJSON_END, SSE_END, ResponseReader, TokenScanner, WireError
+from .proctree import cpu_seconds, cpu_ticks_seconds
 
 # The model the simulator's catalog and the gateway's default agree on.
 MODEL = "qwen3:32b"
@@ -41,6 +51,10 @@ MODEL = "qwen3:32b"
 DEADLINE_SLACK_S = 30.0
 # Socket errors that end a stream (and are counted), never the run.
 CONNECT_ERRORS = (OSError, asyncio.TimeoutError)
+# The probe window's CPU readings: taken this long before the first probe connects and
+# after the last one ended (its connection is closed on both ends by then).
+PROBE_SAMPLE_LEAD_S = 0.02
+PROBE_SETTLE_S = 0.02
 
 
 def build_request(fmt: str, host: str, port: int, tokens: int) -> bytes:
@@ -86,6 +100,8 @@ class Run:
         self.gaps = array("d")
         self.outcomes: collections.Counter[str] = collections.Counter()
         self.tokens = 0
+        # Tokens read so far, streams still open included (tokens counts ended streams).
+        self.delivered = 0
         self.out_of_order = 0
         self.first_sent = 0.0
         self.last_token = 0.0
@@ -93,15 +109,28 @@ class Run:
         self.finished = 0
         self.all_done: asyncio.Future[None] | None = None
 
+    def arm(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
+        """The future that resolves when every stream has ended (at once if there are none)."""
+        self.all_done = loop.create_future()
+        self._check_done()
+        return self.all_done
+
     def stream_ended(self, client: StreamClient, outcome: str) -> None:
         self.open.discard(client)
-        self.outcomes[outcome] += 1
         scanner = client.scanner
         self.tokens += scanner.tokens
         self.out_of_order += scanner.out_of_order
-        self.finished += 1
+        self.count(outcome)
+
+    def count(self, outcome: str, streams: int = 1) -> None:
+        """``streams`` streams ended with ``outcome``."""
+        self.outcomes[outcome] += streams
+        self.finished += streams
+        self._check_done()
+
+    def _check_done(self) -> None:
         done = self.all_done
-        if self.finished == self.streams and done is not None and not done.done():
+        if self.finished >= self.streams and done is not None and not done.done():
             done.set_result(None)
 
 
@@ -144,6 +173,7 @@ class StreamClient(asyncio.Protocol):
                     run.ttfts.append(now - self.sent_at)
                 for _ in range(found - 1):
                     run.gaps.append(0.0)
+                run.delivered += found
                 self.last_at = now
                 run.last_token = now
         if self.reader.done:
@@ -176,43 +206,86 @@ async def drive(args: argparse.Namespace) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     end = SSE_END if args.format == "sse" else NDJSON_END
     run = Run(build_request(args.format, args.host, args.port, args.tokens), end, args.streams)
-    all_done: asyncio.Future[None] = loop.create_future()
-    run.all_done = all_done
+    probes = Run(build_request(args.format, args.host, args.port, 1), end, args.probes)
+    waits: set[asyncio.Future[Any]] = {run.arm(loop), probes.arm(loop)}
     tasks: set[asyncio.Task[None]] = set()
 
-    async def connect() -> None:
+    async def connect(target: Run) -> None:
         try:
-            await loop.create_connection(lambda: StreamClient(run), args.host, args.port)
+            await loop.create_connection(lambda: StreamClient(target), args.host, args.port)
         except CONNECT_ERRORS as exc:
-            name = type(exc).__name__
-            run.outcomes[f"connect_{name}"] += 1
-            run.finished += 1
-            if run.finished == run.streams and not all_done.done():
-                all_done.set_result(None)
+            target.count(f"connect_{type(exc).__name__}")
 
-    def launch() -> None:
-        task = loop.create_task(connect())
+    def launch(target: Run) -> None:
+        task = loop.create_task(connect(target))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
     cpu0 = time.process_time()
     start = loop.time() + 0.01
-    step = args.ramp / args.streams
+    step = args.ramp / args.streams if args.streams else 0.0
     for i in range(args.streams):
-        loop.call_at(start + i * step, launch)
-    try:
-        await asyncio.wait_for(all_done, args.deadline)
-    except TimeoutError:
-        for client in list(run.open):
-            client.abort()
-        for task in tasks:
+        loop.call_at(start + i * step, launch, run)
+    deadline = args.deadline
+    window: dict[str, Any] | None = None
+    watch: asyncio.Task[dict[str, Any]] | None = None
+    if args.probes > 0:
+        for i in range(args.probes):
+            loop.call_at(start + args.probe_start + i * args.probe_interval, launch, probes)
+        probes_end = args.probe_start + args.probes * args.probe_interval
+        deadline = max(deadline, probes_end + DEADLINE_SLACK_S)
+        watch = loop.create_task(
+            probe_window(run, probes, start + args.probe_start, args.cpu_pid or [])
+        )
+        waits.add(watch)
+    _, pending = await asyncio.wait(waits, timeout=deadline)
+    if pending:
+        for target in (run, probes):
+            for client in list(target.open):
+                client.abort()
+        for task in list(tasks):
             task.cancel()
-        # Streams that never connected are not "open": count them as timed out too.
-        run.outcomes["timeout_not_connected"] += run.streams - run.finished
+        if watch is not None:
+            watch.cancel()
+        for target in (run, probes):
+            # Streams that never connected are not "open": count them as timed out too.
+            if target.finished < target.streams:
+                target.count("timeout_not_connected", target.streams - target.finished)
+    elif watch is not None:
+        window = watch.result()
     cpu = time.process_time() - cpu0
     # Let aborted transports close before the loop goes.
     await asyncio.sleep(0)
-    return summarize(run, args, cpu)
+    return summarize(run, probes, args, cpu, window)
+
+
+async def probe_window(run: Run, probes: Run, first_at: float, pids: list[int]) -> dict[str, Any]:
+    """CPU and main-stream tokens from just before the first probe to after the last one."""
+    loop = asyncio.get_running_loop()
+    await asyncio.sleep(max(0.0, first_at - PROBE_SAMPLE_LEAD_S - loop.time()))
+    before = _sample(run, pids)
+    assert probes.all_done is not None
+    await probes.all_done
+    await asyncio.sleep(PROBE_SETTLE_S)
+    after = _sample(run, pids)
+    return {
+        key: (
+            {pid: after[key][pid] - v for pid, v in before[key].items()}
+            if isinstance(before[key], dict)
+            else after[key] - before[key]
+        )
+        for key in before
+    }
+
+
+def _sample(run: Run, pids: list[int]) -> dict[str, Any]:
+    return {
+        "s": time.monotonic(),
+        "tokens": run.delivered,
+        "loadgen_cpu_s": time.process_time(),
+        "cpu_s": {str(pid): cpu_seconds(pid) for pid in pids},
+        "cpu_ticks_s": {str(pid): cpu_ticks_seconds(pid) for pid in pids},
+    }
 
 
 def percentile(values: Sequence[float], fraction: float) -> float | None:
@@ -223,9 +296,16 @@ def percentile(values: Sequence[float], fraction: float) -> float | None:
     return values[index]
 
 
-def summarize(run: Run, args: argparse.Namespace, cpu_s: float) -> dict[str, Any]:
+def summarize(
+    run: Run,
+    probes: Run,
+    args: argparse.Namespace,
+    cpu_s: float,
+    window: dict[str, Any] | None,
+) -> dict[str, Any]:
     ttfts = sorted(run.ttfts)
     gaps = sorted(run.gaps)
+    probe_ttfts = sorted(probes.ttfts)
     span = run.last_token - run.first_sent if run.last_token else 0.0
     return {
         "streams": args.streams,
@@ -242,6 +322,13 @@ def summarize(run: Run, args: argparse.Namespace, cpu_s: float) -> dict[str, Any
         "span_s": span,
         "tokens_per_s": run.tokens / span if span > 0 else 0.0,
         "loadgen_cpu_s": cpu_s,
+        "probes": args.probes,
+        "probes_completed": probes.outcomes.get("complete", 0),
+        "probe_outcomes": dict(probes.outcomes),
+        "probe_ttft_p50_s": percentile(probe_ttfts, 0.50),
+        "probe_ttft_p99_s": percentile(probe_ttfts, 0.99),
+        # None without probes, or when the run hit its deadline.
+        "probe_window": window,
     }
 
 
@@ -254,6 +341,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tokens", type=int, default=200)
     parser.add_argument("--ramp", type=float, default=1.0, help="seconds over which to start")
     parser.add_argument("--deadline", type=float, default=120.0, help="seconds, then abort")
+    parser.add_argument("--probes", type=int, default=0, help="one-token requests while running")
+    parser.add_argument(
+        "--probe-start", type=float, default=0.0, help="first probe, seconds after the first stream"
+    )
+    parser.add_argument("--probe-interval", type=float, default=0.05, help="seconds between probes")
+    parser.add_argument(
+        "--cpu-pid",
+        type=int,
+        action="append",
+        help="process tree whose CPU the probe window reads (repeatable)",
+    )
     return parser.parse_args(argv)
 
 

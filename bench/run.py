@@ -21,11 +21,21 @@ of the same load, CPU against the nginx run of the same load): the machine is sh
 figures drift between invocations. The simulator's own CPU is shown for every run; where
 it nears a full core it is the bottleneck, and "tokens got/expected" says if anything was
 lost. ``--profile`` adds one more gateway run under py-spy (kept out of the table).
+
+Streams arrive at ``--arrivals`` per second (100: busy, steady traffic). Two things are
+called TTFT and kept apart. "At N": while a paced load's N streams run (after the ramp),
+the load generator sends ``--probes`` one-token requests, one every ``--probe-interval``
+seconds; their first token is what a new user sees on a busy box. "Arrivals": the first
+token of the load's own streams while they arrive. The burst load (``--burst`` streams at
+``--burst-arrivals`` per second, 1000) is that second figure for a thundering herd; it is
+its own row and gets no probes. The probe window (first probe to last) is left out of the
+CPU per token figures, so the probes' requests do not count as the cost of tokens.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -62,6 +72,10 @@ WARM_UP_TOKENS = 2
 BENCH_DIR = Path(__file__).resolve().parent
 # A client aborts a run that has not ended this long after its slowest stream should have.
 DEADLINE_SLACK_S = 30.0
+# Probes start this long after the ramp, and the probe window must end this long before
+# the first stream does (else the load gets no probes): all N streams are running.
+PROBE_LEAD_S = 0.5
+PROBE_TAIL_S = 0.5
 # Extra time the runner gives the load generator process beyond its own deadline.
 LOADGEN_EXIT_SLACK_S = 30.0
 
@@ -73,17 +87,23 @@ class Load:
     # Overrides of the run's --tokens and --arrivals (the short-request load uses both).
     tokens: int | None = None
     arrivals: float | None = None
+    # The burst load: streams arriving at --burst-arrivals, measured by their own TTFT.
+    burst: bool = False
 
     @property
     def label(self) -> str:
         if self.tokens == 1:
             return f"{self.streams} x 1 token"
+        if self.burst:
+            return f"{self.streams} @ {self.rate:g}/s burst"
         return f"{self.streams} @ {self.rate:g}/s" if self.rate > 0 else f"{self.streams} unpaced"
 
     @property
     def slug(self) -> str:
         if self.tokens == 1:
             return f"{self.streams}x1token"
+        if self.burst:
+            return f"{self.streams}x{self.rate:g}burst"
         return f"{self.streams}x{self.rate:g}" if self.rate > 0 else f"{self.streams}xmax"
 
 
@@ -93,6 +113,9 @@ class Settings:
     tokens: int
     arrivals: float
     workers: int
+    # One-token requests sent while a paced load runs (0: none), and their spacing.
+    probes: int = 0
+    probe_interval: float = 0.05
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -118,7 +141,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--paths", default=",".join(PATHS), help="subset of " + ",".join(PATHS))
     parser.add_argument("--workers", type=int, default=1, help="gateway --workers")
     parser.add_argument(
-        "--arrivals", type=float, default=1000.0, help="new streams per second (the ramp)"
+        "--arrivals", type=float, default=100.0, help="new streams per second (the ramp)"
+    )
+    parser.add_argument(
+        "--probes", type=int, default=40, help="new one-token requests while a paced load runs"
+    )
+    parser.add_argument("--probe-interval", type=float, default=0.05, help="seconds between probes")
+    parser.add_argument(
+        "--burst", type=int, default=100, help="streams of the burst load (0: skip)"
+    )
+    parser.add_argument(
+        "--burst-arrivals", type=float, default=1000.0, help="new streams per second, burst"
     )
     parser.add_argument("--profile", action="store_true", help="py-spy the gateway afterwards")
     parser.add_argument(
@@ -133,8 +166,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     if args.quick:
-        args.paced, args.unpaced, args.tokens, args.rate, args.big = [3], [2], 10, 50.0, False
-        args.short = 3
+        args.paced, args.unpaced, args.tokens, args.rate, args.big = [3], [2], 13, 10.0, False
+        args.short, args.probes, args.burst = 3, 3, 3
         args.profile = False
     default_out = BENCH_DIR / "out" / ("quick" if args.quick else "full")
     args.out = (args.out or default_out).resolve()
@@ -163,6 +196,9 @@ def paced_rate(args: argparse.Namespace, streams: int) -> float:
 def plan(args: argparse.Namespace) -> list[Load]:
     counts = [*args.paced, *([BIG_STREAMS] if args.big else [])]
     loads = [Load(n, paced_rate(args, n)) for n in counts]
+    if args.burst:
+        rate = paced_rate(args, args.burst)
+        loads.append(Load(args.burst, rate, arrivals=args.burst_arrivals, burst=True))
     loads += [Load(n, 0.0) for n in args.unpaced]
     if args.short:
         # One-token streams: what a request costs apart from its tokens.
@@ -170,13 +206,43 @@ def plan(args: argparse.Namespace) -> list[Load]:
     return loads
 
 
-def run_loadgen(settings: Settings, load: Load, port: int, fmt: str) -> dict[str, object]:
+def ramp_s(settings: Settings, load: Load) -> float:
+    """Seconds over which the load's streams start (0 for one stream)."""
+    return load.streams / (load.arrivals or settings.arrivals) if load.streams > 1 else 0.0
+
+
+def probe_start(settings: Settings, load: Load) -> float | None:
+    """When the probes start (seconds after the first stream), or None: no probes.
+
+    Only paced loads of many tokens get probes (not the burst), starting PROBE_LEAD_S
+    after the ramp, and only if the whole window ends PROBE_TAIL_S before the first
+    stream is due to end, so that every probe meets all N streams running.
+    """
+    if settings.probes <= 0 or load.rate <= 0 or load.tokens == 1 or load.burst:
+        return None
+    start = ramp_s(settings, load) + PROBE_LEAD_S
+    window_end = start + settings.probes * settings.probe_interval
+    stream_s = (load.tokens or settings.tokens) / load.rate
+    return start if window_end <= stream_s - PROBE_TAIL_S else None
+
+
+def run_loadgen(
+    settings: Settings, load: Load, port: int, fmt: str, cpu_pids: Sequence[int] = ()
+) -> dict[str, object]:
+    """Run the load generator; ``cpu_pids``: process trees it reads around the probes."""
     tokens = load.tokens or settings.tokens
-    ramp = load.streams / (load.arrivals or settings.arrivals) if load.streams > 1 else 0.0
+    ramp = ramp_s(settings, load)
     stream_s = tokens / load.rate if load.rate > 0 else 0.0
     deadline = ramp + 3 * stream_s + DEADLINE_SLACK_S
     cmd = [sys.executable, "-m", "bench.loadgen", "--port", str(port), "--format", fmt]
     cmd += ["--streams", str(load.streams), "--tokens", str(tokens)]
+    probes_at = probe_start(settings, load)
+    if probes_at is not None:
+        cmd += ["--probes", str(settings.probes), "--probe-start", f"{probes_at:.3f}"]
+        cmd += ["--probe-interval", f"{settings.probe_interval:g}"]
+        cmd += [arg for pid in cpu_pids for arg in ("--cpu-pid", str(pid))]
+        window_end = probes_at + settings.probes * settings.probe_interval
+        deadline = max(deadline, window_end + DEADLINE_SLACK_S)
     cmd += ["--ramp", f"{ramp:.3f}", "--deadline", f"{deadline:.1f}"]
     done = subprocess.run(
         cmd,
@@ -218,12 +284,12 @@ def run_one(settings: Settings, load: Load, path: str, spy: Path | None = None) 
         # One stream first, unmeasured: one-time costs (lazy imports, the first upstream
         # connection, thread pools) are start-up, not per-request latency.
         warm = Settings(settings.out, WARM_UP_TOKENS, settings.arrivals, settings.workers)
-        run_loadgen(warm, Load(1, load.rate), port, fmt)
+        run_loadgen(warm, Load(1, load.rate), port, fmt)  # no probes
         spy_proc = profile.record(middle.pid, spy, settings.workers > 1) if spy and middle else None
         mid0 = (cpu_seconds(middle.pid), cpu_ticks_seconds(middle.pid)) if middle else (0.0, 0.0)
         sim0 = cpu_seconds(sim.pid)
         started = time.monotonic()
-        lg = run_loadgen(settings, load, port, fmt)
+        lg = run_loadgen(settings, load, port, fmt, [sim.pid, *([middle.pid] if middle else [])])
         wall = time.monotonic() - started
         sim_cpu = cpu_seconds(sim.pid) - sim0
         mid_cpu = mid_ticks = None
@@ -239,6 +305,20 @@ def run_one(settings: Settings, load: Load, path: str, spy: Path | None = None) 
             middle.stop()
         sim_stats = simulator_stats(sim)
     tokens = int(lg["tokens"])  # type: ignore[call-overload]
+    lg_cpu = float(lg["loadgen_cpu_s"])  # type: ignore[arg-type]
+    # The probe window is left out of the per-token CPU (probes are requests, not tokens).
+    cpu_tokens, core_wall, extra = tokens, wall, {}
+    window = lg.get("probe_window")
+    if isinstance(window, dict):
+        cpu_s, ticks_s = window["cpu_s"], window["cpu_ticks_s"]
+        cpu_tokens -= int(window["tokens"])
+        core_wall -= float(window["s"])
+        lg_cpu -= float(window["loadgen_cpu_s"])
+        sim_cpu -= float(cpu_s[str(sim.pid)])
+        if middle is not None and mid_cpu is not None and mid_ticks is not None:
+            mid_cpu -= float(cpu_s[str(middle.pid)])
+            mid_ticks -= float(ticks_s[str(middle.pid)])
+        extra = {"probe_window_s": window["s"], "probe_window_tokens": window["tokens"]}
     return RunResult(
         label=load.label,
         streams=load.streams,
@@ -256,15 +336,23 @@ def run_one(settings: Settings, load: Load, path: str, spy: Path | None = None) 
         gap_p50_ms=_ms(lg["gap_p50_s"]),
         gap_p99_ms=_ms(lg["gap_p99_s"]),
         gap_max_ms=_ms(lg["gap_max_s"]),
-        sim_cpu_us=_per_token(sim_cpu, tokens),
-        sim_core_pct=sim_cpu / wall * 100.0 if wall > 0 else 0.0,
-        loadgen_cpu_us=_per_token(float(lg["loadgen_cpu_s"]), tokens),  # type: ignore[arg-type]
-        mid_cpu_us=None if mid_cpu is None else _per_token(mid_cpu, tokens),
-        mid_cpu_ticks_us=None if mid_ticks is None else _per_token(mid_ticks, tokens),
+        sim_cpu_us=_per_token(sim_cpu, cpu_tokens),
+        sim_core_pct=sim_cpu / core_wall * 100.0 if core_wall > 0 else 0.0,
+        loadgen_cpu_us=_per_token(lg_cpu, cpu_tokens),
+        mid_cpu_us=None if mid_cpu is None else _per_token(mid_cpu, cpu_tokens),
+        mid_cpu_ticks_us=None if mid_ticks is None else _per_token(mid_ticks, cpu_tokens),
         rss_idle_mib=None if idle_rss is None else idle_rss / MIB,
         rss_peak_mib=None if peak is None else peak / MIB,
         sim_max_active=int(sim_stats.get("max_active_streams", 0)),
         sim_connections=int(sim_stats.get("connections_total", 0)),
+        arrivals=load.arrivals or settings.arrivals,
+        burst=load.burst,
+        probes=int(lg.get("probes") or 0),  # type: ignore[call-overload]
+        probes_completed=int(lg.get("probes_completed") or 0),  # type: ignore[call-overload]
+        probe_outcomes=dict(lg.get("probe_outcomes") or {}),  # type: ignore[call-overload]
+        probe_ttft_p50_ms=_ms(lg.get("probe_ttft_p50_s")),
+        probe_ttft_p99_ms=_ms(lg.get("probe_ttft_p99_s")),
+        extra=extra,
     )
 
 
@@ -298,6 +386,19 @@ def header(args: argparse.Namespace, argv: Sequence[str], load_before: str) -> s
         "schedstat (ns)" if schedstat_available() else "/proc/<pid>/stat utime+stime (ticks)"
     )
     command = " ".join(["python -m bench", *argv])
+    probes = (
+        f"{args.probes} probe requests of one token, one every {args.probe_interval:g} s, "
+        f"starting {PROBE_LEAD_S:g} s\n  after a paced load's ramp, while its N streams run "
+        "(none where the window does not fit);\n  the probe window is left out of CPU per token"
+        if args.probes
+        else "no probes (--probes 0)"
+    )
+    burst = (
+        f"the burst row is {args.burst} streams\n  arriving at {args.burst_arrivals:g} per "
+        "second (no probes)"
+        if args.burst
+        else "no burst load (--burst 0)"
+    )
     return f"""# Benchmark results
 
 Written by `{command}` on {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}.
@@ -310,8 +411,10 @@ Regenerate with the same command; see bench/README.md for what each column means
 {_version("clawproxy")} at {_git("rev-parse", "--short", "HEAD") or "?"}{dirty}
 - Load: {args.tokens} tokens per stream; paced loads at {args.rate:g} tokens/s per stream
   (lowered so that streams x rate <= {args.max_total_rate:g}), unpaced as fast as the
-  simulator goes; streams start at {args.arrivals:g} per second, one connection each,
+  simulator goes; streams arrive at {args.arrivals:g} per second, one connection each,
   after one unmeasured warm-up stream per run
+- TTFT "at N": {probes}
+- TTFT "(arrivals)": over the load's own streams as they arrive; {burst}
 - Gateway: {args.workers} worker(s); nginx: 1 worker, `proxy_buffering off`, upstream
   keep-alive 8 (as the gateway's pool); each run starts fresh processes
 - CPU: middle process tree, {cpu_source}; the tick-based figure is in results.json too
@@ -337,7 +440,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "nginx" in paths and nginx_path() is None:
         print("nginx is not installed: the nginx path is skipped (apt-get install nginx)")
         paths.remove("nginx")
-    settings = Settings(args.out, args.tokens, args.arrivals, args.workers)
+    settings = Settings(
+        args.out, args.tokens, args.arrivals, args.workers, args.probes, args.probe_interval
+    )
     settings.out.mkdir(parents=True, exist_ok=True)
     load_before = _loadavg()
     results: list[RunResult] = []
@@ -345,13 +450,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         for path in paths:
             result = run_one(settings, load, path)
             results.append(result)
+            probes = f", {result.probes_completed}/{result.probes} probes" if result.probes else ""
             print(
-                f"{load.label:>16} {path:>8}: {result.tokens}/{result.expected_tokens} tokens,"
-                f" {result.wall_s:.1f}s",
+                f"{load.label:>18} {path:>8}: {result.tokens}/{result.expected_tokens} tokens,"
+                f" {result.wall_s:.1f}s{probes}",
                 flush=True,
             )
     (settings.out / "results.json").write_text(json.dumps(report.to_json(results), indent=1))
-    profile_md = run_profile(args, settings) if args.profile else None
+    # The profiled runs are about tokens and requests of the load itself: no probes.
+    profile_md = (
+        run_profile(args, dataclasses.replace(settings, probes=0)) if args.profile else None
+    )
     print()
     print(report.text_table(results))
     print()

@@ -122,11 +122,27 @@ def test_quick_run_end_to_end(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "tokens got/expected" in done.stdout
+    assert "+TTFT p50 at N" in done.stdout and "+TTFT p50 (arrivals)" in done.stdout
     results = json.loads((tmp_path / "results.json").read_text())
     assert {r["path"] for r in results} == set(paths.split(","))
     for r in results:
         # Every stream of the tiny load completes and every token arrives, in order.
         assert r["tokens"] == r["expected_tokens"] > 0, r
         assert (r["completed"], r["out_of_order"]) == (r["streams"], 0), r
+    # The paced load got its probes (3 in --quick), each a completed one-token request with
+    # a TTFT, counted apart from the load's own streams; the burst load is its own row.
+    paced = [r for r in results if r["label"] == "3 @ 10/s"]
+    burst = [r for r in results if r["burst"]]
+    assert len(paced) == len(burst) == len(results) // 4, results
+    for r in paced:
+        assert (r["probes"], r["probes_completed"]) == (3, 3), r
+        assert r["probe_outcomes"] == {"complete": 3}, r
+        assert r["probe_ttft_p50_ms"] is not None and r["probe_ttft_p99_ms"] is not None, r
+    for r in burst:
+        assert r["label"] == "3 @ 10/s burst" and r["arrivals"] == 1000, r
+        assert (r["probes"], r["probe_ttft_p50_ms"]) == (0, None), r
     text = (tmp_path / "RESULTS.md").read_text()
     assert "## Figures" in text and "| gateway |" in text
+    assert "| 3 @ 10/s burst | gateway |" in text
+    # The budget judges the burst on its own line (the probes' line needs 100 streams).
+    assert "arriving at 1000/s (burst)" in text and "burst load" in text
