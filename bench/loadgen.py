@@ -23,6 +23,8 @@ What is measured, on the loop's monotonic clock:
 * TTFT: from writing the request to the read that carried the first token.
 * Inter-token gap: time between the reads that carried consecutive tokens of one stream;
   a read carrying k tokens contributes one gap and k - 1 zeros, which is what a client sees.
+  Gaps inside the probe window are not counted: there the probes' own requests compete
+  with the streams, a load of its own that the gap figures are not about.
 * Tokens delivered, in order (the simulator numbers them), and whether each stream ended
   properly (its end line and the final chunk), else why not.
 
@@ -98,6 +100,8 @@ class Run:
         self.clock = time.monotonic
         self.ttfts = array("d")
         self.gaps = array("d")
+        # Off during the probe window: the probes' own requests would show as gaps.
+        self.timing_gaps = True
         self.outcomes: collections.Counter[str] = collections.Counter()
         self.tokens = 0
         # Tokens read so far, streams still open included (tokens counts ended streams).
@@ -167,12 +171,13 @@ class StreamClient(asyncio.Protocol):
             if found:
                 now = self.run.clock()
                 run = self.run
-                if self.last_at:
-                    run.gaps.append(now - self.last_at)
-                else:
+                if not self.last_at:
                     run.ttfts.append(now - self.sent_at)
-                for _ in range(found - 1):
-                    run.gaps.append(0.0)
+                elif run.timing_gaps:
+                    run.gaps.append(now - self.last_at)
+                if run.timing_gaps:
+                    for _ in range(found - 1):
+                        run.gaps.append(0.0)
                 run.delivered += found
                 self.last_at = now
                 run.last_token = now
@@ -264,9 +269,11 @@ async def probe_window(run: Run, probes: Run, first_at: float, pids: list[int]) 
     loop = asyncio.get_running_loop()
     await asyncio.sleep(max(0.0, first_at - PROBE_SAMPLE_LEAD_S - loop.time()))
     before = _sample(run, pids)
+    run.timing_gaps = False
     assert probes.all_done is not None
     await probes.all_done
     await asyncio.sleep(PROBE_SETTLE_S)
+    run.timing_gaps = True
     after = _sample(run, pids)
     return {
         key: (
