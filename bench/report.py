@@ -9,14 +9,26 @@ run ("at N", what a new request sees on a busy box); the budget judges the latte
 streams and the former on the burst load, each line saying which. RESULTS.md is
 regenerated above a marker line; whatever is written below that marker (the profile
 analysis) is kept across runs.
+
+Repeats (``--repeat N``): every (load, path) ran N times, the paths in turns. ``combine``
+makes one ``Combined`` per (load, path), and the table, the budget and the chart use only
+those. Its ``result`` holds the median of each figure across repeats, except tokens got
+and streams completed (the worst repeat: the lowest), RSS idle and peak (the highest:
+they are limits) and counts of what went wrong (the highest; outcomes are summed). The
+relative figures (x nginx, +TTFT, +gap) are taken per repeat, against the direct or nginx
+run of the same repeat (run right next to it, on the machine in the same state), and
+their median is shown; ``Spread`` keeps the lowest and highest repeat too, shown for the
+CPU per token and the added TTFT at N when N > 1.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+import statistics
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 MIB = 1024 * 1024
 KEEP_MARKER = "<!-- Everything below this line is written by hand and kept across runs. -->"
@@ -72,6 +84,8 @@ class RunResult:
     probe_outcomes: dict[str, int] = field(default_factory=dict)
     probe_ttft_p50_ms: float | None = None
     probe_ttft_p99_ms: float | None = None
+    # Which of the --repeat runs of this (load, path) it is, from 1; None in a combined row.
+    repeat: int | None = None
 
     @property
     def all_delivered(self) -> bool:
@@ -82,16 +96,177 @@ class RunResult:
         return self.rate > 0
 
 
-def _find(results: Sequence[RunResult], label: str, path: str) -> RunResult | None:
-    return next((r for r in results if r.label == label and r.path == path), None)
-
-
 def _delta(value: float | None, base: float | None) -> float | None:
     return None if value is None or base is None else value - base
 
 
 def _fmt(value: float | None, spec: str = ".2f") -> str:
     return "-" if value is None else format(value, spec)
+
+
+def _span(low: float, high: float, spec: str) -> str:
+    """``52.1-61.0``; ``-0.21 to 2.50`` where a hyphen would read as a minus sign."""
+    sep = "-" if low >= 0 else " to "
+    return f"{low:{spec}}{sep}{high:{spec}}"
+
+
+@dataclass(frozen=True)
+class Spread:
+    """One figure across the repeats: their median, the lowest and the highest."""
+
+    median: float
+    low: float
+    high: float
+    count: int
+
+    @classmethod
+    def of(cls, values: Iterable[float | None]) -> Spread | None:
+        known = [v for v in values if v is not None]
+        if not known:
+            return None
+        return cls(statistics.median(known), min(known), max(known), len(known))
+
+    def text(self, spec: str) -> str:
+        """``55.8 (52.1-61.0)`` over several repeats, the median alone over one."""
+        median = format(self.median, spec)
+        return median if self.count < 2 else f"{median} ({_span(self.low, self.high, spec)})"
+
+
+def _median(spread: Spread | None) -> float | None:
+    return None if spread is None else spread.median
+
+
+@dataclass
+class Combined:
+    """One (load, path) over its repeats. ``result``: the combined figures (medians; see
+    ``combine``); the spreads: the middle's CPU per token, and each relative figure taken
+    per repeat against the same repeat's direct (added TTFT and gap) or nginx run."""
+
+    result: RunResult
+    runs: list[RunResult]
+    cpu_us: Spread | None = None
+    x_nginx: Spread | None = None
+    ttft_p50_added: Spread | None = None  # the load's own streams, as they arrive
+    ttft_p99_added: Spread | None = None
+    probe_p50_added: Spread | None = None  # the probes: a new request at N streams
+    probe_p99_added: Spread | None = None
+    gap_p99_added: Spread | None = None
+
+    @property
+    def repeats(self) -> int:
+        return len(self.runs)
+
+    @property
+    def all_delivered(self) -> bool:
+        """Every repeat delivered every token and ended every stream properly."""
+        return all(r.all_delivered for r in self.runs)
+
+    def spreads(self) -> dict[str, Spread | None]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)[2:]}
+
+
+# How the repeats' figures become the combined row; any other field is a median, except
+# the ones that name the load and the path (the same in every repeat).
+_SAME = {"label", "streams", "rate", "path", "arrivals", "burst"}
+_LOWEST = {"tokens", "completed", "probes_completed"}  # the worst repeat
+# Limits (RSS) and things gone wrong are the worst repeat too; outcomes are summed.
+_HIGHEST = {"expected_tokens", "probes", "out_of_order", "rss_idle_mib", "rss_peak_mib"}
+_HIGHEST |= {"sim_max_active", "sim_connections"}
+_SUMMED = {"outcomes", "probe_outcomes"}
+
+
+def _combined_figures(runs: Sequence[RunResult]) -> RunResult:
+    changes: dict[str, Any] = {"repeat": None}  # one value per field, of that field's type
+    for f in dataclasses.fields(RunResult):
+        name = f.name
+        values = [getattr(r, name) for r in runs]
+        known = [v for v in values if v is not None]
+        if name in _SAME or name == "repeat":
+            continue
+        if name in _SUMMED:
+            total: dict[str, int] = {}
+            for counts in values:
+                for key, n in counts.items():
+                    total[key] = total.get(key, 0) + n
+            changes[name] = total
+        elif name == "extra":
+            changes[name] = _combined_extra(runs)
+        elif not known:
+            changes[name] = None
+        elif name in _LOWEST:
+            changes[name] = min(known)
+        elif name in _HIGHEST:
+            changes[name] = max(known)
+        else:
+            changes[name] = statistics.median(known)
+    return dataclasses.replace(runs[0], **changes)
+
+
+def _combined_extra(runs: Sequence[RunResult]) -> dict[str, object]:
+    """Numbers in ``extra`` (the probe window's length and tokens): their median."""
+    out: dict[str, object] = {}
+    for key, first in runs[0].extra.items():
+        values = [r.extra.get(key) for r in runs]
+        numbers = [float(v) for v in values if isinstance(v, int | float)]
+        out[key] = statistics.median(numbers) if len(numbers) == len(values) else first
+    return out
+
+
+Pairing = Callable[[RunResult, RunResult], float | None]
+
+
+def combine(results: Sequence[RunResult]) -> list[Combined]:
+    """One ``Combined`` per (load, path), in the order the runs were made."""
+    groups: dict[tuple[str, str], list[RunResult]] = {}
+    for r in results:
+        groups.setdefault((r.label, r.path), []).append(r)
+
+    def paired(runs: list[RunResult], base_path: str, figure: Pairing) -> Spread | None:
+        """``figure(run, base)`` for each repeat against its own repeat on ``base_path``."""
+        values = []
+        for r in runs:
+            base = next(
+                (b for b in groups.get((r.label, base_path), []) if b.repeat == r.repeat), None
+            )
+            if base is not None and base is not r:
+                values.append(figure(r, base))
+        return Spread.of(values)
+
+    def ratio(r: RunResult, base: RunResult) -> float | None:
+        if r.mid_cpu_us is None or not base.mid_cpu_us:
+            return None
+        return r.mid_cpu_us / base.mid_cpu_us
+
+    combined = []
+    for runs in groups.values():
+        combined.append(
+            Combined(
+                result=_combined_figures(runs),
+                runs=runs,
+                cpu_us=Spread.of(r.mid_cpu_us for r in runs),
+                x_nginx=paired(runs, "nginx", ratio),
+                ttft_p50_added=paired(
+                    runs, "direct", lambda r, d: _delta(r.ttft_p50_ms, d.ttft_p50_ms)
+                ),
+                ttft_p99_added=paired(
+                    runs, "direct", lambda r, d: _delta(r.ttft_p99_ms, d.ttft_p99_ms)
+                ),
+                probe_p50_added=paired(
+                    runs, "direct", lambda r, d: _delta(r.probe_ttft_p50_ms, d.probe_ttft_p50_ms)
+                ),
+                probe_p99_added=paired(
+                    runs, "direct", lambda r, d: _delta(r.probe_ttft_p99_ms, d.probe_ttft_p99_ms)
+                ),
+                gap_p99_added=paired(
+                    runs, "direct", lambda r, d: _delta(r.gap_p99_ms, d.gap_p99_ms)
+                ),
+            )
+        )
+    return combined
+
+
+def repeats_of(combined: Sequence[Combined]) -> int:
+    return max((c.repeats for c in combined), default=1)
 
 
 COLUMNS = (
@@ -115,17 +290,12 @@ COLUMNS = (
 )
 
 
-def rows(results: Sequence[RunResult]) -> list[list[str]]:
+def rows(combined: Sequence[Combined]) -> list[list[str]]:
     out = []
-    for r in results:
-        direct = _find(results, r.label, "direct")
-        nginx = _find(results, r.label, "nginx")
-        base = direct if direct is not None and r.path != "direct" else None
-        ratio = None
-        if r.mid_cpu_us is not None and nginx is not None and nginx.mid_cpu_us and r is not nginx:
-            ratio = r.mid_cpu_us / nginx.mid_cpu_us
+    for c in combined:
+        r = c.result
         tokens = f"{r.tokens}/{r.expected_tokens}"
-        if not r.all_delivered:
+        if not c.all_delivered:
             tokens += " !"
         out.append(
             [
@@ -133,17 +303,17 @@ def rows(results: Sequence[RunResult]) -> list[list[str]]:
                 r.path,
                 tokens,
                 _fmt(r.tokens_per_s, ".0f"),
-                _fmt(r.mid_cpu_us, ".1f"),
-                _fmt(ratio, ".2f"),
+                "-" if c.cpu_us is None else c.cpu_us.text(".1f"),
+                _fmt(_median(c.x_nginx), ".2f"),
                 _fmt(r.sim_core_pct, ".0f"),
                 _fmt(r.loadgen_cpu_us, ".1f"),
                 _fmt(r.ttft_p50_ms),
-                _fmt(_delta(r.ttft_p50_ms, base.ttft_p50_ms) if base else None),
-                _fmt(_delta(r.ttft_p99_ms, base.ttft_p99_ms) if base else None),
-                _fmt(_delta(r.probe_ttft_p50_ms, base.probe_ttft_p50_ms) if base else None),
-                _fmt(_delta(r.probe_ttft_p99_ms, base.probe_ttft_p99_ms) if base else None),
+                _fmt(_median(c.ttft_p50_added)),
+                _fmt(_median(c.ttft_p99_added)),
+                "-" if c.probe_p50_added is None else c.probe_p50_added.text(".2f"),
+                _fmt(_median(c.probe_p99_added)),
                 _fmt(r.gap_p99_ms),
-                _fmt(_delta(r.gap_p99_ms, base.gap_p99_ms) if base else None),
+                _fmt(_median(c.gap_p99_added)),
                 _fmt(r.rss_idle_mib, ".1f"),
                 _fmt(r.rss_peak_mib, ".1f"),
             ]
@@ -151,126 +321,170 @@ def rows(results: Sequence[RunResult]) -> list[list[str]]:
     return out
 
 
-def text_table(results: Sequence[RunResult]) -> str:
-    body = rows(results)
+def table_note(combined: Sequence[Combined]) -> str:
+    """What the figures are, when there are several repeats ("" for one)."""
+    n = repeats_of(combined)
+    if n < 2:
+        return ""
+    return (
+        f"Medians of {n} repeats per load and path; relative columns (x nginx, +TTFT, +gap) "
+        "are medians of per-repeat differences against the same repeat's run; "
+        '"median (min-max)" across repeats for CPU µs/tok and +TTFT p50 at N; tokens '
+        "got/expected: the worst repeat; RSS: the highest."
+    )
+
+
+def text_table(combined: Sequence[Combined]) -> str:
+    body = rows(combined)
     widths = [max(len(c), *(len(row[i]) for row in body)) for i, c in enumerate(COLUMNS)]
     lines = ["  ".join(c.rjust(w) for c, w in zip(COLUMNS, widths, strict=True))]
     lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)) for row in body]
-    return "\n".join(lines)
+    note = table_note(combined)
+    return "\n".join([note, *lines] if note else lines)
 
 
-def markdown_table(results: Sequence[RunResult]) -> str:
+def markdown_table(combined: Sequence[Combined]) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows(results)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows(combined)]
     return "\n".join(lines)
 
 
-def _nearest(results: Sequence[RunResult], streams: int, path: str) -> RunResult | None:
-    """The paced (not burst) run of ``streams`` streams on ``path``."""
-    paced = [r for r in results if r.path == path and r.paced and not r.burst]
-    exact = [r for r in paced if r.streams == streams]
-    return exact[0] if exact else None
+def _nearest(combined: Sequence[Combined], streams: int, path: str) -> Combined | None:
+    """The paced (not burst) load of ``streams`` streams on ``path``."""
+    return next(
+        (
+            c
+            for c in combined
+            if c.result.path == path
+            and c.result.paced
+            and not c.result.burst
+            and c.result.streams == streams
+        ),
+        None,
+    )
 
 
-def _gap_extra(results: Sequence[RunResult], r: RunResult) -> float | None:
-    d = _find(results, r.label, "direct")
-    if d is None or r.gap_p99_ms is None or not d.gap_p99_ms:
-        return None
-    return r.gap_p99_ms - d.gap_p99_ms
+def _find(combined: Sequence[Combined], label: str, path: str) -> Combined | None:
+    return next((c for c in combined if c.result.label == label and c.result.path == path), None)
 
 
-def budget(results: Sequence[RunResult]) -> list[tuple[str, str, str]]:
-    """(check, measured, verdict) for each target of issue #6 that this run can judge."""
+def _across(spread: Spread, spec: str, unit: str) -> str:
+    """``0.21-2.50 ms across 3 repeats``."""
+    return f"{_span(spread.low, spread.high, spec)}{unit} across {spread.count} repeats"
+
+
+def budget(combined: Sequence[Combined]) -> list[tuple[str, str, str]]:
+    """(check, measured, verdict) for each target of issue #6 that this run can judge,
+    on the combined figures (medians; the worst repeat for delivery and RSS)."""
     checks: list[tuple[str, str, str]] = []
+    several = repeats_of(combined) > 1
 
     def verdict(ok: bool) -> str:
         return "PASS" if ok else "FAIL"
 
-    gw = _nearest(results, CPU_RATIO_STREAMS, "gateway")
-    ng = _nearest(results, CPU_RATIO_STREAMS, "nginx")
-    if gw and ng and gw.mid_cpu_us and ng.mid_cpu_us:
-        ratio = gw.mid_cpu_us / ng.mid_cpu_us
+    gw = _nearest(combined, CPU_RATIO_STREAMS, "gateway")
+    ng = _nearest(combined, CPU_RATIO_STREAMS, "nginx")
+    if gw and ng and gw.cpu_us and ng.cpu_us and gw.x_nginx:
+        ratio = gw.x_nginx
+        measured = f"{gw.cpu_us.median:.1f} vs {ng.cpu_us.median:.1f} µs = {ratio.median:.2f}x"
+        if several:
+            measured = (
+                f"{gw.cpu_us.median:.1f} vs {ng.cpu_us.median:.1f} µs, {ratio.median:.2f}x "
+                f"(medians; gateway {_across(gw.cpu_us, '.1f', ' µs')}, "
+                f"ratio {_span(ratio.low, ratio.high, '.2f')}x)"
+            )
         checks.append(
             (
                 f"CPU/token <= {CPU_RATIO_MAX}x nginx at {CPU_RATIO_STREAMS} streams",
-                f"{gw.mid_cpu_us:.1f} vs {ng.mid_cpu_us:.1f} µs = {ratio:.2f}x",
-                verdict(ratio <= CPU_RATIO_MAX),
+                measured,
+                verdict(ratio.median <= CPU_RATIO_MAX),
             )
         )
-    gw = _nearest(results, ADDED_TTFT_STREAMS, "gateway")
-    direct = _nearest(results, ADDED_TTFT_STREAMS, "direct")
+    gw = _nearest(combined, ADDED_TTFT_STREAMS, "gateway")
+    direct = _nearest(combined, ADDED_TTFT_STREAMS, "direct")
     if gw and direct:
         name = (
             f"added TTFT p50 <= {ADDED_TTFT_P50_MAX_MS} ms at {ADDED_TTFT_STREAMS} streams "
             f"(new requests while {ADDED_TTFT_STREAMS} streams run)"
         )
-        added = _delta(gw.probe_ttft_p50_ms, direct.probe_ttft_p50_ms)
+        added = gw.probe_p50_added
         if added is None:
             checks.append((name, "not measured (no probes)", "-"))
         else:
-            probes = f"{gw.probes_completed}/{gw.probes} and {direct.probes_completed}/"
-            checks.append(
-                (
-                    name,
-                    f"{added:.2f} ms (probes completed: {probes}{direct.probes} direct)",
-                    verdict(added <= ADDED_TTFT_P50_MAX_MS),
+            g, d = gw.result, direct.result
+            probes = f"{g.probes_completed}/{g.probes} and {d.probes_completed}/{d.probes} direct"
+            measured = f"{added.median:.2f} ms (probes completed: {probes})"
+            if several:
+                measured = (
+                    f"{added.median:.2f} ms (median; {_across(added, '.2f', ' ms')}; "
+                    f"probes completed in the worst repeat: {probes})"
                 )
+            checks.append((name, measured, verdict(added.median <= ADDED_TTFT_P50_MAX_MS)))
+    burst_gw = next((c for c in combined if c.result.burst and c.result.path == "gateway"), None)
+    if burst_gw is not None and burst_gw.ttft_p50_added is not None:
+        added = burst_gw.ttft_p50_added
+        measured = f"{added.median:.2f} ms"
+        if several:
+            measured += f" (median; {_across(added, '.2f', ' ms')})"
+        checks.append(
+            (
+                f"added TTFT p50 <= {ADDED_TTFT_P50_MAX_MS} ms, {burst_gw.result.streams} "
+                f"streams arriving at {burst_gw.result.arrivals or 0:g}/s (burst)",
+                measured,
+                verdict(added.median <= ADDED_TTFT_P50_MAX_MS),
             )
-    burst_gw = next((r for r in results if r.burst and r.path == "gateway"), None)
-    burst_direct = None if burst_gw is None else _find(results, burst_gw.label, "direct")
-    if burst_gw and burst_direct:
-        added = _delta(burst_gw.ttft_p50_ms, burst_direct.ttft_p50_ms)
-        if added is not None:
-            checks.append(
-                (
-                    f"added TTFT p50 <= {ADDED_TTFT_P50_MAX_MS} ms, {burst_gw.streams} streams "
-                    f"arriving at {burst_gw.arrivals or 0:g}/s (burst)",
-                    f"{added:.2f} ms",
-                    verdict(added <= ADDED_TTFT_P50_MAX_MS),
-                )
-            )
+        )
+    median_of = f" (median of {repeats_of(combined)} repeats)" if several else ""
     worst: tuple[float, str] | None = None
-    for r in results:
-        extra = _gap_extra(results, r) if r.path == "gateway" and r.paced else None
-        if extra is not None and not r.burst and (worst is None or extra > worst[0]):
+    for c in combined:
+        extra = _median(c.gap_p99_added)
+        r = c.result
+        if r.path != "gateway" or not r.paced or r.burst or extra is None:
+            continue
+        if worst is None or extra > worst[0]:
             worst = (extra, r.label)
     if worst is not None:
         checks.append(
             (
                 f"gap p99 within {GAP_P99_EXTRA_MAX_MS} ms of direct (worst paced load)",
-                f"{worst[0]:+.2f} ms at {worst[1]}",
+                f"{worst[0]:+.2f} ms at {worst[1]}{median_of}",
                 verdict(worst[0] <= GAP_P99_EXTRA_MAX_MS),
             )
         )
-    extra = None if burst_gw is None else _gap_extra(results, burst_gw)
+    extra = None if burst_gw is None else _median(burst_gw.gap_p99_added)
     if burst_gw is not None and extra is not None:
         checks.append(
             (
                 f"gap p99 within {GAP_P99_EXTRA_MAX_MS} ms of direct, burst load",
-                f"{extra:+.2f} ms at {burst_gw.label}",
+                f"{extra:+.2f} ms at {burst_gw.result.label}{median_of}",
                 verdict(extra <= GAP_P99_EXTRA_MAX_MS),
             )
         )
+    worst_of = f" (worst of {repeats_of(combined)} repeats)" if several else ""
     for streams in (1000, 5000):
-        gw = _nearest(results, streams, "gateway")
+        gw = _nearest(combined, streams, "gateway")
         if gw:
+            g = gw.result
             checks.append(
                 (
                     f"{streams} concurrent streams, every token delivered",
-                    f"{gw.tokens}/{gw.expected_tokens}, {gw.completed}/{gw.streams} streams",
+                    f"{g.tokens}/{g.expected_tokens}, {g.completed}/{g.streams} streams{worst_of}",
                     verdict(gw.all_delivered),
                 )
             )
-    gw = _nearest(results, RSS_PEAK_STREAMS, "gateway")
-    if gw and gw.rss_peak_mib is not None:
+    gw = _nearest(combined, RSS_PEAK_STREAMS, "gateway")
+    if gw and gw.result.rss_peak_mib is not None:
+        peak = gw.result.rss_peak_mib
         checks.append(
             (
                 f"RSS <= {RSS_PEAK_MAX_MIB:.0f} MiB at {RSS_PEAK_STREAMS} streams",
-                f"{gw.rss_peak_mib:.1f} MiB",
-                verdict(gw.rss_peak_mib <= RSS_PEAK_MAX_MIB),
+                f"{peak:.1f} MiB" + (f" (highest of {gw.repeats} repeats)" if several else ""),
+                verdict(peak <= RSS_PEAK_MAX_MIB),
             )
         )
-    idle = [r.rss_idle_mib for r in results if r.path == "gateway" and r.rss_idle_mib]
+    idle = [
+        r.rss_idle_mib for c in combined for r in c.runs if r.path == "gateway" and r.rss_idle_mib
+    ]
     if idle:
         checks.append(
             (
@@ -292,9 +506,17 @@ def budget_markdown(checks: Iterable[tuple[str, str, str]]) -> str:
     return "\n".join(lines)
 
 
-def chart(results: Sequence[RunResult], out: Path) -> Path | None:
+def _error_bars(spreads: Sequence[Spread]) -> list[list[float]] | None:
+    """Matplotlib's yerr for min-max across repeats (None over one repeat)."""
+    if all(s.count < 2 for s in spreads):
+        return None
+    return [[s.median - s.low for s in spreads], [s.high - s.median for s in spreads]]
+
+
+def chart(combined: Sequence[Combined], out: Path) -> Path | None:
     """CPU per token and added TTFT at N streams (probes) against streams (paced loads, not
-    the burst), one line per path; a load without probes has no TTFT point."""
+    the burst), one line per path; a load without probes has no TTFT point. Medians across
+    repeats, with min-max bars on CPU and TTFT p50 when there are several."""
     try:
         import matplotlib
 
@@ -302,33 +524,38 @@ def chart(results: Sequence[RunResult], out: Path) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    paced = [r for r in results if r.paced and not r.burst]
+    paced = [c for c in combined if c.result.paced and not c.result.burst]
     fig, (cpu_ax, ttft_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
     for path, style, color in (("nginx", "s-", "tab:blue"), ("gateway", "o-", "tab:orange")):
-        runs = sorted((r for r in paced if r.path == path), key=lambda r: r.streams)
-        xs = [r.streams for r in runs if r.mid_cpu_us is not None]
-        cpu_ys = [r.mid_cpu_us for r in runs if r.mid_cpu_us is not None]
-        cpu_ax.plot(xs, cpu_ys, style, color=color, label=path)
+        runs = sorted((c for c in paced if c.result.path == path), key=lambda c: c.result.streams)
+        cpu = [(c.result.streams, c.cpu_us) for c in runs if c.cpu_us is not None]
+        cpu_ax.errorbar(
+            [x for x, _ in cpu],
+            [s.median for _, s in cpu],
+            yerr=_error_bars([s for _, s in cpu]),
+            fmt=style,
+            color=color,
+            capsize=3,
+            label=path,
+        )
         for pct, dash in (("p50", "-"), ("p99", ":")):
-            points = []
-            for r in runs:
-                d = _find(results, r.label, "direct")
-                mine = r.probe_ttft_p50_ms if pct == "p50" else r.probe_ttft_p99_ms
-                base = None
-                if d is not None:
-                    base = d.probe_ttft_p50_ms if pct == "p50" else d.probe_ttft_p99_ms
-                added = _delta(mine, base)
-                if added is not None:
-                    points.append((r.streams, added))
-            if points:
-                ttft_ax.plot(
-                    [p[0] for p in points],
-                    [p[1] for p in points],
-                    style[0] + dash,
+            points = [
+                (c.result.streams, c.probe_p50_added if pct == "p50" else c.probe_p99_added)
+                for c in runs
+            ]
+            known = [(x, s) for x, s in points if s is not None]
+            if known:
+                spreads = [s for _, s in known]
+                ttft_ax.errorbar(
+                    [x for x, _ in known],
+                    [s.median for s in spreads],
+                    yerr=_error_bars(spreads) if pct == "p50" else None,
+                    fmt=style[0] + dash,
                     color=color,
+                    capsize=3,
                     label=f"{path} {pct}",
                 )
-    sims = sorted((r for r in paced if r.path == "direct"), key=lambda r: r.streams)
+    sims = sorted((c.result for c in paced if c.result.path == "direct"), key=lambda r: r.streams)
     cpu_ax.plot(
         [r.streams for r in sims],
         [r.sim_cpu_us for r in sims],
@@ -345,6 +572,9 @@ def chart(results: Sequence[RunResult], out: Path) -> Path | None:
         ylabel="ms over direct",
         title="added time to first token of a new request at N streams",
     )
+    n = repeats_of(combined)
+    if n > 1:
+        fig.suptitle(f"medians of {n} repeats; bars: lowest to highest repeat", fontsize=9)
     for ax in (cpu_ax, ttft_ax):
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
@@ -357,7 +587,7 @@ def chart(results: Sequence[RunResult], out: Path) -> Path | None:
 
 def write_results(
     path: Path,
-    results: Sequence[RunResult],
+    combined: Sequence[Combined],
     header: str,
     profile_md: str | None,
     chart_path: Path | None,
@@ -368,8 +598,9 @@ def write_results(
         old = path.read_text()
         if KEEP_MARKER in old:
             kept = old.split(KEEP_MARKER, 1)[1]
-    parts = [header, "", "## Figures", "", markdown_table(results), ""]
-    parts += ["## Budget (issue #6)", "", budget_markdown(budget(results)), ""]
+    # The header says what the figures are (medians, ranges) when there are repeats.
+    parts = [header, "", "## Figures", "", markdown_table(combined), ""]
+    parts += ["## Budget (issue #6)", "", budget_markdown(budget(combined)), ""]
     if chart_path is not None:
         rel = _relative(chart_path, path.parent)
         parts += [f"![CPU per token and added TTFT at N streams]({rel})", ""]
@@ -386,5 +617,15 @@ def _relative(target: Path, base: Path) -> str:
         return str(target)
 
 
-def to_json(results: Sequence[RunResult]) -> list[dict[str, object]]:
-    return [dataclasses.asdict(r) for r in results]
+def to_json(results: Sequence[RunResult], combined: Sequence[Combined]) -> dict[str, object]:
+    """Every run (``repeat`` 1..N) and the combined rows (``repeat`` null, ``repeats`` N,
+    and ``spread``: median, low, high and count of each figure that has one)."""
+    rows = []
+    for c in combined:
+        spread = {k: None if v is None else dataclasses.asdict(v) for k, v in c.spreads().items()}
+        rows.append({**dataclasses.asdict(c.result), "repeats": c.repeats, "spread": spread})
+    return {
+        "repeats": repeats_of(combined),
+        "runs": [dataclasses.asdict(r) for r in results],
+        "combined": rows,
+    }

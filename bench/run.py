@@ -22,6 +22,12 @@ figures drift between invocations. The simulator's own CPU is shown for every ru
 it nears a full core it is the bottleneck, and "tokens got/expected" says if anything was
 lost. ``--profile`` adds one more gateway run under py-spy (kept out of the table).
 
+``--repeat N`` runs each load's paths in turns N times over (direct, nginx, gateway,
+direct, nginx, gateway, ...), never one path's repeats back to back, each run with fresh
+processes; the report shows one combined row per (load, path), medians across repeats,
+with relative figures paired per repeat (``report.combine``). results.json keeps every
+run as well as the combined rows.
+
 Streams arrive at ``--arrivals`` per second (100: busy, steady traffic). Two things are
 called TTFT and kept apart. "At N": while a paced load's N streams run (after the ramp),
 the load generator sends ``--probes`` one-token requests, one every ``--probe-interval``
@@ -116,6 +122,9 @@ class Settings:
     # One-token requests sent while a paced load runs (0: none), and their spacing.
     probes: int = 0
     probe_interval: float = 0.05
+    # --repeat: runs per (load, path); with more than one, each run's raw outputs go to a
+    # directory of its own (..-r1, ..-r2, ...).
+    repeats: int = 1
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -157,6 +166,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--profile-streams", type=int, default=0, help="load to profile (default: largest paced)"
     )
+    parser.add_argument(
+        "--repeat",
+        type=_positive_int,
+        default=1,
+        help="runs per load and path, interleaved; figures are medians (3 for published ones)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny load, for the smoke test")
     parser.add_argument("--out", type=Path, help="raw outputs (default bench/out)")
     parser.add_argument("--results", type=Path, help="RESULTS.md to write")
@@ -166,9 +181,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     if args.quick:
-        args.paced, args.unpaced, args.tokens, args.rate, args.big = [3], [2], 13, 10.0, False
-        args.short, args.probes, args.burst = 3, 3, 3
-        args.profile = False
+        # A tiny load by default; load options given with --quick still apply.
+        parser.set_defaults(paced=[3], unpaced=[2], tokens=13, rate=10.0, short=3)
+        parser.set_defaults(probes=3, burst=3)
+        args = parser.parse_args(argv)
+        args.big = args.profile = False
     default_out = BENCH_DIR / "out" / ("quick" if args.quick else "full")
     args.out = (args.out or default_out).resolve()
     # A quick or custom run must not overwrite the published results.
@@ -184,6 +201,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def _int_list(text: str) -> list[int]:
     return [int(part) for part in text.split(",") if part.strip()]
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def paced_rate(args: argparse.Namespace, streams: int) -> float:
@@ -267,9 +291,13 @@ def _per_token(seconds: float, tokens: int) -> float | None:
     return seconds / tokens * 1e6 if tokens else None
 
 
-def run_one(settings: Settings, load: Load, path: str, spy: Path | None = None) -> RunResult:
-    """One path under one load, with fresh processes; ``spy``: record a py-spy profile."""
-    run_dir = settings.out / f"{load.slug}-{path}"
+def run_one(
+    settings: Settings, load: Load, path: str, spy: Path | None = None, repeat: int = 1
+) -> RunResult:
+    """One path under one load, with fresh processes; ``spy``: record a py-spy profile;
+    ``repeat``: which of the ``settings.repeats`` runs of this (load, path) it is."""
+    tag = f"-r{repeat}" if settings.repeats > 1 else ""
+    run_dir = settings.out / f"{load.slug}-{path}{tag}"
     sim = start_simulator(run_dir, load.rate, load.tokens or settings.tokens)
     middle: Service | None = None
     sim_stats: dict[str, int] = {}
@@ -353,6 +381,7 @@ def run_one(settings: Settings, load: Load, path: str, spy: Path | None = None) 
         probe_ttft_p50_ms=_ms(lg.get("probe_ttft_p50_s")),
         probe_ttft_p99_ms=_ms(lg.get("probe_ttft_p99_s")),
         extra=extra,
+        repeat=repeat,
     )
 
 
@@ -386,6 +415,16 @@ def header(args: argparse.Namespace, argv: Sequence[str], load_before: str) -> s
         "schedstat (ns)" if schedstat_available() else "/proc/<pid>/stat utime+stime (ticks)"
     )
     command = " ".join(["python -m bench", *argv])
+    repeats = (
+        f"{args.repeat} runs per load and path, the paths in turns (direct, nginx,\n"
+        "  gateway, direct, ...), each with fresh processes. Figures are medians across the\n"
+        "  repeats; x nginx, +TTFT and +gap are medians of per-repeat differences against the\n"
+        '  same repeat\'s nginx or direct run; "median (min-max)" shows the range across\n'
+        "  repeats for CPU µs/tok and +TTFT p50 at N; tokens got/expected is the worst repeat\n"
+        "  (`!` if any lost anything) and RSS the highest; every run is in results.json"
+        if args.repeat > 1
+        else "1 run per load and path (figures from single runs; `--repeat 3` gives medians)"
+    )
     probes = (
         f"{args.probes} probe requests of one token, one every {args.probe_interval:g} s, "
         f"starting {PROBE_LEAD_S:g} s\n  after a paced load's ramp, while its N streams run "
@@ -418,6 +457,7 @@ Regenerate with the same command; see bench/README.md for what each column means
 - Gateway: {args.workers} worker(s); nginx: 1 worker, `proxy_buffering off`, upstream
   keep-alive 8 (as the gateway's pool); each run starts fresh processes
 - CPU: middle process tree, {cpu_source}; the tick-based figure is in results.json too
+- Repeats: {repeats}
 - All comparisons are between runs of this one invocation, in turns per load."""
 
 
@@ -441,32 +481,50 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("nginx is not installed: the nginx path is skipped (apt-get install nginx)")
         paths.remove("nginx")
     settings = Settings(
-        args.out, args.tokens, args.arrivals, args.workers, args.probes, args.probe_interval
+        args.out,
+        args.tokens,
+        args.arrivals,
+        args.workers,
+        args.probes,
+        args.probe_interval,
+        args.repeat,
     )
     settings.out.mkdir(parents=True, exist_ok=True)
     load_before = _loadavg()
     results: list[RunResult] = []
     for load in plan(args):
-        for path in paths:
-            result = run_one(settings, load, path)
-            results.append(result)
-            probes = f", {result.probes_completed}/{result.probes} probes" if result.probes else ""
-            print(
-                f"{load.label:>18} {path:>8}: {result.tokens}/{result.expected_tokens} tokens,"
-                f" {result.wall_s:.1f}s{probes}",
-                flush=True,
-            )
-    (settings.out / "results.json").write_text(json.dumps(report.to_json(results), indent=1))
+        # In turns, repeat after repeat: neighbouring runs share the machine's state, and
+        # each relative figure pairs runs of the same repeat.
+        for repeat in range(1, args.repeat + 1):
+            for path in paths:
+                result = run_one(settings, load, path, repeat=repeat)
+                results.append(result)
+                probes = (
+                    f", {result.probes_completed}/{result.probes} probes" if result.probes else ""
+                )
+                turn = f" [{repeat}/{args.repeat}]" if args.repeat > 1 else ""
+                print(
+                    f"{load.label:>18} {path:>8}{turn}: {result.tokens}/"
+                    f"{result.expected_tokens} tokens, {result.wall_s:.1f}s{probes}",
+                    flush=True,
+                )
+    combined = report.combine(results)
+    (settings.out / "results.json").write_text(
+        json.dumps(report.to_json(results, combined), indent=1)
+    )
     # The profiled runs are about tokens and requests of the load itself: no probes.
+    # Once, whatever --repeat says.
     profile_md = (
-        run_profile(args, dataclasses.replace(settings, probes=0)) if args.profile else None
+        run_profile(args, dataclasses.replace(settings, probes=0, repeats=1))
+        if args.profile
+        else None
     )
     print()
-    print(report.text_table(results))
+    print(report.text_table(combined))
     print()
-    print(report.budget_text(report.budget(results)))
-    chart = report.chart(results, args.chart)
-    report.write_results(args.results, results, header(args, argv, load_before), profile_md, chart)
+    print(report.budget_text(report.budget(combined)))
+    chart = report.chart(combined, args.chart)
+    report.write_results(args.results, combined, header(args, argv, load_before), profile_md, chart)
     print(f"\nwrote {args.results}" + (f" and {chart}" if chart else ""))
     return 0
 

@@ -1,5 +1,6 @@
 """The benchmark cannot rot: its wire reader is exact, and ``python -m bench --quick`` runs
-end to end and writes its table (no timing is asserted; figures are the benchmark's job).
+end to end and writes its table, once plainly and once (one load only, to stay quick) with
+``--repeat 2`` (no timing is asserted; figures are the benchmark's job).
 
 The nginx path is skipped cleanly where nginx is not installed (scripts/test installs it).
 """
@@ -7,6 +8,7 @@ The nginx path is skipped cleanly where nginx is not installed (scripts/test ins
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -27,6 +29,7 @@ from bench.httpwire import (  # noqa: E402
 
 # The quick run takes a few seconds; this bounds a hung child, not the speed.
 RUN_TIMEOUT_S = 90
+PATHS = "direct,nginx,gateway" if shutil.which("nginx") else "direct,gateway"
 
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
 
@@ -110,10 +113,9 @@ def test_broken_framing_is_an_error(wire: bytes) -> None:
         ResponseReader().feed(wire)
 
 
-def test_quick_run_end_to_end(tmp_path: Path) -> None:
-    paths = "direct,nginx,gateway" if shutil.which("nginx") else "direct,gateway"
+def run_quick(out: Path, paths: str, *extra: str) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--paths", paths, "--out", str(tmp_path)],
+        [sys.executable, "-m", "bench", "--quick", "--paths", paths, "--out", str(out), *extra],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -121,9 +123,19 @@ def test_quick_run_end_to_end(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_quick_run_end_to_end(tmp_path: Path) -> None:
+    paths = PATHS
+    done = run_quick(tmp_path, paths)
     assert "tokens got/expected" in done.stdout
     assert "+TTFT p50 at N" in done.stdout and "+TTFT p50 (arrivals)" in done.stdout
-    results = json.loads((tmp_path / "results.json").read_text())
+    written = json.loads((tmp_path / "results.json").read_text())
+    assert written["repeats"] == 1
+    results = written["runs"]
+    assert len(written["combined"]) == len(results)
+    assert {r["repeat"] for r in results} == {1}
     assert {r["path"] for r in results} == set(paths.split(","))
     for r in results:
         # Every stream of the tiny load completes and every token arrives, in order.
@@ -146,3 +158,51 @@ def test_quick_run_end_to_end(tmp_path: Path) -> None:
     assert "| 3 @ 10/s burst | gateway |" in text
     # The budget judges the burst on its own line (the probes' line needs 100 streams).
     assert "arriving at 1000/s (burst)" in text and "burst load" in text
+
+
+def test_quick_run_repeated(tmp_path: Path) -> None:
+    """``--repeat 2``: the paths run in turns twice, every run is kept, and the report
+    shows one combined row per (load, path) with the range of the two repeats."""
+    # Only the paced load (it has the probes) and two paths: the plain quick run covers the
+    # rest, and this one stays short.
+    paths = ["direct", "gateway"]
+    done = run_quick(
+        tmp_path, ",".join(paths), "--repeat", "2", "--unpaced", "", "--short", "0", "--burst", "0"
+    )
+    assert "Medians of 2 repeats" in done.stdout
+    written = json.loads((tmp_path / "results.json").read_text())
+    assert written["repeats"] == 2
+    runs, combined = written["runs"], written["combined"]
+    # Interleaved: direct, gateway, direct, gateway; never a path twice in a row.
+    assert [(r["path"], r["repeat"]) for r in runs] == [
+        (path, repeat) for repeat in (1, 2) for path in paths
+    ]
+    for r in runs:
+        assert r["label"] == "3 @ 10/s" and r["tokens"] == r["expected_tokens"] > 0, r
+        assert (r["probes"], r["probes_completed"]) == (3, 3), r
+    assert [c["path"] for c in combined] == paths
+    for c in combined:
+        assert (c["repeat"], c["repeats"], c["label"]) == (None, 2, "3 @ 10/s"), c
+        mine = [r for r in runs if r["path"] == c["path"]]
+        # Worst repeat for delivery, highest for RSS, medians for the rest.
+        assert c["tokens"] == min(r["tokens"] for r in mine)
+        assert c["ttft_p50_ms"] == pytest.approx(sum(r["ttft_p50_ms"] for r in mine) / 2)
+        if c["path"] == "direct":
+            assert c["spread"]["cpu_us"] is None and c["spread"]["probe_p50_added"] is None
+            continue
+        assert c["rss_peak_mib"] == max(r["rss_peak_mib"] for r in mine)
+        cpu, added = c["spread"]["cpu_us"], c["spread"]["probe_p50_added"]
+        assert cpu["count"] == added["count"] == 2, c
+        assert cpu["median"] == pytest.approx(c["mid_cpu_us"])
+        assert cpu["low"] == min(r["mid_cpu_us"] for r in mine)
+        # The added TTFT is paired per repeat: each repeat against its own direct run.
+        direct = {r["repeat"]: r for r in runs if r["path"] == "direct"}
+        deltas = [r["probe_ttft_p50_ms"] - direct[r["repeat"]]["probe_ttft_p50_ms"] for r in mine]
+        assert (added["low"], added["high"]) == pytest.approx((min(deltas), max(deltas)))
+    for path in paths:
+        assert (tmp_path / f"3x10-{path}-r1").is_dir() and (tmp_path / f"3x10-{path}-r2").is_dir()
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "Repeats: 2 runs per load and path" in text and "medians" in text
+    gateway = next(line for line in text.splitlines() if line.startswith("| 3 @ 10/s | gateway |"))
+    # "median (min-max)" in the CPU column (the fifth).
+    assert re.fullmatch(r"\d+\.\d \(\d+\.\d-\d+\.\d\)", gateway.split(" | ")[4]), gateway
