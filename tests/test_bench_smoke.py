@@ -206,3 +206,29 @@ def test_quick_run_repeated(tmp_path: Path) -> None:
     gateway = next(line for line in text.splitlines() if line.startswith("| 3 @ 10/s | gateway |"))
     # "median (min-max)" in the CPU column (the fifth).
     assert re.fullmatch(r"\d+\.\d \(\d+\.\d-\d+\.\d\)", gateway.split(" | ")[4]), gateway
+
+
+def test_phases_prints_a_request_timeline(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench" / "phases.py"),
+            "--requests",
+            "4",
+            "--spacing",
+            "0.01",
+            "--log",
+            str(tmp_path / "phases.log"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "14/14 requests complete" in done.stdout
+    # Every phase of a request shows up, in the order a request meets them.
+    order = ["head parsed (h11)", "plan (JSON, mapping)", "request to Ollama", "client end"]
+    positions = [done.stdout.index(stamp) for stamp in order]
+    assert positions == sorted(positions), done.stdout
