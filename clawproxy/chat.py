@@ -158,7 +158,7 @@ class SseRelay:
     request (``UpstreamPool.send``'s ``meanwhile``), so the first token does not wait for it.
     """
 
-    __slots__ = ("conn", "gw", "plan", "reframer", "request", "sink")
+    __slots__ = ("conn", "gw", "plan", "raw_sink", "reframer", "request", "sink")
 
     def __init__(self, gw: Gateway, request: Request, conn: HttpConnection, plan: ChatPlan):
         self.gw = gw
@@ -167,6 +167,7 @@ class SseRelay:
         self.plan = plan
         self.reframer: SseReframer | None = None
         self.sink: Callable[[bytes], None] | None = None
+        self.raw_sink: Callable[[bytes], bool] | None = None
 
     def commit(self) -> None:
         """Send the 200 and the SSE head (held by the connection until the first chunk)."""
@@ -201,7 +202,21 @@ class SseRelay:
                 # An error line or a broken line: stop reading Ollama at once.
                 raise UpstreamFailed(reframer.error)
 
+        feed_chunk = reframer.feed_chunk
+
+        def raw_sink(data: bytes) -> bool:
+            # The one-token read, chunk framing and all (see SseReframer.feed_chunk).
+            out = feed_chunk(data)
+            if out is None:
+                return False
+            if out:
+                write(out)
+                if request.first_token_at is None:
+                    request.first_token_at = now()
+            return True
+
         self.sink = sink
+        self.raw_sink = raw_sink
 
     async def run(self, upstream: UpstreamConnection) -> bool:
         """Relay until Ollama's body ends. Returns True when it ended cleanly."""
@@ -212,7 +227,7 @@ class SseRelay:
         conn.flow.attach(upstream)
         tail = b""
         try:
-            body_done = upstream.stream_body(sink)
+            body_done = upstream.stream_body(sink, self.raw_sink)
             # What came with Ollama's head was relayed just now, together with our head; if
             # nothing did, the head goes out alone so the client sees its 200 at once.
             conn.flush()

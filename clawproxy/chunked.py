@@ -18,6 +18,8 @@ must be exactly that. Errors raise ``ChunkedError``; the caller closes the conne
 
 from __future__ import annotations
 
+import re
+
 # 16 hex digits already allow 16 EiB; h11 and Go accept about this many.
 MAX_SIZE_DIGITS = 16
 # A size line (with any extension) or trailer line longer than this is not Ollama.
@@ -32,6 +34,23 @@ _TRAILER = 3  # after the last chunk: trailer lines until an empty one
 _DONE = 4
 
 
+def one_chunk_pattern(payload: bytes) -> re.Pattern[bytes]:
+    """A pattern for a read that is exactly one whole chunk whose data matches ``payload``.
+
+    For ``fullmatch`` on a read taken at a chunk boundary (``ChunkedDecoder.at_boundary``).
+    Group 1 is the size, group 2 the data; ``payload``'s own groups follow. A match says
+    only the shape: the caller must also check ``chunk_fits(match)``, since a regex cannot
+    compare the size with the data's length. What matches is exactly what ``feed()`` would
+    decode from that read, with the same strictness (hex digits only, CRLF after both).
+    """
+    return re.compile(rb"([0-9a-fA-F]{1,%d})\r\n(" % MAX_SIZE_DIGITS + payload + rb")\r\n")
+
+
+def chunk_fits(match: re.Match[bytes]) -> bool:
+    """Whether a ``one_chunk_pattern`` match's declared size is its data's length."""
+    return int(match[1], 16) == match.end(2) - match.start(2)
+
+
 class ChunkedError(ValueError):
     """The upstream sent a malformed chunked body."""
 
@@ -39,7 +58,7 @@ class ChunkedError(ValueError):
 class ChunkedDecoder:
     """Feed raw body bytes, get the payload bytes back; ``done`` after the last chunk."""
 
-    __slots__ = ("_left", "_pending", "_state", "done", "extra")
+    __slots__ = ("_left", "_pending", "_state", "at_boundary", "done", "extra")
 
     def __init__(self) -> None:
         self._state = _SIZE
@@ -49,6 +68,8 @@ class ChunkedDecoder:
         self.done = False
         # Bytes that arrived after the end of the body (the connection must not be reused).
         self.extra = 0
+        # Between chunks with nothing buffered: the next read starts with a size line.
+        self.at_boundary = True
 
     def feed(self, data: bytes) -> bytes:
         """Decode one read; returns the payload bytes it completed (possibly ``b""``)."""
@@ -101,6 +122,7 @@ class ChunkedDecoder:
                 if line is None:
                     break
                 self._on_line(line)
+        self.at_boundary = self._state == _SIZE and not self._pending
         return b"".join(out)
 
     def _take_line(self, data: bytes, pos: int) -> tuple[bytes | None, int]:

@@ -68,7 +68,8 @@ _FAST_SHAPE = (
 # ``FAST_LINE.match(line)`` for one line without its newline.
 FAST_LINE = re.compile(_FAST_SHAPE + rb"\Z")
 # ``FAST_READ.fullmatch(data)``: is a whole read exactly one such line and its newline?
-FAST_READ = re.compile(_FAST_SHAPE + rb"\n")
+FAST_READ_PATTERN = _FAST_SHAPE + rb"\n"
+FAST_READ = re.compile(FAST_READ_PATTERN)
 
 
 class LineTooLong(ValueError):

@@ -29,12 +29,14 @@ from __future__ import annotations
 import orjson
 
 from . import errors
+from .chunked import chunk_fits, one_chunk_pattern
 from .ndjson import (
     CODE_UPSTREAM_BROKEN,
     CODE_UPSTREAM_ERROR,
     DEFAULT_MAX_LINE_BYTES,
     FAST_LINE,
     FAST_READ,
+    FAST_READ_PATTERN,
     MSG_STREAM_CUT,
     InvalidLine,
     LineTooLong,
@@ -48,6 +50,9 @@ from .ndjson import (
 _DONE_EVENT = b"data: [DONE]\n\n"
 _fast_read = FAST_READ.fullmatch
 _fast_line = FAST_LINE.match
+# A raw upstream read that is one whole HTTP chunk holding one such line (groups: size, data,
+# content, thinking): chunk and line checked in one regex pass (see feed_chunk).
+_fast_chunk = one_chunk_pattern(FAST_READ_PATTERN).fullmatch
 _CHUNK_TAIL = b',"finish_reason":null}]}\n\n'
 
 
@@ -152,6 +157,31 @@ class SseReframer:
                 self.deltas += 1
                 return pre + text + self._content_post
         return self._feed(data)
+
+    def feed_chunk(self, raw: bytes) -> bytes | None:
+        """``feed()`` for a raw chunked read, or None to say "decode it and call feed()".
+
+        The one-token read from Ollama is one whole chunk holding one content-only line.
+        Checking chunk and line in one regex, and splicing straight from the raw read,
+        skips the decoder's work and a copy per token. Only that exact case is taken:
+        anything else (another line, a partial chunk, several) returns None untouched.
+        The caller must know the read starts at a chunk boundary.
+        """
+        if not self._clean:
+            return None
+        m = _fast_chunk(raw)
+        if m is None or not chunk_fits(m) or m.end(2) - m.start(2) > self._max_read:
+            return None
+        text = m[3]
+        if text is not None:
+            pre = self._content_pre
+        else:
+            text = m[4]
+            pre = self._reasoning_pre
+        if len(text) == 2:
+            return b""
+        self.deltas += 1
+        return pre + text + self._content_post
 
     def _feed(self, data: bytes) -> bytes:
         """The general case of ``feed``: any number of lines, any of them partial."""

@@ -45,6 +45,8 @@ USER_AGENT = b"clawproxy"
 MAX_STAND_INS = 32
 
 BodySink = Callable[[bytes], None]
+# Offered a raw chunked read at a chunk boundary; True when it consumed the whole read.
+RawSink = Callable[[bytes], bool]
 END_OF_MESSAGE = h11.EndOfMessage()
 
 
@@ -73,6 +75,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._head: asyncio.Future[None] | None = None
         self._done: asyncio.Future[None] | None = None
         self._sink: BodySink | None = None
+        self._raw_sink: RawSink | None = None
         self._early: list[bytes] = []
         self._chunks: ChunkedDecoder | None = None
         self._paused = False
@@ -98,7 +101,17 @@ class UpstreamConnection(asyncio.Protocol):
         self._last_rx = self._loop.time()
         chunks = self._chunks
         if chunks is not None:
-            # The hot path: a chunked body, decoded without h11's event machinery.
+            # The hot path: a chunked body, decoded without h11's event machinery. A read
+            # that starts at a chunk boundary is first offered undecoded to the raw sink
+            # (the one-token read: see SseReframer.feed_chunk); what it declines is decoded.
+            raw_sink = self._raw_sink
+            if raw_sink is not None and chunks.at_boundary:
+                try:
+                    if raw_sink(data):
+                        return
+                except Exception as exc:  # any failure is the sink's: _sink_raised
+                    self._sink_raised(exc)
+                    return
             try:
                 payload = chunks.feed(data)
             except ChunkedError as exc:
@@ -189,6 +202,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.got_response_bytes = False
         self.complete = False
         self._sink = None
+        self._raw_sink = None
         self._early = []
         self._chunks = None
         self._head = self._loop.create_future()
@@ -210,13 +224,15 @@ class UpstreamConnection(asyncio.Protocol):
         assert self._head is not None
         await self._head
 
-    def stream_body(self, sink: BodySink) -> asyncio.Future[None]:
+    def stream_body(self, sink: BodySink, raw_sink: RawSink | None = None) -> asyncio.Future[None]:
         """Hand every body read to ``sink``; the future resolves at the end of the body.
 
+        ``raw_sink``, for chunked bodies, may take a read whole before it is decoded.
         The future raises a ``GatewayError`` if the body is cut, times out or the sink fails.
         """
         assert self._done is not None
         self._sink = sink
+        self._raw_sink = raw_sink
         early, self._early = self._early, []
         for part in early:
             self._deliver(part)
@@ -237,6 +253,7 @@ class UpstreamConnection(asyncio.Protocol):
     def release(self) -> None:
         """End of the exchange: back to the pool when clean, otherwise closed."""
         self._sink = None
+        self._raw_sink = None
         self._cancel_watchdog()
         if self.state is not ConnState.ACTIVE:
             return
@@ -268,6 +285,7 @@ class UpstreamConnection(asyncio.Protocol):
     def abort(self) -> None:
         """Drop the connection now (client left, or the exchange failed)."""
         self._sink = None
+        self._raw_sink = None
         self._close()
 
     # -- flow control (called only by the FlowControl object) ---------------------------------
@@ -302,12 +320,17 @@ class UpstreamConnection(asyncio.Protocol):
             return
         try:
             sink(data)
-        except GatewayError as exc:
+        except Exception as exc:  # any failure is the sink's: _sink_raised
+            self._sink_raised(exc)
+
+    def _sink_raised(self, exc: Exception) -> None:
+        if isinstance(exc, GatewayError):
             self._sink_failed(exc)
-        except Exception as exc:  # a bug in a sink must not kill the event loop callback
-            log.exception("body sink failed")
-            name = type(exc).__name__
-            self._sink_failed(UpstreamFailed(f"internal error while relaying the reply: {name}"))
+            return
+        # A bug in a sink must not kill the event loop callback.
+        log.error("body sink failed", exc_info=exc)
+        name = type(exc).__name__
+        self._sink_failed(UpstreamFailed(f"internal error while relaying the reply: {name}"))
 
     def _sink_failed(self, exc: GatewayError) -> None:
         done = self._done
