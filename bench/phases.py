@@ -1,7 +1,6 @@
 """Where one request's time goes inside the gateway: ``python bench/phases.py``.
 
-    .venv/bin/python bench/phases.py --requests 60 --spacing 0.05
-    .venv/bin/python bench/phases.py --requests 300 --spacing 0.002   # back to back
+    .venv/bin/python bench/phases.py --requests 60 --spacing 0.002,0.05
 
 Theory of operation: the simulator runs in its own process (``bench.simproc``, unpaced,
 one token per reply) and the load generator in another (``bench.loadgen``), exactly as in
@@ -16,7 +15,9 @@ What it shows: the gateway's own work before Ollama is asked, the time Ollama (h
 simulator) takes, and the work from Ollama's answer to the first token written. The
 ``--spacing`` between requests matters on small shared machines: a request that arrives
 after the CPU has been idle or busy elsewhere finds its caches cold, and the same Python
-then takes two to three times longer than back to back. Compare both spacings.
+then takes two to three times longer than back to back. Several spacings (comma-separated)
+run one after the other in one invocation, each with a fresh simulator and gateway, and
+print their tables side by side.
 """
 
 from __future__ import annotations
@@ -135,8 +136,8 @@ def table(requests: list[list[Stamp]]) -> str:
     return "\n".join(lines)
 
 
-async def measure(args: argparse.Namespace) -> str:
-    stamps: list[Stamp] = []
+async def measure(args: argparse.Namespace, spacing: float, stamps: list[Stamp]) -> str:
+    """One run at one spacing, with a fresh simulator and gateway; its table."""
     py = sys.executable
     sim = subprocess.Popen(
         [py, "-m", "bench.simproc", "--rate", "0", "--tokens", "1"],
@@ -157,7 +158,7 @@ async def measure(args: argparse.Namespace) -> str:
             },
         )
         setup_logging(config.logging)
-        install(stamps)
+        stamps.clear()
         gw = Gateway(config)
         gport = await gw.start()
         total = args.requests + WARM_UP_REQUESTS
@@ -174,7 +175,7 @@ async def measure(args: argparse.Namespace) -> str:
             "--tokens",
             "1",
             "--ramp",
-            f"{total * args.spacing:.3f}",
+            f"{total * spacing:.3f}",
             stdout=subprocess.PIPE,
             cwd=REPO,
         )
@@ -185,21 +186,26 @@ async def measure(args: argparse.Namespace) -> str:
         sim.wait()
     result = json.loads(out.decode().strip().splitlines()[-1])
     ttft = result.get("ttft_p50_s")
-    head = f"{result['completed']}/{total} requests complete, client TTFT p50 "
-    head += f"{ttft * 1000:.2f} ms" if ttft is not None else "-"
+    head = f"spacing {spacing * 1000:g} ms: {result['completed']}/{total} requests complete, "
+    head += f"client TTFT p50 {ttft * 1000:.2f} ms" if ttft is not None else "client TTFT -"
     return head + "\n" + table(timelines(stamps))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="bench/phases.py", description=__doc__)
     parser.add_argument("--requests", type=int, default=60, help="measured requests")
-    parser.add_argument("--spacing", type=float, default=0.05, help="seconds between requests")
+    parser.add_argument(
+        "--spacing", default="0.05", help="seconds between requests; several: 0.002,0.05"
+    )
     parser.add_argument("--log", type=Path, default=REPO / "bench" / "out" / "phases.log")
     args = parser.parse_args(argv)
     args.log.parent.mkdir(parents=True, exist_ok=True)
     import uvloop
 
-    print(uvloop.run(measure(args)))
+    stamps: list[Stamp] = []
+    install(stamps)
+    for spacing in (float(part) for part in args.spacing.split(",") if part.strip()):
+        print(uvloop.run(measure(args, spacing, stamps)), end="\n\n", flush=True)
 
 
 if __name__ == "__main__":
