@@ -8,11 +8,12 @@ is read through ``call()``, so a test never races the loop it inspects.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import json
 import socket
 import threading
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
@@ -183,3 +184,25 @@ def read_until_closed(sock: socket.socket) -> bytes:
     except ConnectionResetError:
         pass
     return data
+
+
+@contextlib.contextmanager
+def offline_gateway(
+    overrides: Mapping[str, object] | None = None,
+) -> Iterator[tuple[asyncio.AbstractEventLoop, Gateway]]:
+    """A gateway object on a private loop, never started and with no Ollama behind it:
+    for driving ``HttpConnection`` directly over fake transports."""
+    loop = asyncio.new_event_loop()
+    config = config_from_mapping(
+        {}, overrides={"model.endpoint": "http://127.0.0.1:9", **(overrides or {})}
+    )
+
+    async def make() -> Gateway:
+        return Gateway(config)
+
+    gw = loop.run_until_complete(make())
+    try:
+        yield loop, gw
+    finally:
+        loop.run_until_complete(gw.stop(drain_timeout=0))
+        loop.close()

@@ -113,9 +113,9 @@ def test_broken_framing_is_an_error(wire: bytes) -> None:
         ResponseReader().feed(wire)
 
 
-def run_quick(out: Path, paths: str, *extra: str) -> subprocess.CompletedProcess[str]:
+def run_python(*args: str) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--paths", paths, "--out", str(out), *extra],
+        [sys.executable, *args],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -124,6 +124,10 @@ def run_quick(out: Path, paths: str, *extra: str) -> subprocess.CompletedProcess
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return done
+
+
+def run_quick(out: Path, paths: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    return run_python("-m", "bench", "--quick", "--paths", paths, "--out", str(out), *extra)
 
 
 def test_quick_run_end_to_end(tmp_path: Path) -> None:
@@ -209,24 +213,9 @@ def test_quick_run_repeated(tmp_path: Path) -> None:
 
 
 def test_phases_prints_a_request_timeline(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "bench" / "phases.py"),
-            "--requests",
-            "4",
-            "--spacing",
-            "0.01",
-            "--log",
-            str(tmp_path / "phases.log"),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT_S,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    phases = str(REPO / "bench" / "phases.py")
+    log = str(tmp_path / "phases.log")
+    done = run_python(phases, "--requests", "4", "--spacing", "0.01", "--log", log)
     assert "14/14 requests complete" in done.stdout
     # Every phase of a request shows up, in the order a request meets them.
     order = ["head parsed (h11)", "plan (JSON, mapping)", "request to Ollama", "client end"]

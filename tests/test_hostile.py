@@ -9,12 +9,11 @@ from collections.abc import Iterator
 from typing import Any, cast
 
 import pytest
-from harness import Harness, post_json, read_until_closed
+from harness import Harness, offline_gateway, post_json, read_until_closed
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_http_server import connect, status_of, trickle
 
-from clawproxy.config import config_from_mapping
 from clawproxy.gateway import Gateway
 from clawproxy.server import HttpConnection
 
@@ -188,18 +187,8 @@ class FakeTransport:
 
 @pytest.fixture(scope="module")
 def fuzz_gateway() -> Iterator[tuple[asyncio.AbstractEventLoop, Gateway]]:
-    loop = asyncio.new_event_loop()
-    config = config_from_mapping(
-        {}, overrides={"model.endpoint": "http://127.0.0.1:9", "server.max_body_bytes": 4096}
-    )
-
-    async def make() -> Gateway:
-        return Gateway(config)
-
-    gw = loop.run_until_complete(make())
-    yield loop, gw
-    loop.run_until_complete(gw.stop(drain_timeout=0))
-    loop.close()
+    with offline_gateway({"server.max_body_bytes": 4096}) as made:
+        yield made
 
 
 PREFIXES = [

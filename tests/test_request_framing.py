@@ -11,11 +11,11 @@ from collections.abc import Iterator
 from typing import cast
 
 import pytest
+from harness import offline_gateway
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_hostile import FakeTransport
 
-from clawproxy.config import config_from_mapping
 from clawproxy.gateway import Gateway
 from clawproxy.server import HttpConnection, Request
 
@@ -33,16 +33,8 @@ class RecordingConnection(HttpConnection):
 
 @pytest.fixture(scope="module")
 def gateway() -> Iterator[tuple[asyncio.AbstractEventLoop, Gateway]]:
-    loop = asyncio.new_event_loop()
-    config = config_from_mapping({}, overrides={"model.endpoint": "http://127.0.0.1:9"})
-
-    async def make() -> Gateway:
-        return Gateway(config)
-
-    gw = loop.run_until_complete(make())
-    yield loop, gw
-    loop.run_until_complete(gw.stop(drain_timeout=0))
-    loop.close()
+    with offline_gateway() as made:
+        yield made
 
 
 def post(path: bytes, body: bytes, chunked: bool) -> bytes:
