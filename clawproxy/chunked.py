@@ -68,12 +68,13 @@ class ChunkedDecoder:
         self.done = False
         # Bytes that arrived after the end of the body (the connection must not be reused).
         self.extra = 0
-        # Between chunks with nothing buffered: the next read starts with a size line.
+        # Between chunks with nothing buffered: the next read starts with a size line
+        # (the state is _SIZE and _pending is empty; _feed keeps this in step).
         self.at_boundary = True
 
     def feed(self, data: bytes) -> bytes:
         """Decode one read; returns the payload bytes it completed (possibly ``b""``)."""
-        if self._state == _SIZE and not self._pending:
+        if self.at_boundary:
             # The common read: exactly one whole chunk, nothing buffered.
             end = data.find(b"\r\n")
             if 0 < end <= MAX_SIZE_DIGITS:

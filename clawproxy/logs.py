@@ -94,13 +94,6 @@ def setup_logging(cfg: LoggingConfig) -> logging.Handler:
     root.addHandler(handler)
     root.setLevel(cfg.level.upper())
     root.propagate = False
-    # The logging HOWTO's "Optimization" switches: FORMAT prints none of these fields, and
-    # gathering them (a stack walk for the caller, thread and process names, getpid())
-    # was most of what one access line cost. We own this process; a library would not.
-    logging._srcfile = None
-    logging.logThreads = False
-    logging.logProcesses = False
-    logging.logMultiprocessing = False
     _Direct.handler = handler
     return handler
 
