@@ -421,11 +421,8 @@ class HttpConnection(asyncio.Protocol):
 
     def flush(self) -> None:
         """Send a held stream head now (no body bytes came with Ollama's head)."""
-        head = self._held_head
-        if head and not self.closed:
-            self._held_head = b""
-            assert self.transport is not None
-            self.transport.write(head)
+        if not self.closed:
+            self._send(b"")
 
     def write(self, data: bytes) -> None:
         """One chunk of a streamed body. The hot path: one transport write, no h11."""
@@ -433,6 +430,7 @@ class HttpConnection(asyncio.Protocol):
             return
         assert self.transport is not None
         out = b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data
+        # _send(out), inlined: this is the per-token path.
         if self._held_head:
             out = self._held_head + out
             self._held_head = b""
@@ -442,16 +440,20 @@ class HttpConnection(asyncio.Protocol):
         """The stream's last bytes and its end, in one write; later calls do nothing."""
         if self.closed or self._response_complete:
             return
-        assert self.transport is not None
         self._response_complete = True
         if self._chunked:
-            out = (b"%x\r\n%b\r\n" % (len(data), data) + LAST_CHUNK) if data else LAST_CHUNK
+            out = (b"%x\r\n%b\r\n" % (len(data), data) if data else b"") + LAST_CHUNK
         else:
             out = data
+        self._send(out)
+
+    def _send(self, out: bytes) -> None:
+        """Write ``out`` behind the held head, if any: one write for both."""
         if self._held_head:
             out = self._held_head + out
             self._held_head = b""
         if out:
+            assert self.transport is not None
             self.transport.write(out)
 
     def interrupt(self, stream_event: bytes) -> None:
