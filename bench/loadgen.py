@@ -10,6 +10,13 @@ through ``httpwire`` (de-chunking, line split, token count) inside ``data_receiv
 task switch and no HTTP library per token, so the generator stays cheap (its own CPU per
 token is reported next to the others to prove it).
 
+Paired runs (``--pair-port``): a second target gets its own N streams in the same run,
+started half a step after each stream of the first, so both see the same moments of the
+machine; the result then holds the second target's figures under ``pair``. The runner
+pairs a middle process with the direct path this way: on shared cores the noise between
+two separate runs is larger than the inter-token gap effect being measured, and in one
+run that noise (a stalled simulator, a stolen CPU) hits both sides alike.
+
 Probes measure what a *new* request sees while the N streams run: probe i connects at
 ``start + probe_start + i * probe_interval`` with the same kind of request asking for one
 token. They have their own tallies (a second ``Run``), so they count in none of the main
@@ -93,8 +100,9 @@ def build_request(fmt: str, host: str, port: int, tokens: int) -> bytes:
 class Run:
     """Shared by every stream of one run: the request, the clock and the tallies."""
 
-    def __init__(self, request: bytes, end_marker: bytes, streams: int) -> None:
+    def __init__(self, request: bytes, end_marker: bytes, streams: int, port: int = 0) -> None:
         self.request = request
+        self.port = port
         self.end_marker = end_marker
         self.streams = streams
         self.clock = time.monotonic
@@ -210,14 +218,27 @@ class StreamClient(asyncio.Protocol):
 async def drive(args: argparse.Namespace) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     end = SSE_END if args.format == "sse" else NDJSON_END
-    run = Run(build_request(args.format, args.host, args.port, args.tokens), end, args.streams)
-    probes = Run(build_request(args.format, args.host, args.port, 1), end, args.probes)
+    run = Run(
+        build_request(args.format, args.host, args.port, args.tokens), end, args.streams, args.port
+    )
+    twin: Run | None = None
+    if args.pair_port:
+        twin_end = SSE_END if args.pair_format == "sse" else NDJSON_END
+        twin = Run(
+            build_request(args.pair_format, args.host, args.pair_port, args.tokens),
+            twin_end,
+            args.streams,
+            args.pair_port,
+        )
+    probes = Run(build_request(args.format, args.host, args.port, 1), end, args.probes, args.port)
     waits: set[asyncio.Future[Any]] = {run.arm(loop), probes.arm(loop)}
+    if twin is not None:
+        waits.add(twin.arm(loop))
     tasks: set[asyncio.Task[None]] = set()
 
     async def connect(target: Run) -> None:
         try:
-            await loop.create_connection(lambda: StreamClient(target), args.host, args.port)
+            await loop.create_connection(lambda: StreamClient(target), args.host, target.port)
         except CONNECT_ERRORS as exc:
             target.count(f"connect_{type(exc).__name__}")
 
@@ -231,6 +252,8 @@ async def drive(args: argparse.Namespace) -> dict[str, Any]:
     step = args.ramp / args.streams if args.streams else 0.0
     for i in range(args.streams):
         loop.call_at(start + i * step, launch, run)
+        if twin is not None:
+            loop.call_at(start + (i + 0.5) * step, launch, twin)
     deadline = args.deadline
     window: dict[str, Any] | None = None
     watch: asyncio.Task[dict[str, Any]] | None = None
@@ -245,14 +268,15 @@ async def drive(args: argparse.Namespace) -> dict[str, Any]:
         waits.add(watch)
     _, pending = await asyncio.wait(waits, timeout=deadline)
     if pending:
-        for target in (run, probes):
+        targets = (run, probes) if twin is None else (run, probes, twin)
+        for target in targets:
             for client in list(target.open):
                 client.abort()
         for task in list(tasks):
             task.cancel()
         if watch is not None:
             watch.cancel()
-        for target in (run, probes):
+        for target in targets:
             # Streams that never connected are not "open": count them as timed out too.
             if target.finished < target.streams:
                 target.count("timeout_not_connected", target.streams - target.finished)
@@ -261,7 +285,11 @@ async def drive(args: argparse.Namespace) -> dict[str, Any]:
     cpu = time.process_time() - cpu0
     # Let aborted transports close before the loop goes.
     await asyncio.sleep(0)
-    return summarize(run, probes, args, cpu, window)
+    result = summarize(run, probes, args, cpu, window)
+    if twin is not None:
+        no_probes = Run(b"", end, 0)
+        result["pair"] = summarize(twin, no_probes, args, cpu, None)
+    return result
 
 
 async def probe_window(run: Run, probes: Run, first_at: float, pids: list[int]) -> dict[str, Any]:
@@ -353,6 +381,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--probe-start", type=float, default=0.0, help="first probe, seconds after the first stream"
     )
     parser.add_argument("--probe-interval", type=float, default=0.05, help="seconds between probes")
+    parser.add_argument(
+        "--pair-port", type=int, default=0, help="a second target, N streams of its own (0: none)"
+    )
+    parser.add_argument("--pair-format", choices=("ndjson", "sse"), default="ndjson")
     parser.add_argument(
         "--cpu-pid",
         type=int,

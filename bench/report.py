@@ -100,13 +100,14 @@ def _delta(value: float | None, base: float | None) -> float | None:
     return None if value is None or base is None else value - base
 
 
-def _fmt(value: float | None, spec: str = ".2f") -> str:
+def fmt(value: float | None, spec: str = ".2f") -> str:
     return "-" if value is None else format(value, spec)
 
 
-def _span(low: float, high: float, spec: str) -> str:
-    """``52.1-61.0``; ``-0.21 to 2.50`` where a hyphen would read as a minus sign."""
-    sep = "-" if low >= 0 else " to "
+def span_text(low: float, high: float, spec: str) -> str:
+    """``52.1-61.0``; ``-0.21 to 2.50`` (or ``+0.2 to +3.0``) where a hyphen would read as
+    a minus sign or sit next to a plus."""
+    sep = "-" if low >= 0 and "+" not in spec else " to "
     return f"{low:{spec}}{sep}{high:{spec}}"
 
 
@@ -129,7 +130,7 @@ class Spread:
     def text(self, spec: str) -> str:
         """``55.8 (52.1-61.0)`` over several repeats, the median alone over one."""
         median = format(self.median, spec)
-        return median if self.count < 2 else f"{median} ({_span(self.low, self.high, spec)})"
+        return median if self.count < 2 else f"{median} ({span_text(self.low, self.high, spec)})"
 
 
 def _median(spread: Spread | None) -> float | None:
@@ -302,20 +303,20 @@ def rows(combined: Sequence[Combined]) -> list[list[str]]:
                 r.label,
                 r.path,
                 tokens,
-                _fmt(r.tokens_per_s, ".0f"),
+                fmt(r.tokens_per_s, ".0f"),
                 "-" if c.cpu_us is None else c.cpu_us.text(".1f"),
-                _fmt(_median(c.x_nginx), ".2f"),
-                _fmt(r.sim_core_pct, ".0f"),
-                _fmt(r.loadgen_cpu_us, ".1f"),
-                _fmt(r.ttft_p50_ms),
-                _fmt(_median(c.ttft_p50_added)),
-                _fmt(_median(c.ttft_p99_added)),
+                fmt(_median(c.x_nginx), ".2f"),
+                fmt(r.sim_core_pct, ".0f"),
+                fmt(r.loadgen_cpu_us, ".1f"),
+                fmt(r.ttft_p50_ms),
+                fmt(_median(c.ttft_p50_added)),
+                fmt(_median(c.ttft_p99_added)),
                 "-" if c.probe_p50_added is None else c.probe_p50_added.text(".2f"),
-                _fmt(_median(c.probe_p99_added)),
-                _fmt(r.gap_p99_ms),
-                _fmt(_median(c.gap_p99_added)),
-                _fmt(r.rss_idle_mib, ".1f"),
-                _fmt(r.rss_peak_mib, ".1f"),
+                fmt(_median(c.probe_p99_added)),
+                fmt(r.gap_p99_ms),
+                fmt(_median(c.gap_p99_added)),
+                fmt(r.rss_idle_mib, ".1f"),
+                fmt(r.rss_peak_mib, ".1f"),
             ]
         )
     return out
@@ -370,12 +371,16 @@ def _find(combined: Sequence[Combined], label: str, path: str) -> Combined | Non
 
 def _across(spread: Spread, spec: str, unit: str) -> str:
     """``0.21-2.50 ms across 3 repeats``."""
-    return f"{_span(spread.low, spread.high, spec)}{unit} across {spread.count} repeats"
+    return f"{span_text(spread.low, spread.high, spec)}{unit} across {spread.count} repeats"
 
 
-def budget(combined: Sequence[Combined]) -> list[tuple[str, str, str]]:
+Check = tuple[str, str, str]  # (target, measured, verdict)
+
+
+def budget(combined: Sequence[Combined], paired_gap: Check | None = None) -> list[Check]:
     """(check, measured, verdict) for each target of issue #6 that this run can judge,
-    on the combined figures (medians; the worst repeat for delivery and RSS)."""
+    on the combined figures (medians; the worst repeat for delivery and RSS).
+    ``paired_gap``: the gap target judged on the paired runs (``pairgap``)."""
     checks: list[tuple[str, str, str]] = []
     several = repeats_of(combined) > 1
 
@@ -391,7 +396,7 @@ def budget(combined: Sequence[Combined]) -> list[tuple[str, str, str]]:
             measured = (
                 f"{gw.cpu_us.median:.1f} vs {ng.cpu_us.median:.1f} µs, {ratio.median:.2f}x "
                 f"(medians; gateway {_across(gw.cpu_us, '.1f', ' µs')}, "
-                f"ratio {_span(ratio.low, ratio.high, '.2f')}x)"
+                f"ratio {span_text(ratio.low, ratio.high, '.2f')}x)"
             )
         checks.append(
             (
@@ -420,46 +425,9 @@ def budget(combined: Sequence[Combined]) -> list[tuple[str, str, str]]:
                     f"probes completed in the worst repeat: {probes})"
                 )
             checks.append((name, measured, verdict(added.median <= ADDED_TTFT_P50_MAX_MS)))
-    burst_gw = next((c for c in combined if c.result.burst and c.result.path == "gateway"), None)
-    if burst_gw is not None and burst_gw.ttft_p50_added is not None:
-        added = burst_gw.ttft_p50_added
-        measured = f"{added.median:.2f} ms"
-        if several:
-            measured += f" (median; {_across(added, '.2f', ' ms')})"
-        checks.append(
-            (
-                f"added TTFT p50 <= {ADDED_TTFT_P50_MAX_MS} ms, {burst_gw.result.streams} "
-                f"streams arriving at {burst_gw.result.arrivals or 0:g}/s (burst)",
-                measured,
-                verdict(added.median <= ADDED_TTFT_P50_MAX_MS),
-            )
-        )
-    median_of = f" (median of {repeats_of(combined)} repeats)" if several else ""
-    worst: tuple[float, str] | None = None
-    for c in combined:
-        extra = _median(c.gap_p99_added)
-        r = c.result
-        if r.path != "gateway" or not r.paced or r.burst or extra is None:
-            continue
-        if worst is None or extra > worst[0]:
-            worst = (extra, r.label)
-    if worst is not None:
-        checks.append(
-            (
-                f"gap p99 within {GAP_P99_EXTRA_MAX_MS} ms of direct (worst paced load)",
-                f"{worst[0]:+.2f} ms at {worst[1]}{median_of}",
-                verdict(worst[0] <= GAP_P99_EXTRA_MAX_MS),
-            )
-        )
-    extra = None if burst_gw is None else _median(burst_gw.gap_p99_added)
-    if burst_gw is not None and extra is not None:
-        checks.append(
-            (
-                f"gap p99 within {GAP_P99_EXTRA_MAX_MS} ms of direct, burst load",
-                f"{extra:+.2f} ms at {burst_gw.result.label}{median_of}",
-                verdict(extra <= GAP_P99_EXTRA_MAX_MS),
-            )
-        )
+    if paired_gap is not None:
+        checks.append(paired_gap)
+    checks += _gap_in_turns(combined)
     worst_of = f" (worst of {repeats_of(combined)} repeats)" if several else ""
     for streams in (1000, 5000):
         gw = _nearest(combined, streams, "gateway")
@@ -496,12 +464,81 @@ def budget(combined: Sequence[Combined]) -> list[tuple[str, str, str]]:
     return checks
 
 
+def _gap_in_turns(combined: Sequence[Combined]) -> list[Check]:
+    """The gap target on the separate runs in turns (the main table's +gap p99).
+
+    Judged only where the measurement can resolve it: when the direct runs' own gap p99
+    moved by more than the target across repeats, the line says so and gives no verdict.
+    """
+    worst: Combined | None = None
+    for c in combined:
+        extra = _median(c.gap_p99_added)
+        r = c.result
+        if r.path != "gateway" or not r.paced or r.burst or extra is None:
+            continue
+        if worst is None or extra > (_median(worst.gap_p99_added) or 0.0):
+            worst = c
+    if worst is None or worst.gap_p99_added is None:
+        return []
+    added = worst.gap_p99_added
+    r = worst.result
+    name = f"gap p99 within {GAP_P99_EXTRA_MAX_MS} ms of direct, separate runs in turns"
+    measured = f"{added.median:+.2f} ms at {r.label}"
+    direct = _find(combined, r.label, "direct")
+    own = None if direct is None else Spread.of(d.gap_p99_ms for d in direct.runs)
+    if added.count > 1:
+        measured += f" (median of {added.count} repeats)"
+    if own is not None and own.count > 1 and own.high - own.low > GAP_P99_EXTRA_MAX_MS:
+        measured += (
+            f"; direct's own gap p99 ranged {span_text(own.low, own.high, '.2f')} ms "
+            "across repeats, more than the target: no verdict from separate runs"
+        )
+        return [(name, measured, "-")]
+    return [(name, measured, "PASS" if added.median <= GAP_P99_EXTRA_MAX_MS else "FAIL")]
+
+
+def further_checks(combined: Sequence[Combined]) -> list[Check]:
+    """Checks beyond issue #6, same limits: the burst load (a thundering herd)."""
+    checks: list[Check] = []
+    burst_gw = next((c for c in combined if c.result.burst and c.result.path == "gateway"), None)
+    if burst_gw is None:
+        return checks
+    several = repeats_of(combined) > 1
+    r = burst_gw.result
+    added = burst_gw.ttft_p50_added
+    if added is not None:
+        measured = f"{added.median:.2f} ms"
+        if several:
+            measured += f" (median; {_across(added, '.2f', ' ms')})"
+        checks.append(
+            (
+                f"added TTFT p50 <= {ADDED_TTFT_P50_MAX_MS} ms, {r.streams} streams "
+                f"arriving at {r.arrivals or 0:g}/s (burst)",
+                measured,
+                "PASS" if added.median <= ADDED_TTFT_P50_MAX_MS else "FAIL",
+            )
+        )
+    extra = _median(burst_gw.gap_p99_added)
+    if extra is not None:
+        median_of = f" (median of {repeats_of(combined)} repeats)" if several else ""
+        checks.append(
+            (
+                f"gap p99 within {GAP_P99_EXTRA_MAX_MS} ms of direct, burst load",
+                f"{extra:+.2f} ms at {r.label}{median_of}",
+                "PASS" if extra <= GAP_P99_EXTRA_MAX_MS else "FAIL",
+            )
+        )
+    return checks
+
+
 def budget_text(checks: Iterable[tuple[str, str, str]]) -> str:
     return "\n".join(f"  {v}  {name}: {measured}" for name, measured, v in checks)
 
 
-def budget_markdown(checks: Iterable[tuple[str, str, str]]) -> str:
-    lines = ["| target (issue #6) | measured | |", "|---|---|---|"]
+def budget_markdown(
+    checks: Iterable[tuple[str, str, str]], title: str = "target (issue #6)"
+) -> str:
+    lines = [f"| {title} | measured | |", "|---|---|---|"]
     lines += [f"| {name} | {measured} | {v} |" for name, measured, v in checks]
     return "\n".join(lines)
 
@@ -526,7 +563,12 @@ def chart(combined: Sequence[Combined], out: Path) -> Path | None:
         return None
     paced = [c for c in combined if c.result.paced and not c.result.burst]
     fig, (cpu_ax, ttft_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for path, style, color in (("nginx", "s-", "tab:blue"), ("gateway", "o-", "tab:orange")):
+    lines = (
+        ("nginx", "s-", "tab:blue"),
+        ("gateway", "o-", "tab:orange"),
+        ("litellm", "^-", "tab:red"),
+    )
+    for path, style, color in lines:
         runs = sorted((c for c in paced if c.result.path == path), key=lambda c: c.result.streams)
         cpu = [(c.result.streams, c.cpu_us) for c in runs if c.cpu_us is not None]
         cpu_ax.errorbar(
@@ -566,6 +608,9 @@ def chart(combined: Sequence[Combined], out: Path) -> Path | None:
     cpu_ax.set(
         xscale="log", xlabel="concurrent streams", ylabel="CPU µs per token", title="CPU per token"
     )
+    if any(c.result.path == "litellm" for c in paced):
+        # LiteLLM spends tens of times the others' CPU per token: a linear axis hides them.
+        cpu_ax.set_yscale("log")
     ttft_ax.set(
         xscale="log",
         xlabel="concurrent streams",
@@ -591,8 +636,11 @@ def write_results(
     header: str,
     profile_md: str | None,
     chart_path: Path | None,
+    paired_md: str | None = None,
+    paired_gap: Check | None = None,
 ) -> None:
-    """Regenerate ``path`` above KEEP_MARKER, keeping the hand-written part below it."""
+    """Regenerate ``path`` above KEEP_MARKER, keeping the hand-written part below it.
+    ``paired_md``, ``paired_gap``: the paired gap runs' table and budget line (``pairgap``)."""
     kept = ""
     if path.exists():
         old = path.read_text()
@@ -600,7 +648,13 @@ def write_results(
             kept = old.split(KEEP_MARKER, 1)[1]
     # The header says what the figures are (medians, ranges) when there are repeats.
     parts = [header, "", "## Figures", "", markdown_table(combined), ""]
-    parts += ["## Budget (issue #6)", "", budget_markdown(budget(combined)), ""]
+    if paired_md:
+        parts += ["## Inter-token gaps, paired with direct in the same run", "", paired_md, ""]
+    parts += ["## Budget (issue #6)", "", budget_markdown(budget(combined, paired_gap)), ""]
+    further = further_checks(combined)
+    if further:
+        title = "check (same limits)"
+        parts += ["## Further checks, beyond the issue", "", budget_markdown(further, title), ""]
     if chart_path is not None:
         rel = _relative(chart_path, path.parent)
         parts += [f"![CPU per token and added TTFT at N streams]({rel})", ""]

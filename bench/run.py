@@ -45,6 +45,7 @@ import dataclasses
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -52,23 +53,27 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import profile, report
+from . import pairgap, profile, report
 from .proctree import cpu_seconds, cpu_ticks_seconds, peak_rss_bytes, rss_bytes, schedstat_available
 from .report import MIB, RunResult
 from .services import (
     REPO,
     Service,
     ServiceError,
+    litellm_version,
     nginx_path,
     nginx_version,
     raise_fd_limit,
     simulator_stats,
     start_gateway,
+    start_litellm,
     start_nginx,
     start_simulator,
 )
 
 PATHS = ("direct", "nginx", "gateway")
+# The paths whose clients speak OpenAI's API (SSE streams).
+SSE_PATHS = frozenset({"gateway", "litellm"})
 BIG_STREAMS = 5000
 # The short-request load starts streams at this rate: busy, yet under a core's worth of
 # request handling in every middle process.
@@ -125,6 +130,8 @@ class Settings:
     # --repeat: runs per (load, path); with more than one, each run's raw outputs go to a
     # directory of its own (..-r1, ..-r2, ...).
     repeats: int = 1
+    # The litellm executable of the optional comparator path (--with-litellm).
+    litellm: str | None = None
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -150,6 +157,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--paths", default=",".join(PATHS), help="subset of " + ",".join(PATHS))
     parser.add_argument("--workers", type=int, default=1, help="gateway --workers")
     parser.add_argument(
+        "--with-litellm",
+        action="store_true",
+        help="add the LiteLLM proxy (1 worker) as a path, when installed (bench/README.md)",
+    )
+    parser.add_argument(
+        "--litellm", help="the litellm executable (default: the one on PATH); with --with-litellm"
+    )
+    parser.add_argument(
         "--arrivals", type=float, default=100.0, help="new streams per second (the ramp)"
     )
     parser.add_argument(
@@ -161,6 +176,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--burst-arrivals", type=float, default=1000.0, help="new streams per second, burst"
+    )
+    parser.add_argument(
+        "--paired",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run each paced load through each middle and direct at once (gap p99)",
     )
     parser.add_argument("--profile", action="store_true", help="py-spy the gateway afterwards")
     parser.add_argument(
@@ -251,9 +272,15 @@ def probe_start(settings: Settings, load: Load) -> float | None:
 
 
 def run_loadgen(
-    settings: Settings, load: Load, port: int, fmt: str, cpu_pids: Sequence[int] = ()
+    settings: Settings,
+    load: Load,
+    port: int,
+    fmt: str,
+    cpu_pids: Sequence[int] = (),
+    pair_port: int | None = None,
 ) -> dict[str, object]:
-    """Run the load generator; ``cpu_pids``: process trees it reads around the probes."""
+    """Run the load generator; ``cpu_pids``: process trees it reads around the probes;
+    ``pair_port``: N more streams straight to that simulator port, in the same run."""
     tokens = load.tokens or settings.tokens
     ramp = ramp_s(settings, load)
     stream_s = tokens / load.rate if load.rate > 0 else 0.0
@@ -267,6 +294,8 @@ def run_loadgen(
         cmd += [arg for pid in cpu_pids for arg in ("--cpu-pid", str(pid))]
         window_end = probes_at + settings.probes * settings.probe_interval
         deadline = max(deadline, window_end + DEADLINE_SLACK_S)
+    if pair_port is not None:
+        cmd += ["--pair-port", str(pair_port), "--pair-format", "ndjson"]
     cmd += ["--ramp", f"{ramp:.3f}", "--deadline", f"{deadline:.1f}"]
     done = subprocess.run(
         cmd,
@@ -291,6 +320,24 @@ def _per_token(seconds: float, tokens: int) -> float | None:
     return seconds / tokens * 1e6 if tokens else None
 
 
+def start_middle(
+    settings: Settings, run_dir: Path, path: str, sim: Service, streams: int
+) -> Service:
+    """The process between the load generator and the simulator on ``path``."""
+    if path == "nginx":
+        return start_nginx(run_dir, sim.port, streams)
+    if path == "litellm":
+        assert settings.litellm is not None
+        return start_litellm(run_dir, settings.litellm, sim.port)
+    return start_gateway(run_dir, sim.port, settings.workers)
+
+
+def wire_format(path: str) -> str:
+    """What the load generator speaks on ``path``: OpenAI's SSE through the gateway and
+    LiteLLM, Ollama's NDJSON straight to the simulator and through nginx."""
+    return "sse" if path in SSE_PATHS else "ndjson"
+
+
 def run_one(
     settings: Settings, load: Load, path: str, spy: Path | None = None, repeat: int = 1
 ) -> RunResult:
@@ -302,13 +349,11 @@ def run_one(
     middle: Service | None = None
     sim_stats: dict[str, int] = {}
     try:
-        if path == "nginx":
-            middle = start_nginx(run_dir, sim.port, load.streams)
-        elif path == "gateway":
-            middle = start_gateway(run_dir, sim.port, settings.workers)
+        if path != "direct":
+            middle = start_middle(settings, run_dir, path, sim, load.streams)
         idle_rss = rss_bytes(middle.pid) if middle else None
         port = middle.port if middle else sim.port
-        fmt = "sse" if path == "gateway" else "ndjson"
+        fmt = wire_format(path)
         # One stream first, unmeasured: one-time costs (lazy imports, the first upstream
         # connection, thread pools) are start-up, not per-request latency.
         warm = Settings(settings.out, WARM_UP_TOKENS, settings.arrivals, settings.workers)
@@ -385,6 +430,73 @@ def run_one(
     )
 
 
+def run_paired(settings: Settings, load: Load, path: str, repeat: int) -> pairgap.PairedGap:
+    """``load`` through ``path`` and straight to the simulator at once (``pairgap``), with
+    fresh processes; no probes."""
+    run_dir = settings.out / f"{load.slug}-{path}-paired-r{repeat}"
+    sim = start_simulator(run_dir, load.rate, load.tokens or settings.tokens)
+    middle: Service | None = None
+    try:
+        middle = start_middle(settings, run_dir, path, sim, load.streams)
+        fmt = wire_format(path)
+        warm = Settings(settings.out, WARM_UP_TOKENS, settings.arrivals, settings.workers)
+        run_loadgen(warm, Load(1, load.rate), middle.port, fmt)
+        quiet = dataclasses.replace(settings, probes=0)
+        lg = run_loadgen(quiet, load, middle.port, fmt, pair_port=sim.port)
+    finally:
+        if middle is not None:
+            middle.stop()
+        simulator_stats(sim)
+    direct = lg["pair"]
+    assert isinstance(direct, dict)
+    return pairgap.PairedGap(
+        label=load.label,
+        streams=load.streams,
+        rate=load.rate,
+        path=path,
+        repeat=repeat,
+        gap_p99_ms=_ms(lg["gap_p99_s"]),
+        direct_gap_p99_ms=_ms(direct["gap_p99_s"]),
+        tokens=int(lg["tokens"]),  # type: ignore[call-overload]
+        direct_tokens=int(direct["tokens"]),
+        expected_tokens=int(lg["expected_tokens"]),  # type: ignore[call-overload]
+    )
+
+
+def run_pairs(
+    args: argparse.Namespace, settings: Settings, paths: Sequence[str]
+) -> list[pairgap.PairedGap]:
+    """The paired gap runs: each pairable paced load, each middle path, ``--repeat`` times
+    (in turns, like the main runs)."""
+    # nginx is the reference; LiteLLM's gaps are not a target, and its runs are slow.
+    middles = [p for p in paths if p in ("nginx", "gateway")]
+    loads = [
+        load
+        for load in plan(args)
+        if not load.burst
+        and load.tokens is None
+        and pairgap.pairable(load.streams, load.rate, args.max_total_rate)
+    ]
+    results = []
+    for load in loads:
+        for repeat in range(1, args.repeat + 1):
+            for path in middles:
+                paired = run_paired(settings, load, path, repeat)
+                results.append(paired)
+                turn = f" [{repeat}/{args.repeat}]" if args.repeat > 1 else ""
+                print(
+                    f"{load.label:>18} {path:>8} paired{turn}: {paired.tokens}+"
+                    f"{paired.direct_tokens}/{2 * paired.expected_tokens} tokens, "
+                    f"gap p99 {fmt_ms(paired.added_ms)} ms against direct",
+                    flush=True,
+                )
+    return results
+
+
+def fmt_ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.2f}"
+
+
 def _version(module: str) -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -438,6 +550,19 @@ def header(args: argparse.Namespace, argv: Sequence[str], load_before: str) -> s
         if args.burst
         else "no burst load (--burst 0)"
     )
+    litellm = ""
+    if getattr(args, "litellm_binary", None):
+        litellm = (
+            f"\n- LiteLLM {litellm_version(args.litellm_binary)}: the proxy with one worker "
+            "(`--num_workers 1`), provider\n  `ollama_chat` pointed at the simulator, "
+            "`LITELLM_LOG=ERROR`, telemetry off"
+        )
+    paired = (
+        "every paced load whose doubled token rate fits the cap also ran paired:\n  N "
+        "streams through each middle and N direct in one run (gap p99, see below)"
+        if args.paired
+        else "no paired runs (--no-paired)"
+    )
     return f"""# Benchmark results
 
 Written by `{command}` on {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}.
@@ -455,7 +580,8 @@ Regenerate with the same command; see bench/README.md for what each column means
 - TTFT "at N": {probes}
 - TTFT "(arrivals)": over the load's own streams as they arrive; {burst}
 - Gateway: {args.workers} worker(s); nginx: 1 worker, `proxy_buffering off`, upstream
-  keep-alive 8 (as the gateway's pool); each run starts fresh processes
+  keep-alive 8 (as the gateway's pool); each run starts fresh processes{litellm}
+- Gaps: {paired}
 - CPU: middle process tree, {cpu_source}; the tick-based figure is in results.json too
 - Repeats: {repeats}
 - All comparisons are between runs of this one invocation, in turns per load."""
@@ -480,6 +606,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "nginx" in paths and nginx_path() is None:
         print("nginx is not installed: the nginx path is skipped (apt-get install nginx)")
         paths.remove("nginx")
+    litellm = None
+    if args.with_litellm:
+        # shutil.which also checks a given path: it must be an executable file.
+        litellm = shutil.which(args.litellm or "litellm")
+        if litellm is None:
+            print("litellm is not installed: the litellm path is skipped (see bench/README.md)")
+        elif "litellm" not in paths:
+            paths.append("litellm")
+    args.litellm_binary = litellm
     settings = Settings(
         args.out,
         args.tokens,
@@ -488,6 +623,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.probes,
         args.probe_interval,
         args.repeat,
+        litellm,
     )
     settings.out.mkdir(parents=True, exist_ok=True)
     load_before = _loadavg()
@@ -508,10 +644,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"{result.expected_tokens} tokens, {result.wall_s:.1f}s{probes}",
                     flush=True,
                 )
+    pairs = run_pairs(args, settings, paths) if args.paired else []
+    paired = pairgap.combine(pairs)
+    paired_gap = pairgap.budget_line(paired)
     combined = report.combine(results)
-    (settings.out / "results.json").write_text(
-        json.dumps(report.to_json(results, combined), indent=1)
-    )
+    summary = report.to_json(results, combined)
+    summary["paired_gaps"] = pairgap.to_json(pairs, paired)
+    (settings.out / "results.json").write_text(json.dumps(summary, indent=1))
     # The profiled runs are about tokens and requests of the load itself: no probes.
     # Once, whatever --repeat says.
     profile_md = (
@@ -521,10 +660,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print()
     print(report.text_table(combined))
+    if paired:
+        print()
+        print(pairgap.text_table(paired))
     print()
-    print(report.budget_text(report.budget(combined)))
+    print(report.budget_text(report.budget(combined, paired_gap)))
+    further = report.further_checks(combined)
+    if further:
+        print("beyond the issue:")
+        print(report.budget_text(further))
     chart = report.chart(combined, args.chart)
-    report.write_results(args.results, combined, header(args, argv, load_before), profile_md, chart)
+    report.write_results(
+        args.results,
+        combined,
+        header(args, argv, load_before),
+        profile_md,
+        chart,
+        pairgap.markdown(paired) if paired else None,
+        paired_gap,
+    )
     print(f"\nwrote {args.results}" + (f" and {chart}" if chart else ""))
     return 0
 

@@ -1,4 +1,5 @@
-"""Starting and stopping the processes of a benchmark run: simulator, nginx, gateway.
+"""Starting and stopping the processes of a benchmark run: simulator, nginx, gateway
+(and LiteLLM, the optional comparator).
 
 Theory of operation: every run starts its processes afresh on new loopback ports and
 stops them afterwards, so no run inherits another's memory, connections or caches, and a
@@ -106,8 +107,8 @@ def _spawn(
         )
 
 
-def _wait_port(service: Service) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
+def _wait_port(service: Service, timeout: float = START_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if service.proc.poll() is not None:
             raise ServiceError(
@@ -119,9 +120,7 @@ def _wait_port(service: Service) -> None:
         except OSError:
             time.sleep(POLL_S)
     service.stop()
-    raise ServiceError(
-        f"{service.name} did not listen within {START_TIMEOUT_S}s; see {service.log}"
-    )
+    raise ServiceError(f"{service.name} did not listen within {timeout:g}s; see {service.log}")
 
 
 def start_simulator(run_dir: Path, rate: float, tokens: int) -> Service:
@@ -279,3 +278,60 @@ def _wait_workers(service: Service, log: Path, workers: int) -> None:
         time.sleep(POLL_S)
     service.stop()
     raise ServiceError(f"gateway workers did not all listen within {START_TIMEOUT_S}s; see {log}")
+
+
+# LiteLLM imports for seconds before it listens.
+LITELLM_START_TIMEOUT_S = 180.0
+LITELLM_MODEL = "qwen3:32b"
+
+
+def litellm_config(upstream_port: int) -> str:
+    """One model, served by LiteLLM's Ollama chat provider from the simulator."""
+    return f"""model_list:
+  - model_name: {LITELLM_MODEL}
+    litellm_params:
+      model: ollama_chat/{LITELLM_MODEL}
+      api_base: http://127.0.0.1:{upstream_port}
+litellm_settings:
+  drop_params: true
+  telemetry: false
+general_settings:
+  # No API keys on either proxy in the bench (the gateway's config sets none either).
+  dangerously_permit_weak_or_unset_master_key: true
+"""
+
+
+def litellm_version(binary: str) -> str:
+    """``litellm`` from the same environment as ``binary`` (its version, or "unknown")."""
+    python = Path(binary).with_name("python")
+    probe = [str(python), "-c", "import importlib.metadata as m; print(m.version('litellm'))"]
+    try:
+        done = subprocess.run(probe, capture_output=True, text=True, timeout=60, check=False)
+    except OSError:
+        return "unknown"
+    return done.stdout.strip() or "unknown"
+
+
+def start_litellm(run_dir: Path, binary: str, upstream_port: int) -> Service:
+    """The LiteLLM proxy, one worker, in front of the simulator (the issue's comparator)."""
+    port = free_port()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = run_dir / "litellm.yaml"
+    config.write_text(litellm_config(upstream_port))
+    log = run_dir / "litellm.log"
+    cmd = [binary, "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--num_workers", "1", "--telemetry", "False"]
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as err:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=run_dir,
+            stdin=subprocess.DEVNULL,
+            stdout=err,
+            stderr=err,
+            # Quiet logs, no calls home: neither belongs in a measurement.
+            env={**os.environ, "LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False"},
+        )
+    service = Service("litellm", proc, port, log)
+    _wait_port(service, LITELLM_START_TIMEOUT_S)
+    return service

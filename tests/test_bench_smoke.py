@@ -160,8 +160,20 @@ def test_quick_run_end_to_end(tmp_path: Path) -> None:
     text = (tmp_path / "RESULTS.md").read_text()
     assert "## Figures" in text and "| gateway |" in text
     assert "| 3 @ 10/s burst | gateway |" in text
-    # The budget judges the burst on its own line (the probes' line needs 100 streams).
-    assert "arriving at 1000/s (burst)" in text and "burst load" in text
+    # The burst is judged apart from the issue's budget (the probes' line needs 100 streams).
+    budget, further = text.split("## Budget (issue #6)")[1].split("## Further checks")
+    assert "burst" not in budget
+    assert "arriving at 1000/s (burst)" in further and "burst load" in further
+    # The paced load also ran paired: each middle and the direct path at once, every
+    # token on both sides, and the gap target is judged on those runs.
+    pairs = written["paired_gaps"]["runs"]
+    assert sorted(p["path"] for p in pairs) == ["gateway", "nginx"]
+    for p in pairs:
+        assert p["label"] == "3 @ 10/s", p
+        assert p["tokens"] == p["direct_tokens"] == p["expected_tokens"] > 0, p
+        assert p["added_ms"] == pytest.approx(p["gap_p99_ms"] - p["direct_gap_p99_ms"])
+    assert "## Inter-token gaps, paired with direct in the same run" in text
+    assert "(worst paired load)" in budget
 
 
 def test_quick_run_repeated(tmp_path: Path) -> None:
@@ -171,11 +183,17 @@ def test_quick_run_repeated(tmp_path: Path) -> None:
     # rest, and this one stays short.
     paths = ["direct", "gateway"]
     done = run_quick(
-        tmp_path, ",".join(paths), "--repeat", "2", "--unpaced", "", "--short", "0", "--burst", "0"
+        tmp_path,
+        ",".join(paths),
+        *("--repeat", "2", "--unpaced", "", "--short", "0", "--burst", "0", "--no-paired"),
+        *("--with-litellm", "--litellm", str(tmp_path / "no-such-litellm")),
     )
     assert "Medians of 2 repeats" in done.stdout
+    # The optional comparator is skipped, with a word, where it is not installed.
+    assert "litellm is not installed: the litellm path is skipped" in done.stdout
     written = json.loads((tmp_path / "results.json").read_text())
     assert written["repeats"] == 2
+    assert written["paired_gaps"] == {"runs": [], "combined": []}
     runs, combined = written["runs"], written["combined"]
     # Interleaved: direct, gateway, direct, gateway; never a path twice in a row.
     assert [(r["path"], r["repeat"]) for r in runs] == [
@@ -221,3 +239,22 @@ def test_phases_prints_a_request_timeline(tmp_path: Path) -> None:
     order = ["head parsed (h11)", "plan (JSON, mapping)", "request to Ollama", "client end"]
     positions = [done.stdout.index(stamp) for stamp in order]
     assert positions == sorted(positions), done.stdout
+
+
+def test_litellm_comparator_config_points_its_ollama_provider_at_the_simulator() -> None:
+    """The LiteLLM path (``--with-litellm``) is not run here (it is not installed in CI);
+    its config must still name the model the load generator asks for, served by LiteLLM's
+    Ollama chat provider from the simulator's port."""
+    import yaml
+
+    from bench.loadgen import MODEL
+    from bench.services import litellm_config
+
+    config = yaml.safe_load(litellm_config(40123))
+    (entry,) = config["model_list"]
+    assert entry["model_name"] == MODEL
+    assert entry["litellm_params"] == {
+        "model": f"ollama_chat/{MODEL}",
+        "api_base": "http://127.0.0.1:40123",
+    }
+    assert config["litellm_settings"]["telemetry"] is False

@@ -1,0 +1,125 @@
+"""The bench's verdicts on the gap target: paired runs decide, separate runs only when
+their own noise allows (bench/pairgap.py, bench/report.py). Pure functions, no processes."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import pairgap, report
+from bench.report import RunResult
+
+
+def paired(
+    path: str, added: float, repeat: int = 1, label: str = "100 @ 20/s", lost: int = 0
+) -> pairgap.PairedGap:
+    return pairgap.PairedGap(
+        label=label,
+        streams=100,
+        rate=20.0,
+        path=path,
+        repeat=repeat,
+        gap_p99_ms=52.0 + added,
+        direct_gap_p99_ms=52.0,
+        tokens=20000 - lost,
+        direct_tokens=20000,
+        expected_tokens=20000,
+    )
+
+
+def test_paired_figure_is_the_median_of_per_run_differences() -> None:
+    runs = [paired("gateway", added, repeat=i) for i, added in enumerate((0.2, 3.0, 0.4), 1)]
+    (row,) = pairgap.combine(runs)
+    assert row.added_ms is not None
+    assert (row.added_ms.median, row.added_ms.low, row.added_ms.high) == pytest.approx(
+        (0.4, 0.2, 3.0)
+    )
+    line = pairgap.budget_line([row])
+    assert line is not None
+    _, measured, verdict = line
+    assert verdict == "PASS" and "+0.40 ms at 100 @ 20/s" in measured
+    assert "+0.20 to +3.00" in measured
+
+
+def test_paired_verdict_takes_the_gateways_worst_load_and_ignores_nginx() -> None:
+    runs = [
+        paired("nginx", 5.0),
+        paired("gateway", 0.5, label="1 @ 20/s"),
+        paired("gateway", 1.5, label="200 @ 20/s"),
+    ]
+    line = pairgap.budget_line(pairgap.combine(runs))
+    assert line is not None and line[2] == "FAIL" and "at 200 @ 20/s" in line[1]
+
+
+def test_paired_verdict_fails_when_a_token_is_lost() -> None:
+    line = pairgap.budget_line(pairgap.combine([paired("gateway", 0.1, lost=1)]))
+    assert line is not None and line[2] == "FAIL" and "tokens lost" in line[1]
+
+
+def test_pairable_keeps_the_doubled_rate_under_the_cap() -> None:
+    assert pairgap.pairable(200, 20.0, 10_000.0)
+    assert not pairgap.pairable(1000, 10.0, 10_000.0)
+    assert not pairgap.pairable(100, 0.0, 10_000.0)  # unpaced: no gap target
+
+
+def run(path: str, gap_p99: float, repeat: int) -> RunResult:
+    return RunResult(
+        label="100 @ 20/s",
+        streams=100,
+        rate=20.0,
+        path=path,
+        tokens=20000,
+        expected_tokens=20000,
+        completed=100,
+        outcomes={"complete": 100},
+        out_of_order=0,
+        tokens_per_s=1800.0,
+        wall_s=11.0,
+        ttft_p50_ms=1.0,
+        ttft_p99_ms=2.0,
+        gap_p50_ms=50.0,
+        gap_p99_ms=gap_p99,
+        gap_max_ms=60.0,
+        sim_cpu_us=30.0,
+        sim_core_pct=10.0,
+        loadgen_cpu_us=30.0,
+        repeat=repeat,
+    )
+
+
+def in_turns(direct: list[float], gateway: list[float]) -> tuple[str, str, str]:
+    results = [
+        r
+        for i, (d, g) in enumerate(zip(direct, gateway, strict=True), 1)
+        for r in (run("direct", d, i), run("gateway", g, i))
+    ]
+    checks = [c for c in report.budget(report.combine(results)) if "separate runs" in c[0]]
+    assert len(checks) == 1
+    return checks[0]
+
+
+def test_separate_runs_give_no_verdict_when_direct_alone_moves_more_than_the_target() -> None:
+    _, measured, verdict = in_turns([51.4, 53.4, 52.0], [55.0, 53.0, 52.5])
+    assert verdict == "-"
+    assert "+0.50 ms" in measured and "ranged 51.40-53.40 ms" in measured
+
+
+def test_separate_runs_judge_when_direct_is_steady() -> None:
+    assert in_turns([52.0, 52.3, 52.1], [52.5, 52.6, 52.4])[2] == "PASS"
+    assert in_turns([52.0, 52.3, 52.1], [54.0, 54.6, 54.4])[2] == "FAIL"
+
+
+def test_paired_line_goes_into_the_budget_and_the_burst_out_of_it() -> None:
+    line = ("gap p99 within 1.0 ms of direct (worst paired load)", "+0.30 ms", "PASS")
+    burst = [
+        RunResult(**{**run(path, 52.0, 1).__dict__, "label": "100 @ 20/s burst", "burst": True})
+        for path in ("direct", "gateway")
+    ]
+    combined = report.combine(burst)
+    assert line in report.budget(combined, line)
+    assert not any("burst" in name for name, _, _ in report.budget(combined, line))
+    assert any("burst" in name for name, _, _ in report.further_checks(combined))
