@@ -8,6 +8,7 @@ model, or unpaced), the three paths run in turns, one right after the other:
     direct   load generator -> simulator                  (Ollama's NDJSON)
     nginx    load generator -> nginx -> simulator         (NDJSON relayed unchanged)
     gateway  load generator -> clawproxy -> simulator     (re-framed into OpenAI SSE)
+    litellm  load generator -> LiteLLM -> simulator       (--with-litellm, when installed)
 
 Each run starts its own simulator, middle process and load generator (``services``), so
 they are separate processes on their own cores and no run inherits another's state. The
@@ -36,6 +37,10 @@ token of the load's own streams while they arrive. The burst load (``--burst`` s
 ``--burst-arrivals`` per second, 1000) is that second figure for a thundering herd; it is
 its own row and gets no probes. The probe window (first probe to last) is left out of the
 CPU per token figures, so the probes' requests do not count as the cost of tokens.
+
+After the main runs, each paced load that fits twice over under ``--max-total-rate`` runs
+paired (``run_pairs``): nginx and the gateway, each with N direct streams interleaved in
+the same run, for the gap target (why: ``pairgap``).
 """
 
 from __future__ import annotations
