@@ -609,8 +609,11 @@ def chart(combined: Sequence[Combined], out: Path) -> Path | None:
         xscale="log", xlabel="concurrent streams", ylabel="CPU µs per token", title="CPU per token"
     )
     if any(c.result.path == "litellm" for c in paced):
-        # LiteLLM spends tens of times the others' CPU per token: a linear axis hides them.
+        # LiteLLM spends tens of times the others' CPU per token and adds seconds to the
+        # first token: linear axes would flatten nginx and the gateway to a line. symlog,
+        # because an added TTFT can be below zero; linear within 1 ms of zero.
         cpu_ax.set_yscale("log")
+        ttft_ax.set_yscale("symlog", linthresh=1.0)
     ttft_ax.set(
         xscale="log",
         xlabel="concurrent streams",
@@ -669,6 +672,11 @@ def _relative(target: Path, base: Path) -> str:
         return str(target.resolve().relative_to(base.resolve()))
     except ValueError:
         return str(target)
+
+
+def runs_from_json(data: dict[str, Any]) -> list[RunResult]:
+    """The runs of a ``results.json`` (what ``to_json`` wrote), to combine and chart again."""
+    return [RunResult(**run) for run in data["runs"]]
 
 
 def to_json(results: Sequence[RunResult], combined: Sequence[Combined]) -> dict[str, object]:

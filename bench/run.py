@@ -68,6 +68,7 @@ from .services import (
     litellm_version,
     nginx_path,
     nginx_version,
+    niced,
     raise_fd_limit,
     simulator_stats,
     start_gateway,
@@ -137,6 +138,8 @@ class Settings:
     repeats: int = 1
     # The litellm executable of the optional comparator path (--with-litellm).
     litellm: str | None = None
+    # --harness-nice: the simulator's and the load generator's CPU priority lowered by this.
+    nice: int = 0
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -161,6 +164,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--tokens", type=int, default=200, help="tokens per stream")
     parser.add_argument("--paths", default=",".join(PATHS), help="subset of " + ",".join(PATHS))
     parser.add_argument("--workers", type=int, default=1, help="gateway --workers")
+    parser.add_argument(
+        "--harness-nice",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run the simulator and the load generator at nice N (0: as the middle; see README)",
+    )
     parser.add_argument(
         "--with-litellm",
         action="store_true",
@@ -202,6 +212,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="raw outputs (default bench/out)")
     parser.add_argument("--results", type=Path, help="RESULTS.md to write")
     parser.add_argument("--chart", type=Path, help="PNG chart to write")
+    parser.add_argument(
+        "--replot",
+        type=Path,
+        metavar="RESULTS_JSON",
+        help="only draw the chart (--chart) again from a run's results.json",
+    )
     parser.add_argument(
         "--limit-check", action="store_true", help="workers vs max_concurrent instead (limits.py)"
     )
@@ -291,6 +307,7 @@ def run_loadgen(
     stream_s = tokens / load.rate if load.rate > 0 else 0.0
     deadline = ramp + 3 * stream_s + DEADLINE_SLACK_S
     cmd = [sys.executable, "-m", "bench.loadgen", "--port", str(port), "--format", fmt]
+    cmd = niced(cmd, settings.nice)
     cmd += ["--streams", str(load.streams), "--tokens", str(tokens)]
     probes_at = probe_start(settings, load)
     if probes_at is not None:
@@ -350,7 +367,7 @@ def run_one(
     ``repeat``: which of the ``settings.repeats`` runs of this (load, path) it is."""
     tag = f"-r{repeat}" if settings.repeats > 1 else ""
     run_dir = settings.out / f"{load.slug}-{path}{tag}"
-    sim = start_simulator(run_dir, load.rate, load.tokens or settings.tokens)
+    sim = start_simulator(run_dir, load.rate, load.tokens or settings.tokens, settings.nice)
     middle: Service | None = None
     sim_stats: dict[str, int] = {}
     try:
@@ -361,7 +378,9 @@ def run_one(
         fmt = wire_format(path)
         # One stream first, unmeasured: one-time costs (lazy imports, the first upstream
         # connection, thread pools) are start-up, not per-request latency.
-        warm = Settings(settings.out, WARM_UP_TOKENS, settings.arrivals, settings.workers)
+        warm = Settings(
+            settings.out, WARM_UP_TOKENS, settings.arrivals, settings.workers, nice=settings.nice
+        )
         run_loadgen(warm, Load(1, load.rate), port, fmt)  # no probes
         spy_proc = profile.record(middle.pid, spy, settings.workers > 1) if spy and middle else None
         mid0 = (cpu_seconds(middle.pid), cpu_ticks_seconds(middle.pid)) if middle else (0.0, 0.0)
@@ -439,12 +458,14 @@ def run_paired(settings: Settings, load: Load, path: str, repeat: int) -> pairga
     """``load`` through ``path`` and straight to the simulator at once (``pairgap``), with
     fresh processes; no probes."""
     run_dir = settings.out / f"{load.slug}-{path}-paired-r{repeat}"
-    sim = start_simulator(run_dir, load.rate, load.tokens or settings.tokens)
+    sim = start_simulator(run_dir, load.rate, load.tokens or settings.tokens, settings.nice)
     middle: Service | None = None
     try:
         middle = start_middle(settings, run_dir, path, sim, load.streams)
         fmt = wire_format(path)
-        warm = Settings(settings.out, WARM_UP_TOKENS, settings.arrivals, settings.workers)
+        warm = Settings(
+            settings.out, WARM_UP_TOKENS, settings.arrivals, settings.workers, nice=settings.nice
+        )
         run_loadgen(warm, Load(1, load.rate), middle.port, fmt)
         quiet = dataclasses.replace(settings, probes=0)
         lg = run_loadgen(quiet, load, middle.port, fmt, pair_port=sim.port)
@@ -526,8 +547,15 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def header(args: argparse.Namespace, argv: Sequence[str], load_before: str) -> str:
+def revision() -> str:
+    """The commit measured, ``(with uncommitted changes)`` where the tree differs from it.
+    Read when the run starts: by its end the run has written its own chart into the tree."""
     dirty = " (with uncommitted changes)" if _git("status", "--porcelain") else ""
+    return (_git("rev-parse", "--short", "HEAD") or "?") + dirty
+
+
+def header(args: argparse.Namespace, argv: Sequence[str], load_before: str, measured: str) -> str:
+    """``measured``: ``revision()`` at the start of the run."""
     cpu_source = (
         "schedstat (ns)" if schedstat_available() else "/proc/<pid>/stat utime+stime (ticks)"
     )
@@ -568,6 +596,12 @@ def header(args: argparse.Namespace, argv: Sequence[str], load_before: str) -> s
         if args.paired
         else "no paired runs (--no-paired)"
     )
+    harness = (
+        f"the simulator and the load generator ran at nice {args.harness_nice}, the middle "
+        "at 0\n  (`--harness-nice`: the harness yields the CPU to the process measured)"
+        if args.harness_nice
+        else "all processes at the same priority (no `--harness-nice`)"
+    )
     return f"""# Benchmark results
 
 Written by `{command}` on {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}.
@@ -577,7 +611,7 @@ Regenerate with the same command; see bench/README.md for what each column means
   (load average {load_before} before the run, {_loadavg()} after), Linux {platform.release()}
 - Versions: Python {platform.python_version()}, uvloop {_version("uvloop")}, h11 \
 {_version("h11")}, orjson {_version("orjson")}, nginx {nginx_version()}, clawproxy \
-{_version("clawproxy")} at {_git("rev-parse", "--short", "HEAD") or "?"}{dirty}
+{_version("clawproxy")} at {measured}
 - Load: {args.tokens} tokens per stream; paced loads at {args.rate:g} tokens/s per stream
   (lowered so that streams x rate <= {args.max_total_rate:g}), unpaced as fast as the
   simulator goes; streams arrive at {args.arrivals:g} per second, one connection each,
@@ -587,6 +621,7 @@ Regenerate with the same command; see bench/README.md for what each column means
 - Gateway: {args.workers} worker(s); nginx: 1 worker, `proxy_buffering off`, upstream
   keep-alive 8 (as the gateway's pool); each run starts fresh processes{litellm}
 - Gaps: {paired}
+- Harness priority: {harness}
 - CPU: middle process tree, {cpu_source}; the tick-based figure is in results.json too
 - Repeats: {repeats}
 - All comparisons are between runs of this one invocation, in turns per load."""
@@ -602,6 +637,12 @@ def _loadavg() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    if args.replot:
+        # The chart again from a stored run, without running anything.
+        runs = report.runs_from_json(json.loads(args.replot.read_text()))
+        chart = report.chart(report.combine(runs), args.chart)
+        print(f"wrote {chart}" if chart else "matplotlib is not installed: no chart")
+        return 0 if chart else 1
     if args.limit_check:
         from . import limits
 
@@ -629,9 +670,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.probe_interval,
         args.repeat,
         litellm,
+        args.harness_nice,
     )
     settings.out.mkdir(parents=True, exist_ok=True)
     load_before = _loadavg()
+    measured = revision()
     results: list[RunResult] = []
     for load in plan(args):
         # In turns, repeat after repeat: neighbouring runs share the machine's state, and
@@ -678,7 +721,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report.write_results(
         args.results,
         combined,
-        header(args, argv, load_before),
+        header(args, argv, load_before, measured),
         profile_md,
         chart,
         pairgap.markdown(paired) if paired else None,

@@ -123,9 +123,16 @@ def _wait_port(service: Service, timeout: float = START_TIMEOUT_S) -> None:
     raise ServiceError(f"{service.name} did not listen within {timeout:g}s; see {service.log}")
 
 
-def start_simulator(run_dir: Path, rate: float, tokens: int) -> Service:
+def niced(cmd: list[str], nice: int) -> list[str]:
+    """``cmd`` at a lower CPU priority (``nice`` > 0), as ``nice -n N`` runs it."""
+    return ["nice", "-n", str(nice), *cmd] if nice else cmd
+
+
+def start_simulator(run_dir: Path, rate: float, tokens: int, nice: int = 0) -> Service:
+    """The simulator; ``nice``: its CPU priority lowered by that much (``--harness-nice``)."""
     log = run_dir / "simulator.log"
     cmd = [sys.executable, "-m", "bench.simproc", "--rate", str(rate), "--tokens", str(tokens)]
+    cmd = niced(cmd, nice)
     proc = _spawn(cmd, log, stdout=subprocess.PIPE)
     assert proc.stdout is not None
     line = proc.stdout.readline()

@@ -174,6 +174,12 @@ def test_quick_run_end_to_end(tmp_path: Path) -> None:
         assert p["added_ms"] == pytest.approx(p["gap_p99_ms"] - p["direct_gap_p99_ms"])
     assert "## Inter-token gaps, paired with direct in the same run" in text
     assert "(worst paired load)" in budget
+    # The chart can be drawn again from the stored run alone.
+    replot = tmp_path / "again.png"
+    again = run_python(
+        "-m", "bench", "--replot", str(tmp_path / "results.json"), "--chart", str(replot)
+    )
+    assert f"wrote {replot}" in again.stdout and replot.stat().st_size > 0
 
 
 def test_quick_run_repeated(tmp_path: Path) -> None:
