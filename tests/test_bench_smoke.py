@@ -193,8 +193,14 @@ def test_quick_run_repeated(tmp_path: Path) -> None:
         ",".join(paths),
         *("--repeat", "2", "--unpaced", "", "--short", "0", "--burst", "0", "--no-paired"),
         *("--with-litellm", "--litellm", str(tmp_path / "no-such-litellm")),
+        *("--harness-nice", "5"),
     )
     assert "Medians of 2 repeats" in done.stdout
+    # The harness ran at a lower priority, and RESULTS.md says so next to the figures.
+    assert (
+        "the simulator and the load generator ran at nice 5"
+        in (tmp_path / "RESULTS.md").read_text()
+    )
     # The optional comparator is skipped, with a word, where it is not installed.
     assert "litellm is not installed: the litellm path is skipped" in done.stdout
     written = json.loads((tmp_path / "results.json").read_text())
