@@ -174,7 +174,8 @@ def test_quick_run_end_to_end(tmp_path: Path) -> None:
         assert p["added_ms"] == pytest.approx(p["gap_p99_ms"] - p["direct_gap_p99_ms"])
     assert "## Inter-token gaps, paired with direct in the same run" in text
     assert "(worst paired load)" in budget
-    # The chart can be drawn again from the stored run alone.
+    # The chart, and again from the stored run alone.
+    assert (tmp_path / "results.png").stat().st_size > 0
     replot = tmp_path / "again.png"
     again = run_python(
         "-m", "bench", "--replot", str(tmp_path / "results.json"), "--chart", str(replot)
