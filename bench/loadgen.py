@@ -10,9 +10,10 @@ through ``httpwire`` (de-chunking, line split, token count) inside ``data_receiv
 task switch and no HTTP library per token, so the generator stays cheap (its own CPU per
 token is reported next to the others to prove it).
 
-Paired runs (``--pair-port``): a second target gets its own N streams in the same run,
-started half a step after each stream of the first, so both see the same moments of the
-machine; the result then holds the second target's figures under ``pair``. The runner
+Paired runs (``--pair-port``): a second target gets its own N streams (and probes) in the
+same run, each started half a step after its counterpart on the first, so both see the
+same moments of the machine; the result then holds the second target's figures under
+``pair``. The runner
 pairs a middle process with the direct path this way: on shared cores the noise between
 two separate runs is larger than the inter-token gap effect being measured, and in one
 run that noise (a stalled simulator, a stolen CPU) hits both sides alike.
@@ -217,23 +218,15 @@ class StreamClient(asyncio.Protocol):
 
 async def drive(args: argparse.Namespace) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
-    end = SSE_END if args.format == "sse" else NDJSON_END
-    run = Run(
-        build_request(args.format, args.host, args.port, args.tokens), end, args.streams, args.port
-    )
-    twin: Run | None = None
+    run, probes = _runs(args, args.port, args.format)
+    # Paired: the same streams and probes on the second target, in the same run.
+    twin = twin_probes = None
     if args.pair_port:
-        twin_end = SSE_END if args.pair_format == "sse" else NDJSON_END
-        twin = Run(
-            build_request(args.pair_format, args.host, args.pair_port, args.tokens),
-            twin_end,
-            args.streams,
-            args.pair_port,
-        )
-    probes = Run(build_request(args.format, args.host, args.port, 1), end, args.probes, args.port)
-    waits: set[asyncio.Future[Any]] = {run.arm(loop), probes.arm(loop)}
-    if twin is not None:
-        waits.add(twin.arm(loop))
+        twin, twin_probes = _runs(args, args.pair_port, args.pair_format)
+    mains = [run] if twin is None else [run, twin]
+    all_probes = [probes] if twin_probes is None else [probes, twin_probes]
+    targets = mains + all_probes
+    waits: set[asyncio.Future[Any]] = {target.arm(loop) for target in targets}
     tasks: set[asyncio.Task[None]] = set()
 
     async def connect(target: Run) -> None:
@@ -251,24 +244,23 @@ async def drive(args: argparse.Namespace) -> dict[str, Any]:
     start = loop.time() + 0.01
     step = args.ramp / args.streams if args.streams else 0.0
     for i in range(args.streams):
-        loop.call_at(start + i * step, launch, run)
-        if twin is not None:
-            loop.call_at(start + (i + 0.5) * step, launch, twin)
+        # A twin's stream starts half a step after its first-target counterpart.
+        for k, target in enumerate(mains):
+            loop.call_at(start + (i + k / 2) * step, launch, target)
     deadline = args.deadline
     window: dict[str, Any] | None = None
     watch: asyncio.Task[dict[str, Any]] | None = None
     if args.probes > 0:
+        first = start + args.probe_start
         for i in range(args.probes):
-            loop.call_at(start + args.probe_start + i * args.probe_interval, launch, probes)
+            for k, target in enumerate(all_probes):
+                loop.call_at(first + (i + k / 2) * args.probe_interval, launch, target)
         probes_end = args.probe_start + args.probes * args.probe_interval
         deadline = max(deadline, probes_end + DEADLINE_SLACK_S)
-        watch = loop.create_task(
-            probe_window(run, probes, start + args.probe_start, args.cpu_pid or [])
-        )
+        watch = loop.create_task(probe_window(mains, all_probes, first, args.cpu_pid or []))
         waits.add(watch)
     _, pending = await asyncio.wait(waits, timeout=deadline)
     if pending:
-        targets = (run, probes) if twin is None else (run, probes, twin)
         for target in targets:
             for client in list(target.open):
                 client.abort()
@@ -286,22 +278,36 @@ async def drive(args: argparse.Namespace) -> dict[str, Any]:
     # Let aborted transports close before the loop goes.
     await asyncio.sleep(0)
     result = summarize(run, probes, args, cpu, window)
-    if twin is not None:
-        no_probes = Run(b"", end, 0)
-        result["pair"] = summarize(twin, no_probes, args, cpu, None)
+    if twin is not None and twin_probes is not None:
+        result["pair"] = summarize(twin, twin_probes, args, cpu, None)
     return result
 
 
-async def probe_window(run: Run, probes: Run, first_at: float, pids: list[int]) -> dict[str, Any]:
-    """CPU and main-stream tokens from just before the first probe to after the last one."""
+def _runs(args: argparse.Namespace, port: int, fmt: str) -> tuple[Run, Run]:
+    """One target's streams and probes."""
+    end = SSE_END if fmt == "sse" else NDJSON_END
+    streams = Run(build_request(fmt, args.host, port, args.tokens), end, args.streams, port)
+    probes = Run(build_request(fmt, args.host, port, 1), end, args.probes, port)
+    return streams, probes
+
+
+async def probe_window(
+    mains: list[Run], all_probes: list[Run], first_at: float, pids: list[int]
+) -> dict[str, Any]:
+    """CPU and main-stream tokens (of the first target) from just before the first probe
+    to after the last one; no gaps are timed in between, on any target."""
     loop = asyncio.get_running_loop()
     await asyncio.sleep(max(0.0, first_at - PROBE_SAMPLE_LEAD_S - loop.time()))
+    run = mains[0]
     before = _sample(run, pids)
-    run.timing_gaps = False
-    assert probes.all_done is not None
-    await probes.all_done
+    for main in mains:
+        main.timing_gaps = False
+    for probes in all_probes:
+        assert probes.all_done is not None
+        await probes.all_done
     await asyncio.sleep(PROBE_SETTLE_S)
-    run.timing_gaps = True
+    for main in mains:
+        main.timing_gaps = True
     after = _sample(run, pids)
     return {
         key: (

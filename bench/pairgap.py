@@ -1,4 +1,4 @@
-"""Inter-token gaps measured in pairs: a middle process and the direct path in one run.
+"""Gaps and TTFT measured in pairs: a middle process and the direct path in one run.
 
 Theory of operation: issue #6 asks that no token be held back, read as "gap p99 within
 1 ms of direct". Measured in separate runs (the main table's "+gap p99"), that difference
@@ -11,7 +11,10 @@ opens N streams through the middle and N straight to the simulator, interleaved
 (``loadgen --pair-port``). A stall of the simulator, of the load generator or of the
 machine delays both sides alike; what remains in "gateway minus direct, same run" is
 what the middle adds, its own stalls included. Each repeat gives one such difference,
-and the figure is their median (with the range).
+and the figure is their median (with the range). The probes (one-token requests while
+the N streams run, the "added TTFT at N" of the issue) go both ways too, interleaved:
+between two invocations the separate runs' figure has drifted by more than its distance
+to the target, and in one run that drift hits both sides.
 
 The paired run doubles the simulator's streams, so only loads whose doubled token rate
 fits ``--max-total-rate`` are paired (the runner decides; see ``pairable``).
@@ -23,7 +26,7 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .report import GAP_P99_EXTRA_MAX_MS, Spread, fmt, span_text
+from .report import ADDED_TTFT_P50_MAX_MS, GAP_P99_EXTRA_MAX_MS, Spread, fmt, span_text
 
 
 @dataclass
@@ -40,6 +43,12 @@ class PairedGap:
     tokens: int
     direct_tokens: int
     expected_tokens: int  # per side
+    # Probes (one-token requests while the streams run), per side, where the load has them.
+    probes: int = 0
+    probes_completed: int = 0
+    direct_probes_completed: int = 0
+    probe_ttft_p50_ms: float | None = None
+    direct_probe_ttft_p50_ms: float | None = None
 
     @property
     def added_ms(self) -> float | None:
@@ -48,8 +57,16 @@ class PairedGap:
         return self.gap_p99_ms - self.direct_gap_p99_ms
 
     @property
+    def ttft_added_ms(self) -> float | None:
+        """The probes' TTFT p50 through the middle minus direct's, this run."""
+        if self.probe_ttft_p50_ms is None or self.direct_probe_ttft_p50_ms is None:
+            return None
+        return self.probe_ttft_p50_ms - self.direct_probe_ttft_p50_ms
+
+    @property
     def all_delivered(self) -> bool:
-        return self.tokens == self.expected_tokens == self.direct_tokens
+        tokens = self.tokens == self.expected_tokens == self.direct_tokens
+        return tokens and self.probes_completed == self.direct_probes_completed == self.probes
 
 
 def pairable(streams: int, rate: float, max_total_rate: float) -> bool:
@@ -69,6 +86,7 @@ class PairedRow:
     added_ms: Spread | None
     runs: int
     all_delivered: bool
+    ttft_added_ms: Spread | None = None
 
 
 def combine(results: Sequence[PairedGap]) -> list[PairedRow]:
@@ -86,12 +104,21 @@ def combine(results: Sequence[PairedGap]) -> list[PairedRow]:
             added_ms=Spread.of(r.added_ms for r in runs),
             runs=len(runs),
             all_delivered=all(r.all_delivered for r in runs),
+            ttft_added_ms=Spread.of(r.ttft_added_ms for r in runs),
         )
         for (label, path), runs in groups.items()
     ]
 
 
-COLUMNS = ("load (each side)", "path", "every token", "gap p99 ms", "direct gap p99 ms", "+gap p99")
+COLUMNS = (
+    "load (each side)",
+    "path",
+    "every token",
+    "gap p99 ms",
+    "direct gap p99 ms",
+    "+gap p99",
+    "+TTFT p50 at N",
+)
 
 
 def _text(spread: Spread | None, spec: str = ".2f") -> str:
@@ -107,6 +134,7 @@ def rows(paired: Sequence[PairedRow]) -> list[list[str]]:
             fmt(None if p.gap_p99_ms is None else p.gap_p99_ms.median),
             fmt(None if p.direct_gap_p99_ms is None else p.direct_gap_p99_ms.median),
             _text(p.added_ms, "+.2f"),
+            _text(p.ttft_added_ms, "+.2f"),
         ]
         for p in paired
     ]
@@ -124,13 +152,34 @@ def markdown(paired: Sequence[PairedRow]) -> str:
     runs = max((p.runs for p in paired), default=1)
     note = (
         "Each run: N streams through the middle and N straight to the simulator, "
-        "interleaved, in one load generator, against one simulator. "
-        f"Medians of {runs} runs; +gap p99 is the median (min-max) of each run's "
-        "middle-minus-direct difference."
+        "interleaved, in one load generator, against one simulator; where the load has "
+        "probes, they too go both ways, interleaved. "
+        f"Medians of {runs} runs; +gap p99 and +TTFT p50 at N are the median (min-max) of "
+        "each run's middle-minus-direct difference; every token: all streams and probes "
+        "complete on both sides in every run."
     )
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(row) + " |" for row in rows(paired)]
     return note + "\n\n" + "\n".join(lines)
+
+
+def ttft_line(paired: Sequence[PairedRow], streams: int) -> tuple[str, str, str] | None:
+    """The TTFT target of issue #6 (added p50 at ``streams``) on the paired runs."""
+    row = next((p for p in paired if p.path == "gateway" and p.streams == streams), None)
+    if row is None or row.ttft_added_ms is None:
+        return None
+    added = row.ttft_added_ms
+    measured = f"{added.median:.2f} ms (paired runs"
+    if added.count > 1:
+        measured += f", median of {added.count}; {span_text(added.low, added.high, '.2f')} ms"
+    measured += ")" if row.all_delivered else "; something lost)"
+    ok = added.median <= ADDED_TTFT_P50_MAX_MS and row.all_delivered
+    return (
+        f"added TTFT p50 <= {ADDED_TTFT_P50_MAX_MS} ms at {streams} streams, paired "
+        f"(new requests through the gateway and direct while {streams} streams run each way)",
+        measured,
+        "PASS" if ok else "FAIL",
+    )
 
 
 def budget_line(paired: Sequence[PairedRow]) -> tuple[str, str, str] | None:
@@ -158,6 +207,9 @@ def budget_line(paired: Sequence[PairedRow]) -> tuple[str, str, str] | None:
 
 def to_json(results: Sequence[PairedGap], paired: Sequence[PairedRow]) -> dict[str, object]:
     return {
-        "runs": [{**dataclasses.asdict(r), "added_ms": r.added_ms} for r in results],
+        "runs": [
+            {**dataclasses.asdict(r), "added_ms": r.added_ms, "ttft_added_ms": r.ttft_added_ms}
+            for r in results
+        ],
         "combined": [dataclasses.asdict(p) for p in paired],
     }

@@ -456,7 +456,7 @@ def run_one(
 
 def run_paired(settings: Settings, load: Load, path: str, repeat: int) -> pairgap.PairedGap:
     """``load`` through ``path`` and straight to the simulator at once (``pairgap``), with
-    fresh processes; no probes."""
+    fresh processes; probes as in ``run_one``, on both sides."""
     run_dir = settings.out / f"{load.slug}-{path}-paired-r{repeat}"
     sim = start_simulator(run_dir, load.rate, load.tokens or settings.tokens, settings.nice)
     middle: Service | None = None
@@ -467,8 +467,8 @@ def run_paired(settings: Settings, load: Load, path: str, repeat: int) -> pairga
             settings.out, WARM_UP_TOKENS, settings.arrivals, settings.workers, nice=settings.nice
         )
         run_loadgen(warm, Load(1, load.rate), middle.port, fmt)
-        quiet = dataclasses.replace(settings, probes=0)
-        lg = run_loadgen(quiet, load, middle.port, fmt, pair_port=sim.port)
+        # Probes too, where the load gets them: the middle's and direct's, interleaved.
+        lg = run_loadgen(settings, load, middle.port, fmt, pair_port=sim.port)
     finally:
         if middle is not None:
             middle.stop()
@@ -486,6 +486,11 @@ def run_paired(settings: Settings, load: Load, path: str, repeat: int) -> pairga
         tokens=int(lg["tokens"]),  # type: ignore[call-overload]
         direct_tokens=int(direct["tokens"]),
         expected_tokens=int(lg["expected_tokens"]),  # type: ignore[call-overload]
+        probes=int(lg.get("probes") or 0),  # type: ignore[call-overload]
+        probes_completed=int(lg.get("probes_completed") or 0),  # type: ignore[call-overload]
+        direct_probes_completed=int(direct.get("probes_completed") or 0),
+        probe_ttft_p50_ms=_ms(lg.get("probe_ttft_p50_s")),
+        direct_probe_ttft_p50_ms=_ms(direct.get("probe_ttft_p50_s")),
     )
 
 
@@ -513,7 +518,8 @@ def run_pairs(
                 print(
                     f"{load.label:>18} {path:>8} paired{turn}: {paired.tokens}+"
                     f"{paired.direct_tokens}/{2 * paired.expected_tokens} tokens, "
-                    f"gap p99 {fmt_ms(paired.added_ms)} ms against direct",
+                    f"gap p99 {fmt_ms(paired.added_ms)} ms, TTFT p50 at N "
+                    f"{fmt_ms(paired.ttft_added_ms)} ms against direct",
                     flush=True,
                 )
     return results
@@ -695,6 +701,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     pairs = run_pairs(args, settings, paths) if args.paired else []
     paired = pairgap.combine(pairs)
     paired_gap = pairgap.budget_line(paired)
+    paired_ttft = pairgap.ttft_line(paired, report.ADDED_TTFT_STREAMS)
     combined = report.combine(results)
     summary = report.to_json(results, combined)
     summary["paired_gaps"] = pairgap.to_json(pairs, paired)
@@ -712,7 +719,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print()
         print(pairgap.text_table(paired))
     print()
-    print(report.budget_text(report.budget(combined, paired_gap)))
+    print(report.budget_text(report.budget(combined, paired_gap, paired_ttft)))
     further = report.further_checks(combined)
     if further:
         print("beyond the issue:")
@@ -726,6 +733,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         chart,
         pairgap.markdown(paired) if paired else None,
         paired_gap,
+        paired_ttft,
     )
     print(f"\nwrote {args.results}" + (f" and {chart}" if chart else ""))
     return 0

@@ -172,7 +172,12 @@ def test_quick_run_end_to_end(tmp_path: Path) -> None:
         assert p["label"] == "3 @ 10/s", p
         assert p["tokens"] == p["direct_tokens"] == p["expected_tokens"] > 0, p
         assert p["added_ms"] == pytest.approx(p["gap_p99_ms"] - p["direct_gap_p99_ms"])
-    assert "## Inter-token gaps, paired with direct in the same run" in text
+        # The probes went both ways too, each side's own, all answered.
+        assert p["probes"] == p["probes_completed"] == p["direct_probes_completed"] == 3, p
+        assert p["ttft_added_ms"] == pytest.approx(
+            p["probe_ttft_p50_ms"] - p["direct_probe_ttft_p50_ms"]
+        )
+    assert "## Paired with direct in the same run: gaps and TTFT" in text
     assert "(worst paired load)" in budget
     # The chart, and again from the stored run alone.
     assert (tmp_path / "results.png").stat().st_size > 0

@@ -15,11 +15,16 @@ from bench.report import RunResult
 
 
 def paired(
-    path: str, added: float, repeat: int = 1, label: str = "100 @ 20/s", lost: int = 0
+    path: str,
+    added: float,
+    repeat: int = 1,
+    label: str = "100 @ 20/s",
+    lost: int = 0,
+    ttft_added: float = 0.5,
 ) -> pairgap.PairedGap:
     return pairgap.PairedGap(
         label=label,
-        streams=100,
+        streams=int(label.split()[0]),
         rate=20.0,
         path=path,
         repeat=repeat,
@@ -28,6 +33,11 @@ def paired(
         tokens=20000 - lost,
         direct_tokens=20000,
         expected_tokens=20000,
+        probes=40,
+        probes_completed=40,
+        direct_probes_completed=40,
+        probe_ttft_p50_ms=1.2 + ttft_added,
+        direct_probe_ttft_p50_ms=1.2,
     )
 
 
@@ -58,6 +68,29 @@ def test_paired_verdict_takes_the_gateways_worst_load_and_ignores_nginx() -> Non
 def test_paired_verdict_fails_when_a_token_is_lost() -> None:
     line = pairgap.budget_line(pairgap.combine([paired("gateway", 0.1, lost=1)]))
     assert line is not None and line[2] == "FAIL" and "tokens lost" in line[1]
+
+
+def test_paired_ttft_is_judged_at_its_stream_count_on_the_gateway() -> None:
+    runs = [
+        paired("gateway", 0.0, repeat=i, ttft_added=t) for i, t in enumerate((0.4, 1.6, 0.7), 1)
+    ]
+    runs += [paired("gateway", 0.0, label="200 @ 20/s", ttft_added=5.0)]
+    runs += [paired("nginx", 0.0, ttft_added=5.0)]
+    line = pairgap.ttft_line(pairgap.combine(runs), 100)
+    assert line is not None
+    _, measured, verdict = line
+    assert verdict == "PASS" and measured.startswith("0.70 ms") and "0.40-1.60 ms" in measured
+    over = pairgap.combine([paired("gateway", 0.0, ttft_added=1.2)])
+    failed = pairgap.ttft_line(over, 100)
+    assert failed is not None and failed[2] == "FAIL" and failed[1].startswith("1.20 ms")
+    assert pairgap.ttft_line(over, 200) is None  # no paired run at that load
+
+
+def test_paired_ttft_fails_when_a_probe_went_unanswered() -> None:
+    run = paired("gateway", 0.0, ttft_added=0.1)
+    run.direct_probes_completed = 39
+    line = pairgap.ttft_line(pairgap.combine([run]), 100)
+    assert line is not None and line[2] == "FAIL" and "something lost" in line[1]
 
 
 def test_pairable_keeps_the_doubled_rate_under_the_cap() -> None:
@@ -97,7 +130,7 @@ def in_turns(direct: list[float], gateway: list[float]) -> tuple[str, str, str]:
         for i, (d, g) in enumerate(zip(direct, gateway, strict=True), 1)
         for r in (run("direct", d, i), run("gateway", g, i))
     ]
-    checks = [c for c in report.budget(report.combine(results)) if "separate runs" in c[0]]
+    checks = [c for c in report.budget(report.combine(results)) if c[0].startswith("gap p99")]
     assert len(checks) == 1
     return checks[0]
 
