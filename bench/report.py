@@ -385,7 +385,7 @@ def budget(
     """(check, measured, verdict) for each target of issue #6 that this run can judge,
     on the combined figures (medians; the worst repeat for delivery and RSS).
     ``paired_gap``, ``paired_ttft``: the gap and TTFT targets judged on the paired runs
-    (``pairgap``), each placed before the same target judged on the separate runs."""
+    (``paired``), each placed before the same target judged on the separate runs."""
     checks: list[tuple[str, str, str]] = []
     several = repeats_of(combined) > 1
 
@@ -652,7 +652,7 @@ def write_results(
 ) -> None:
     """Regenerate ``path`` above KEEP_MARKER, keeping the hand-written part below it.
     ``paired_md``, ``paired_gap``, ``paired_ttft``: the paired runs' table and budget lines
-    (``pairgap``)."""
+    (``paired``)."""
     kept = ""
     if path.exists():
         old = path.read_text()

@@ -40,7 +40,7 @@ CPU per token figures, so the probes' requests do not count as the cost of token
 
 After the main runs, each paced load that fits twice over under ``--max-total-rate`` runs
 paired (``run_pairs``): nginx and the gateway, each with N direct streams interleaved in
-the same run, for the gap target (why: ``pairgap``).
+the same run, probes included, for the gap and TTFT targets (why: ``paired``).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import pairgap, profile, report
+from . import paired, profile, report
 from .proctree import cpu_seconds, cpu_ticks_seconds, peak_rss_bytes, rss_bytes, schedstat_available
 from .report import MIB, RunResult
 from .services import (
@@ -454,8 +454,8 @@ def run_one(
     )
 
 
-def run_paired(settings: Settings, load: Load, path: str, repeat: int) -> pairgap.PairedGap:
-    """``load`` through ``path`` and straight to the simulator at once (``pairgap``), with
+def run_paired(settings: Settings, load: Load, path: str, repeat: int) -> paired.PairedRun:
+    """``load`` through ``path`` and straight to the simulator at once (``paired``), with
     fresh processes; probes as in ``run_one``, on both sides."""
     run_dir = settings.out / f"{load.slug}-{path}-paired-r{repeat}"
     sim = start_simulator(run_dir, load.rate, load.tokens or settings.tokens, settings.nice)
@@ -475,7 +475,7 @@ def run_paired(settings: Settings, load: Load, path: str, repeat: int) -> pairga
         simulator_stats(sim)
     direct = lg["pair"]
     assert isinstance(direct, dict)
-    return pairgap.PairedGap(
+    return paired.PairedRun(
         label=load.label,
         streams=load.streams,
         rate=load.rate,
@@ -496,8 +496,8 @@ def run_paired(settings: Settings, load: Load, path: str, repeat: int) -> pairga
 
 def run_pairs(
     args: argparse.Namespace, settings: Settings, paths: Sequence[str]
-) -> list[pairgap.PairedGap]:
-    """The paired gap runs: each pairable paced load, each middle path, ``--repeat`` times
+) -> list[paired.PairedRun]:
+    """The paired runs: each pairable paced load, each middle path, ``--repeat`` times
     (in turns, like the main runs)."""
     # nginx is the reference; LiteLLM's gaps are not a target, and its runs are slow.
     middles = [p for p in paths if p in ("nginx", "gateway")]
@@ -506,20 +506,20 @@ def run_pairs(
         for load in plan(args)
         if not load.burst
         and load.tokens is None
-        and pairgap.pairable(load.streams, load.rate, args.max_total_rate)
+        and paired.pairable(load.streams, load.rate, args.max_total_rate)
     ]
     results = []
     for load in loads:
         for repeat in range(1, args.repeat + 1):
             for path in middles:
-                paired = run_paired(settings, load, path, repeat)
-                results.append(paired)
+                one = run_paired(settings, load, path, repeat)
+                results.append(one)
                 turn = f" [{repeat}/{args.repeat}]" if args.repeat > 1 else ""
                 print(
-                    f"{load.label:>18} {path:>8} paired{turn}: {paired.tokens}+"
-                    f"{paired.direct_tokens}/{2 * paired.expected_tokens} tokens, "
-                    f"gap p99 {fmt_ms(paired.added_ms)} ms, TTFT p50 at N "
-                    f"{fmt_ms(paired.ttft_added_ms)} ms against direct",
+                    f"{load.label:>18} {path:>8} paired{turn}: {one.tokens}+"
+                    f"{one.direct_tokens}/{2 * one.expected_tokens} tokens, "
+                    f"gap p99 {fmt_ms(one.added_ms)} ms, TTFT p50 at N "
+                    f"{fmt_ms(one.ttft_added_ms)} ms against direct",
                     flush=True,
                 )
     return results
@@ -596,7 +596,7 @@ def header(args: argparse.Namespace, argv: Sequence[str], load_before: str, meas
             "(`--num_workers 1`), provider\n  `ollama_chat` pointed at the simulator, "
             "`LITELLM_LOG=ERROR`, telemetry off"
         )
-    paired = (
+    pairing = (
         "every paced load whose doubled token rate fits the cap also ran paired:\n  N "
         "streams through each middle and N direct in one run (gap p99, see below)"
         if args.paired
@@ -626,7 +626,7 @@ Regenerate with the same command; see bench/README.md for what each column means
 - TTFT "(arrivals)": over the load's own streams as they arrive; {burst}
 - Gateway: {args.workers} worker(s); nginx: 1 worker, `proxy_buffering off`, upstream
   keep-alive 8 (as the gateway's pool); each run starts fresh processes{litellm}
-- Gaps: {paired}
+- Gaps: {pairing}
 - Harness priority: {harness}
 - CPU: middle process tree, {cpu_source}; the tick-based figure is in results.json too
 - Repeats: {repeats}
@@ -699,12 +699,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     flush=True,
                 )
     pairs = run_pairs(args, settings, paths) if args.paired else []
-    paired = pairgap.combine(pairs)
-    paired_gap = pairgap.budget_line(paired)
-    paired_ttft = pairgap.ttft_line(paired, report.ADDED_TTFT_STREAMS)
+    pair_rows = paired.combine(pairs)
+    paired_gap = paired.budget_line(pair_rows)
+    paired_ttft = paired.ttft_line(pair_rows, report.ADDED_TTFT_STREAMS)
     combined = report.combine(results)
     summary = report.to_json(results, combined)
-    summary["paired_gaps"] = pairgap.to_json(pairs, paired)
+    summary["paired"] = paired.to_json(pairs, pair_rows)
     (settings.out / "results.json").write_text(json.dumps(summary, indent=1))
     # The profiled runs are about tokens and requests of the load itself: no probes.
     # Once, whatever --repeat says.
@@ -715,9 +715,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print()
     print(report.text_table(combined))
-    if paired:
+    if pair_rows:
         print()
-        print(pairgap.text_table(paired))
+        print(paired.text_table(pair_rows))
     print()
     print(report.budget_text(report.budget(combined, paired_gap, paired_ttft)))
     further = report.further_checks(combined)
@@ -731,7 +731,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         header(args, argv, load_before, measured),
         profile_md,
         chart,
-        pairgap.markdown(paired) if paired else None,
+        paired.markdown(pair_rows) if pair_rows else None,
         paired_gap,
         paired_ttft,
     )

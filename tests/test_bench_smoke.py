@@ -166,7 +166,7 @@ def test_quick_run_end_to_end(tmp_path: Path) -> None:
     assert "arriving at 1000/s (burst)" in further and "burst load" in further
     # The paced load also ran paired: each middle and the direct path at once, every
     # token on both sides, and the gap target is judged on those runs.
-    pairs = written["paired_gaps"]["runs"]
+    pairs = written["paired"]["runs"]
     assert sorted(p["path"] for p in pairs) == ["gateway", "nginx"]
     for p in pairs:
         assert p["label"] == "3 @ 10/s", p
@@ -211,7 +211,7 @@ def test_quick_run_repeated(tmp_path: Path) -> None:
     assert "litellm is not installed: the litellm path is skipped" in done.stdout
     written = json.loads((tmp_path / "results.json").read_text())
     assert written["repeats"] == 2
-    assert written["paired_gaps"] == {"runs": [], "combined": []}
+    assert written["paired"] == {"runs": [], "combined": []}
     runs, combined = written["runs"], written["combined"]
     # Interleaved: direct, gateway, direct, gateway; never a path twice in a row.
     assert [(r["path"], r["repeat"]) for r in runs] == [

@@ -1,5 +1,6 @@
-"""The bench's verdicts on the gap target: paired runs decide, separate runs only when
-their own noise allows (bench/pairgap.py, bench/report.py). Pure functions, no processes."""
+"""The bench's verdicts on the gap and TTFT targets: paired runs first, separate runs (for
+gaps) only when their own noise allows (bench/paired.py, bench/report.py). Pure functions,
+no processes."""
 
 from __future__ import annotations
 
@@ -10,19 +11,19 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import pairgap, report
+from bench import paired, report
 from bench.report import RunResult
 
 
-def paired(
+def one_run(
     path: str,
     added: float,
     repeat: int = 1,
     label: str = "100 @ 20/s",
     lost: int = 0,
     ttft_added: float = 0.5,
-) -> pairgap.PairedGap:
-    return pairgap.PairedGap(
+) -> paired.PairedRun:
+    return paired.PairedRun(
         label=label,
         streams=int(label.split()[0]),
         rate=20.0,
@@ -42,13 +43,13 @@ def paired(
 
 
 def test_paired_figure_is_the_median_of_per_run_differences() -> None:
-    runs = [paired("gateway", added, repeat=i) for i, added in enumerate((0.2, 3.0, 0.4), 1)]
-    (row,) = pairgap.combine(runs)
+    runs = [one_run("gateway", added, repeat=i) for i, added in enumerate((0.2, 3.0, 0.4), 1)]
+    (row,) = paired.combine(runs)
     assert row.added_ms is not None
     assert (row.added_ms.median, row.added_ms.low, row.added_ms.high) == pytest.approx(
         (0.4, 0.2, 3.0)
     )
-    line = pairgap.budget_line([row])
+    line = paired.budget_line([row])
     assert line is not None
     _, measured, verdict = line
     assert verdict == "PASS" and "+0.40 ms at 100 @ 20/s" in measured
@@ -57,46 +58,46 @@ def test_paired_figure_is_the_median_of_per_run_differences() -> None:
 
 def test_paired_verdict_takes_the_gateways_worst_load_and_ignores_nginx() -> None:
     runs = [
-        paired("nginx", 5.0),
-        paired("gateway", 0.5, label="1 @ 20/s"),
-        paired("gateway", 1.5, label="200 @ 20/s"),
+        one_run("nginx", 5.0),
+        one_run("gateway", 0.5, label="1 @ 20/s"),
+        one_run("gateway", 1.5, label="200 @ 20/s"),
     ]
-    line = pairgap.budget_line(pairgap.combine(runs))
+    line = paired.budget_line(paired.combine(runs))
     assert line is not None and line[2] == "FAIL" and "at 200 @ 20/s" in line[1]
 
 
 def test_paired_verdict_fails_when_a_token_is_lost() -> None:
-    line = pairgap.budget_line(pairgap.combine([paired("gateway", 0.1, lost=1)]))
+    line = paired.budget_line(paired.combine([one_run("gateway", 0.1, lost=1)]))
     assert line is not None and line[2] == "FAIL" and "tokens lost" in line[1]
 
 
 def test_paired_ttft_is_judged_at_its_stream_count_on_the_gateway() -> None:
     runs = [
-        paired("gateway", 0.0, repeat=i, ttft_added=t) for i, t in enumerate((0.4, 1.6, 0.7), 1)
+        one_run("gateway", 0.0, repeat=i, ttft_added=t) for i, t in enumerate((0.4, 1.6, 0.7), 1)
     ]
-    runs += [paired("gateway", 0.0, label="200 @ 20/s", ttft_added=5.0)]
-    runs += [paired("nginx", 0.0, ttft_added=5.0)]
-    line = pairgap.ttft_line(pairgap.combine(runs), 100)
+    runs += [one_run("gateway", 0.0, label="200 @ 20/s", ttft_added=5.0)]
+    runs += [one_run("nginx", 0.0, ttft_added=5.0)]
+    line = paired.ttft_line(paired.combine(runs), 100)
     assert line is not None
     _, measured, verdict = line
     assert verdict == "PASS" and measured.startswith("0.70 ms") and "0.40-1.60 ms" in measured
-    over = pairgap.combine([paired("gateway", 0.0, ttft_added=1.2)])
-    failed = pairgap.ttft_line(over, 100)
+    over = paired.combine([one_run("gateway", 0.0, ttft_added=1.2)])
+    failed = paired.ttft_line(over, 100)
     assert failed is not None and failed[2] == "FAIL" and failed[1].startswith("1.20 ms")
-    assert pairgap.ttft_line(over, 200) is None  # no paired run at that load
+    assert paired.ttft_line(over, 200) is None  # no paired run at that load
 
 
 def test_paired_ttft_fails_when_a_probe_went_unanswered() -> None:
-    run = paired("gateway", 0.0, ttft_added=0.1)
+    run = one_run("gateway", 0.0, ttft_added=0.1)
     run.direct_probes_completed = 39
-    line = pairgap.ttft_line(pairgap.combine([run]), 100)
+    line = paired.ttft_line(paired.combine([run]), 100)
     assert line is not None and line[2] == "FAIL" and "something lost" in line[1]
 
 
 def test_pairable_keeps_the_doubled_rate_under_the_cap() -> None:
-    assert pairgap.pairable(200, 20.0, 10_000.0)
-    assert not pairgap.pairable(1000, 10.0, 10_000.0)
-    assert not pairgap.pairable(100, 0.0, 10_000.0)  # unpaced: no gap target
+    assert paired.pairable(200, 20.0, 10_000.0)
+    assert not paired.pairable(1000, 10.0, 10_000.0)
+    assert not paired.pairable(100, 0.0, 10_000.0)  # unpaced: no gap target
 
 
 def run(path: str, gap_p99: float, repeat: int) -> RunResult:

@@ -30,7 +30,7 @@ from .report import ADDED_TTFT_P50_MAX_MS, GAP_P99_EXTRA_MAX_MS, Spread, fmt, sp
 
 
 @dataclass
-class PairedGap:
+class PairedRun:
     """One paired run: N streams through ``path`` and N direct, in the same run."""
 
     label: str
@@ -89,9 +89,9 @@ class PairedRow:
     ttft_added_ms: Spread | None = None
 
 
-def combine(results: Sequence[PairedGap]) -> list[PairedRow]:
+def combine(results: Sequence[PairedRun]) -> list[PairedRow]:
     """One row per (load, path), in the order the runs were made."""
-    groups: dict[tuple[str, str], list[PairedGap]] = {}
+    groups: dict[tuple[str, str], list[PairedRun]] = {}
     for r in results:
         groups.setdefault((r.label, r.path), []).append(r)
     return [
@@ -205,7 +205,7 @@ def budget_line(paired: Sequence[PairedRow]) -> tuple[str, str, str] | None:
     )
 
 
-def to_json(results: Sequence[PairedGap], paired: Sequence[PairedRow]) -> dict[str, object]:
+def to_json(results: Sequence[PairedRun], paired: Sequence[PairedRow]) -> dict[str, object]:
     return {
         "runs": [
             {**dataclasses.asdict(r), "added_ms": r.added_ms, "ttft_added_ms": r.ttft_added_ms}
