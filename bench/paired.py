@@ -163,46 +163,41 @@ def markdown(paired: Sequence[PairedRow]) -> str:
     return note + "\n\n" + "\n".join(lines)
 
 
+def _judged(
+    added: Spread, spec: str, limit: float, delivered: bool, where: str = ""
+) -> tuple[str, str]:
+    """(measured, verdict) of one paired figure: its median within ``limit``, nothing lost."""
+    measured = f"{added.median:{spec}} ms{where} (paired runs"
+    if added.count > 1:
+        measured += f", median of {added.count}; {span_text(added.low, added.high, spec)} ms"
+    measured += ")" if delivered else "; something lost)"
+    return measured, "PASS" if added.median <= limit and delivered else "FAIL"
+
+
 def ttft_line(paired: Sequence[PairedRow], streams: int) -> tuple[str, str, str] | None:
     """The TTFT target of issue #6 (added p50 at ``streams``) on the paired runs."""
     row = next((p for p in paired if p.path == "gateway" and p.streams == streams), None)
     if row is None or row.ttft_added_ms is None:
         return None
-    added = row.ttft_added_ms
-    measured = f"{added.median:.2f} ms (paired runs"
-    if added.count > 1:
-        measured += f", median of {added.count}; {span_text(added.low, added.high, '.2f')} ms"
-    measured += ")" if row.all_delivered else "; something lost)"
-    ok = added.median <= ADDED_TTFT_P50_MAX_MS and row.all_delivered
-    return (
+    measured, verdict = _judged(row.ttft_added_ms, ".2f", ADDED_TTFT_P50_MAX_MS, row.all_delivered)
+    name = (
         f"added TTFT p50 <= {ADDED_TTFT_P50_MAX_MS} ms at {streams} streams, paired "
-        f"(new requests through the gateway and direct while {streams} streams run each way)",
-        measured,
-        "PASS" if ok else "FAIL",
+        f"(new requests through the gateway and direct while {streams} streams run each way)"
     )
+    return name, measured, verdict
 
 
-def budget_line(paired: Sequence[PairedRow]) -> tuple[str, str, str] | None:
+def gap_line(paired: Sequence[PairedRow]) -> tuple[str, str, str] | None:
     """The gap target of issue #6 on the paired runs: the gateway's worst load."""
-    worst: PairedRow | None = None
-    for p in paired:
-        if p.path != "gateway" or p.added_ms is None:
-            continue
-        if worst is None or worst.added_ms is None or p.added_ms.median > worst.added_ms.median:
-            worst = p
+    rows = [p for p in paired if p.path == "gateway" and p.added_ms is not None]
+    worst = max(rows, key=lambda p: p.added_ms.median if p.added_ms else 0.0, default=None)
     if worst is None or worst.added_ms is None:
         return None
-    added = worst.added_ms
-    measured = f"{added.median:+.2f} ms at {worst.label} (paired runs"
-    if added.count > 1:
-        measured += f", median of {added.count}; {span_text(added.low, added.high, '+.2f')} ms"
-    measured += ")" if worst.all_delivered else "; tokens lost)"
-    ok = added.median <= GAP_P99_EXTRA_MAX_MS and worst.all_delivered
-    return (
-        f"gap p99 within {GAP_P99_EXTRA_MAX_MS} ms of direct (worst paired load)",
-        measured,
-        "PASS" if ok else "FAIL",
+    measured, verdict = _judged(
+        worst.added_ms, "+.2f", GAP_P99_EXTRA_MAX_MS, worst.all_delivered, f" at {worst.label}"
     )
+    name = f"gap p99 within {GAP_P99_EXTRA_MAX_MS} ms of direct (worst paired load)"
+    return name, measured, verdict
 
 
 def to_json(results: Sequence[PairedRun], paired: Sequence[PairedRow]) -> dict[str, object]:

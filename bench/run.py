@@ -700,7 +700,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
     pairs = run_pairs(args, settings, paths) if args.paired else []
     pair_rows = paired.combine(pairs)
-    paired_gap = paired.budget_line(pair_rows)
+    paired_gap = paired.gap_line(pair_rows)
     paired_ttft = paired.ttft_line(pair_rows, report.ADDED_TTFT_STREAMS)
     combined = report.combine(results)
     summary = report.to_json(results, combined)
