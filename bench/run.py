@@ -560,8 +560,15 @@ def revision() -> str:
     return (_git("rev-parse", "--short", "HEAD") or "?") + dirty
 
 
-def header(args: argparse.Namespace, argv: Sequence[str], load_before: str, measured: str) -> str:
-    """``measured``: ``revision()`` at the start of the run."""
+def header(
+    args: argparse.Namespace,
+    argv: Sequence[str],
+    load_before: str,
+    measured: str,
+    litellm: str | None = None,
+) -> str:
+    """``measured``: ``revision()`` at the start of the run; ``litellm``: the executable
+    of the LiteLLM path, when it ran."""
     cpu_source = (
         "schedstat (ns)" if schedstat_available() else "/proc/<pid>/stat utime+stime (ticks)"
     )
@@ -589,10 +596,10 @@ def header(args: argparse.Namespace, argv: Sequence[str], load_before: str, meas
         if args.burst
         else "no burst load (--burst 0)"
     )
-    litellm = ""
-    if getattr(args, "litellm_binary", None):
-        litellm = (
-            f"\n- LiteLLM {litellm_version(args.litellm_binary)}: the proxy with one worker "
+    litellm_line = ""
+    if litellm:
+        litellm_line = (
+            f"\n- LiteLLM {litellm_version(litellm)}: the proxy with one worker "
             "(`--num_workers 1`), provider\n  `ollama_chat` pointed at the simulator, "
             "`LITELLM_LOG=ERROR`, telemetry off"
         )
@@ -625,7 +632,7 @@ Regenerate with the same command; see bench/README.md for what each column means
 - TTFT "at N": {probes}
 - TTFT "(arrivals)": over the load's own streams as they arrive; {burst}
 - Gateway: {args.workers} worker(s); nginx: 1 worker, `proxy_buffering off`, upstream
-  keep-alive 8 (as the gateway's pool); each run starts fresh processes{litellm}
+  keep-alive 8 (as the gateway's pool); each run starts fresh processes{litellm_line}
 - Gaps: {pairing}
 - Harness priority: {harness}
 - CPU: middle process tree, {cpu_source}; the tick-based figure is in results.json too
@@ -666,7 +673,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("litellm is not installed: the litellm path is skipped (see bench/README.md)")
         elif "litellm" not in paths:
             paths.append("litellm")
-    args.litellm_binary = litellm
     settings = Settings(
         args.out,
         args.tokens,
@@ -728,7 +734,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report.write_results(
         args.results,
         combined,
-        header(args, argv, load_before, measured),
+        header(args, argv, load_before, measured, settings.litellm),
         profile_md,
         chart,
         paired.markdown(pair_rows) if pair_rows else None,
