@@ -13,10 +13,10 @@ token is reported next to the others to prove it).
 Paired runs (``--pair-port``): a second target gets its own N streams (and probes) in the
 same run, each started half a step after its counterpart on the first, so both see the
 same moments of the machine; the result then holds the second target's figures under
-``pair``. The runner
-pairs a middle process with the direct path this way: on shared cores the noise between
-two separate runs is larger than the inter-token gap effect being measured, and in one
-run that noise (a stalled simulator, a stolen CPU) hits both sides alike.
+``pair``. The runner pairs a middle process with the direct path this way: on shared
+cores the noise between two separate runs is larger than the effects being measured
+(inter-token gaps, added TTFT), and in one run that noise (a stalled simulator, a stolen
+CPU) hits both sides alike.
 
 Probes measure what a *new* request sees while the N streams run: probe i connects at
 ``start + probe_start + i * probe_interval`` with the same kind of request asking for one

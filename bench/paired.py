@@ -26,7 +26,15 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .report import ADDED_TTFT_P50_MAX_MS, GAP_P99_EXTRA_MAX_MS, Spread, fmt, span_text
+from . import report
+from .report import (
+    ADDED_TTFT_P50_MAX_MS,
+    GAP_P99_EXTRA_MAX_MS,
+    Spread,
+    aligned,
+    fmt,
+    span_text,
+)
 
 
 @dataclass
@@ -141,11 +149,7 @@ def rows(paired: Sequence[PairedRow]) -> list[list[str]]:
 
 
 def text_table(paired: Sequence[PairedRow]) -> str:
-    body = rows(paired)
-    widths = [max(len(c), *(len(row[i]) for row in body)) for i, c in enumerate(COLUMNS)]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(COLUMNS, widths, strict=True))]
-    lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)) for row in body]
-    return "\n".join(lines)
+    return aligned(COLUMNS, rows(paired))
 
 
 def markdown(paired: Sequence[PairedRow]) -> str:
@@ -158,9 +162,7 @@ def markdown(paired: Sequence[PairedRow]) -> str:
         "each run's middle-minus-direct difference; every token: all streams and probes "
         "complete on both sides in every run."
     )
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows(paired)]
-    return note + "\n\n" + "\n".join(lines)
+    return note + "\n\n" + report.markdown(COLUMNS, rows(paired))
 
 
 def _judged(

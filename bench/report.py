@@ -335,19 +335,28 @@ def table_note(combined: Sequence[Combined]) -> str:
     )
 
 
-def text_table(combined: Sequence[Combined]) -> str:
-    body = rows(combined)
-    widths = [max(len(c), *(len(row[i]) for row in body)) for i, c in enumerate(COLUMNS)]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(COLUMNS, widths, strict=True))]
+def aligned(columns: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+    """A table for the terminal: every column right-aligned to its widest cell."""
+    widths = [max(len(c), *(len(row[i]) for row in body)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True))]
     lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)) for row in body]
+    return "\n".join(lines)
+
+
+def markdown(columns: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(row) + " |" for row in body]
+    return "\n".join(lines)
+
+
+def text_table(combined: Sequence[Combined]) -> str:
+    table = aligned(COLUMNS, rows(combined))
     note = table_note(combined)
-    return "\n".join([note, *lines] if note else lines)
+    return f"{note}\n{table}" if note else table
 
 
 def markdown_table(combined: Sequence[Combined]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows(combined)]
-    return "\n".join(lines)
+    return markdown(COLUMNS, rows(combined))
 
 
 def _nearest(combined: Sequence[Combined], streams: int, path: str) -> Combined | None:
@@ -386,7 +395,7 @@ def budget(
     on the combined figures (medians; the worst repeat for delivery and RSS).
     ``paired_gap``, ``paired_ttft``: the gap and TTFT targets judged on the paired runs
     (``paired``), each placed before the same target judged on the separate runs."""
-    checks: list[tuple[str, str, str]] = []
+    checks: list[Check] = []
     several = repeats_of(combined) > 1
 
     def verdict(ok: bool) -> str:
@@ -477,17 +486,15 @@ def _gap_in_turns(combined: Sequence[Combined]) -> list[Check]:
     Judged only where the measurement can resolve it: when the direct runs' own gap p99
     moved by more than the target across repeats, the line says so and gives no verdict.
     """
-    worst: Combined | None = None
-    for c in combined:
-        extra = _median(c.gap_p99_added)
-        r = c.result
-        if r.path != "gateway" or not r.paced or r.burst or extra is None:
-            continue
-        if worst is None or extra > (_median(worst.gap_p99_added) or 0.0):
-            worst = c
-    if worst is None or worst.gap_p99_added is None:
+    judged = [
+        (c, c.gap_p99_added)
+        for c in combined
+        if c.result.path == "gateway" and c.result.paced and not c.result.burst
+    ]
+    known = [(c, added) for c, added in judged if added is not None]
+    if not known:
         return []
-    added = worst.gap_p99_added
+    worst, added = max(known, key=lambda pair: pair[1].median)
     r = worst.result
     name = f"gap p99 within {GAP_P99_EXTRA_MAX_MS} ms of direct, separate runs in turns"
     measured = f"{added.median:+.2f} ms at {r.label}"

@@ -196,7 +196,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--paired",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="also run each paced load through each middle and direct at once (gap p99)",
+        help="also run each paced load through each middle and direct at once (gap, TTFT)",
     )
     parser.add_argument("--profile", action="store_true", help="py-spy the gateway afterwards")
     parser.add_argument(
@@ -360,6 +360,13 @@ def wire_format(path: str) -> str:
     return "sse" if path in SSE_PATHS else "ndjson"
 
 
+def warm_up(settings: Settings, load: Load, port: int, fmt: str) -> None:
+    """One short stream first, unmeasured, no probes: one-time costs (lazy imports, the
+    first upstream connection, thread pools) are start-up, not per-request latency."""
+    warm = dataclasses.replace(settings, tokens=WARM_UP_TOKENS, probes=0, repeats=1)
+    run_loadgen(warm, Load(1, load.rate), port, fmt)
+
+
 def run_one(
     settings: Settings, load: Load, path: str, spy: Path | None = None, repeat: int = 1
 ) -> RunResult:
@@ -376,12 +383,7 @@ def run_one(
         idle_rss = rss_bytes(middle.pid) if middle else None
         port = middle.port if middle else sim.port
         fmt = wire_format(path)
-        # One stream first, unmeasured: one-time costs (lazy imports, the first upstream
-        # connection, thread pools) are start-up, not per-request latency.
-        warm = Settings(
-            settings.out, WARM_UP_TOKENS, settings.arrivals, settings.workers, nice=settings.nice
-        )
-        run_loadgen(warm, Load(1, load.rate), port, fmt)  # no probes
+        warm_up(settings, load, port, fmt)
         spy_proc = profile.record(middle.pid, spy, settings.workers > 1) if spy and middle else None
         mid0 = (cpu_seconds(middle.pid), cpu_ticks_seconds(middle.pid)) if middle else (0.0, 0.0)
         sim0 = cpu_seconds(sim.pid)
@@ -463,10 +465,7 @@ def run_paired(settings: Settings, load: Load, path: str, repeat: int) -> paired
     try:
         middle = start_middle(settings, run_dir, path, sim, load.streams)
         fmt = wire_format(path)
-        warm = Settings(
-            settings.out, WARM_UP_TOKENS, settings.arrivals, settings.workers, nice=settings.nice
-        )
-        run_loadgen(warm, Load(1, load.rate), middle.port, fmt)
+        warm_up(settings, load, middle.port, fmt)
         # Probes too, where the load gets them: the middle's and direct's, interleaved.
         lg = run_loadgen(settings, load, middle.port, fmt, pair_port=sim.port)
     finally:
@@ -518,15 +517,11 @@ def run_pairs(
                 print(
                     f"{load.label:>18} {path:>8} paired{turn}: {one.tokens}+"
                     f"{one.direct_tokens}/{2 * one.expected_tokens} tokens, "
-                    f"gap p99 {fmt_ms(one.added_ms)} ms, TTFT p50 at N "
-                    f"{fmt_ms(one.ttft_added_ms)} ms against direct",
+                    f"gap p99 {report.fmt(one.added_ms, '+.2f')} ms, TTFT p50 at N "
+                    f"{report.fmt(one.ttft_added_ms, '+.2f')} ms against direct",
                     flush=True,
                 )
     return results
-
-
-def fmt_ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:+.2f}"
 
 
 def _version(module: str) -> str:
@@ -605,7 +600,8 @@ def header(
         )
     pairing = (
         "every paced load whose doubled token rate fits the cap also ran paired:\n  N "
-        "streams through each middle and N direct in one run (gap p99, see below)"
+        "streams (and probes) through each middle and N direct in one run (gap p99 and\n"
+        "  TTFT at N, see below)"
         if args.paired
         else "no paired runs (--no-paired)"
     )

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from .loadgen import MODEL
+
 REPO = Path(__file__).resolve().parent.parent
 # How long a process may take to start serving, and to stop after SIGTERM.
 START_TIMEOUT_S = 20.0
@@ -93,17 +95,23 @@ def raise_fd_limit() -> int:
 
 
 def _spawn(
-    cmd: list[str], log: Path, stdout: int | IO[bytes] | None = None
+    cmd: list[str],
+    log: Path,
+    stdout: int | IO[bytes] | None = None,
+    cwd: Path = REPO,
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
+    """``cmd`` with its output in ``log``; ``env`` (default: this repository importable)
+    is added to this process's environment."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as err:
         return subprocess.Popen(
             cmd,
-            cwd=REPO,
+            cwd=cwd,
             stdin=subprocess.DEVNULL,
             stdout=stdout if stdout is not None else err,
             stderr=err,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
+            env={**os.environ, **(env if env is not None else {"PYTHONPATH": str(REPO)})},
         )
 
 
@@ -289,15 +297,14 @@ def _wait_workers(service: Service, log: Path, workers: int) -> None:
 
 # LiteLLM imports for seconds before it listens.
 LITELLM_START_TIMEOUT_S = 180.0
-LITELLM_MODEL = "qwen3:32b"
 
 
 def litellm_config(upstream_port: int) -> str:
     """One model, served by LiteLLM's Ollama chat provider from the simulator."""
     return f"""model_list:
-  - model_name: {LITELLM_MODEL}
+  - model_name: {MODEL}
     litellm_params:
-      model: ollama_chat/{LITELLM_MODEL}
+      model: ollama_chat/{MODEL}
       api_base: http://127.0.0.1:{upstream_port}
 litellm_settings:
   drop_params: true
@@ -328,17 +335,9 @@ def start_litellm(run_dir: Path, binary: str, upstream_port: int) -> Service:
     log = run_dir / "litellm.log"
     cmd = [binary, "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
     cmd += ["--num_workers", "1", "--telemetry", "False"]
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("ab") as err:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=run_dir,
-            stdin=subprocess.DEVNULL,
-            stdout=err,
-            stderr=err,
-            # Quiet logs, no calls home: neither belongs in a measurement.
-            env={**os.environ, "LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False"},
-        )
-    service = Service("litellm", proc, port, log)
+    # Quiet logs, no calls home: neither belongs in a measurement. Its own environment,
+    # without this repository on its import path.
+    quiet = {"LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False"}
+    service = Service("litellm", _spawn(cmd, log, cwd=run_dir, env=quiet), port, log)
     _wait_port(service, LITELLM_START_TIMEOUT_S)
     return service
