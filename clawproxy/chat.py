@@ -20,6 +20,7 @@ Whatever happens (client gone, timeout, bug), ``finally`` releases the upstream 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import random
 import time
@@ -47,7 +48,7 @@ from .upstream import ConnState
 if TYPE_CHECKING:
     from .gateway import Gateway
     from .server import HttpConnection, Request
-    from .upstream import UpstreamConnection
+    from .upstream import HeadHook, UpstreamConnection
 
 SSE_HEADERS = (
     (b"content-type", b"text/event-stream"),
@@ -87,12 +88,15 @@ def plan_request(gw: Gateway, body: bytes) -> ChatPlan:
 
 
 async def open_upstream(
-    gw: Gateway, plan: ChatPlan, meanwhile: Callable[[], None] | None = None
+    gw: Gateway,
+    plan: ChatPlan,
+    meanwhile: Callable[[], None] | None = None,
+    on_head: HeadHook | None = None,
 ) -> UpstreamConnection:
     """Send the chat request; return the connection once Ollama answered 200."""
     try:
         payload = orjson.dumps(plan.payload)
-        upstream = await gw.pool.send(b"POST", b"/api/chat", payload, meanwhile)
+        upstream = await gw.pool.send(b"POST", b"/api/chat", payload, meanwhile, on_head)
         if upstream.status != 200:
             try:
                 body = await upstream.read_body(MAX_ERROR_BODY_BYTES)
@@ -131,8 +135,13 @@ async def relay_stream(gw: Gateway, request: Request, conn: HttpConnection, plan
     relay = SseRelay(gw, request, conn, plan)
     heartbeat = Heartbeat(gw.loop, gw.config.server.heartbeat_interval, relay.commit, conn.write)
     heartbeat.start()
+
+    def on_head(upstream: UpstreamConnection) -> None:
+        heartbeat.stop()
+        relay.start(upstream)
+
     try:
-        upstream = await open_upstream(gw, plan, relay.prepare)
+        upstream = await open_upstream(gw, plan, relay.prepare, on_head)
     except GatewayError as exc:
         if not conn.response_started:
             raise
@@ -145,7 +154,6 @@ async def relay_stream(gw: Gateway, request: Request, conn: HttpConnection, plan
         heartbeat.stop()
     clean = False
     try:
-        relay.commit()
         clean = await relay.run(upstream)
     finally:
         finish_exchange(upstream, clean)
@@ -156,9 +164,22 @@ class SseRelay:
 
     ``prepare()`` builds the re-framer and the body sink; it runs while Ollama works on the
     request (``UpstreamPool.send``'s ``meanwhile``), so the first token does not wait for it.
+    ``start()`` sends our head and installs the sink; it runs inside the upstream read that
+    brings Ollama's 200 (``send``'s ``on_head``), so the bytes that came with that head,
+    often the first token, reach the client in the same callback. ``run()`` is what the
+    task does after that: wait for the end of the body and close the stream.
     """
 
-    __slots__ = ("conn", "gw", "plan", "raw_sink", "reframer", "request", "sink")
+    __slots__ = (
+        "body_done",
+        "conn",
+        "gw",
+        "plan",
+        "raw_sink",
+        "reframer",
+        "request",
+        "sink",
+    )
 
     def __init__(self, gw: Gateway, request: Request, conn: HttpConnection, plan: ChatPlan):
         self.gw = gw
@@ -168,6 +189,7 @@ class SseRelay:
         self.reframer: SseReframer | None = None
         self.sink: Callable[[bytes], None] | None = None
         self.raw_sink: Callable[[bytes], bool] | None = None
+        self.body_done: asyncio.Future[None] | None = None
 
     def commit(self) -> None:
         """Send the 200 and the SSE head (held by the connection until the first chunk)."""
@@ -218,18 +240,25 @@ class SseRelay:
         self.sink = sink
         self.raw_sink = raw_sink
 
+    def start(self, upstream: UpstreamConnection) -> None:
+        """Ollama answered 200: our head, and every body read from now on, to the client."""
+        self.commit()
+        self.prepare()
+        assert self.sink is not None
+        self.conn.flow.attach(upstream)
+        self.body_done = upstream.stream_body(self.sink, self.raw_sink)
+
     async def run(self, upstream: UpstreamConnection) -> bool:
         """Relay until Ollama's body ends. Returns True when it ended cleanly."""
-        self.prepare()
-        reframer, sink = self.reframer, self.sink
-        assert reframer is not None and sink is not None
+        if self.body_done is None:
+            self.start(upstream)
+        reframer, body_done = self.reframer, self.body_done
+        assert reframer is not None and body_done is not None
         gw, request, conn = self.gw, self.request, self.conn
-        conn.flow.attach(upstream)
         tail = b""
         try:
-            body_done = upstream.stream_body(sink, self.raw_sink)
-            # What came with Ollama's head was relayed just now, together with our head; if
-            # nothing did, the head goes out alone so the client sees its 200 at once.
+            # What came with Ollama's head was relayed with our head already; if nothing
+            # did, the head goes out alone now so the client sees its 200 at once.
             conn.flush()
             await body_done
             tail = reframer.eof()

@@ -44,6 +44,7 @@ import h11
 
 from .errors import GatewayError, Overloaded, error_body
 from .flow import WRITE_HIGH_WATER_BYTES, WRITE_LOW_WATER_BYTES, FlowControl
+from .heads import header_list, header_value
 
 if TYPE_CHECKING:
     from .gateway import Gateway
@@ -94,10 +95,7 @@ class Request:
     extra: dict[str, str] = field(default_factory=dict)
 
     def header(self, name: bytes) -> bytes | None:
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return None
+        return header_value(self.headers, name)
 
 
 class HttpConnection(asyncio.Protocol):
@@ -179,7 +177,10 @@ class HttpConnection(asyncio.Protocol):
             return
         if self.phase is Phase.IDLE:
             self.phase = Phase.HEAD
-            self._arm(self.cfg.header_timeout)
+            if self._served:
+                # A kept-alive connection's next head; a new connection's header deadline
+                # has run since connection_made (as nginx's client_header_timeout does).
+                self._arm(self.cfg.header_timeout)
         self.h11.receive_data(data)
         self._process()
 
@@ -250,7 +251,7 @@ class HttpConnection(asyncio.Protocol):
         if line_bytes > cfg.max_request_line_bytes:
             self._reject(414, "request line too long", "request_line_too_long")
             return False
-        headers = list(head.headers)
+        headers = header_list(head)
         if len(headers) > cfg.max_headers:
             self._reject(431, f"more than {cfg.max_headers} header fields", "too_many_headers")
             return False
@@ -292,7 +293,6 @@ class HttpConnection(asyncio.Protocol):
         self._close_asked = close_asked
         self._body = bytearray()
         self.phase = Phase.BODY
-        self._arm(cfg.body_timeout)
         if length is not None:
             # A Content-Length body is counted here, not parsed by h11 (two events fewer per
             # request); h11 keeps chunked bodies. What h11 buffered past the head is the
@@ -300,6 +300,10 @@ class HttpConnection(asyncio.Protocol):
             rest, _ = self.h11.trailing_data
             self._body_left = length
             self._take_body(rest)
+        if self.phase is Phase.BODY:
+            # Only a body still to come gets a deadline; one that came with its head (the
+            # usual POST) was dispatched above without a timer to arm and cancel.
+            self._arm(cfg.body_timeout)
         return True
 
     def _take_body(self, data: bytes | bytearray) -> None:

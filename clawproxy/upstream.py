@@ -35,6 +35,7 @@ import h11
 
 from .chunked import ChunkedDecoder, ChunkedError
 from .errors import GatewayError, UpstreamFailed, UpstreamTimeout, UpstreamUnavailable
+from .heads import header_list, header_value
 
 log = logging.getLogger("clawproxy.upstream")
 
@@ -45,6 +46,8 @@ USER_AGENT = b"clawproxy"
 MAX_STAND_INS = 32
 
 BodySink = Callable[[bytes], None]
+# Called with the connection inside the read that completed a 200 head (see ``begin``).
+HeadHook = Callable[["UpstreamConnection"], None]
 # Offered a raw chunked read at a chunk boundary; True when it consumed the whole read.
 RawSink = Callable[[bytes], bool]
 END_OF_MESSAGE = h11.EndOfMessage()
@@ -63,7 +66,7 @@ class UpstreamConnection(asyncio.Protocol):
     def __init__(self, pool: UpstreamPool) -> None:
         self._pool = pool
         self._loop = pool.loop
-        self._h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_RESPONSE_HEAD_BYTES)
+        self._h11 = self._new_parser()
         self.transport: asyncio.Transport | None = None
         self.state = ConnState.CONNECTING
         self.reused = False
@@ -77,7 +80,11 @@ class UpstreamConnection(asyncio.Protocol):
         self._sink: BodySink | None = None
         self._raw_sink: RawSink | None = None
         self._early: list[bytes] = []
+        self._head_hook: HeadHook | None = None
         self._chunks: ChunkedDecoder | None = None
+        # The exchange h11 was last told about, and whether it was told already (primed).
+        self._exchange_key: tuple[bytes, bytes] = (b"", b"")
+        self._primed = False
         self._paused = False
         self._timeout = pool.io_timeout
         self._last_rx = 0.0
@@ -193,8 +200,21 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- exchange ---------------------------------------------------------------------------
 
-    def begin(self, method: bytes, target: bytes, host: bytes, body: bytes | None) -> None:
-        """Write one request; the response head resolves ``wait_head()``."""
+    def begin(
+        self,
+        method: bytes,
+        target: bytes,
+        host: bytes,
+        body: bytes | None,
+        on_head: HeadHook | None = None,
+    ) -> None:
+        """Write one request; the response head resolves ``wait_head()``.
+
+        ``on_head``, if given, runs inside the read that completes a 200 head, before the
+        rest of that read is handled: a caller that installs its body sink there relays
+        the bytes that came with the head at once, not a loop pass later when its task
+        wakes (the first token on a stream usually shares Ollama's first write).
+        """
         assert self.transport is not None
         self.state = ConnState.ACTIVE
         self.status = 0
@@ -204,6 +224,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._sink = None
         self._raw_sink = None
         self._early = []
+        self._head_hook = on_head
         self._chunks = None
         self._head = self._loop.create_future()
         self._done = self._loop.create_future()
@@ -211,12 +232,17 @@ class UpstreamConnection(asyncio.Protocol):
         # validated stand-in with the same method and target (all it frames a response
         # by), while the bytes on the wire are rendered here, as the server renders its
         # responses. Building and validating the real request in h11 cost more than
-        # everything else this method does.
-        # Written first: everything below runs while Ollama reads the request.
+        # everything else this method does. Written first: what follows runs while Ollama
+        # reads the request.
         self.transport.write(render_request(method, target, host, body))
-        conn = self._h11
-        conn.send(self._pool.stand_in(method, target))
-        conn.send(END_OF_MESSAGE)
+        key = (method, target)
+        if not self._primed or self._exchange_key != key:
+            if self._primed:
+                # Told about another exchange at release; h11 cannot take that back.
+                self._h11 = self._new_parser()
+            self._exchange_key = key
+            self._tell_h11()
+        self._primed = False
         self._last_rx = self._loop.time()
         self._arm_watchdog(self._timeout)
 
@@ -267,15 +293,18 @@ class UpstreamConnection(asyncio.Protocol):
                 self._close()
                 return
             # h11 never saw this body; a fresh parser for the next exchange on this socket.
-            self._h11 = h11.Connection(
-                h11.CLIENT, max_incomplete_event_size=MAX_RESPONSE_HEAD_BYTES
-            )
+            self._h11 = self._new_parser()
         else:
             try:
                 self._h11.start_next_cycle()
             except h11.LocalProtocolError:
                 self._close()
                 return
+        # The next exchange on this connection is most likely this one again (a chat for a
+        # chat): h11 is told about it now, between requests, instead of on the next one's
+        # way to Ollama; begin() starts over if it turns out to be another.
+        self._tell_h11()
+        self._primed = True
         if self._paused:
             self.resume_reading()
         self.state = ConnState.IDLE
@@ -304,12 +333,28 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- internals ---------------------------------------------------------------------------
 
+    def _new_parser(self) -> h11.Connection:
+        return h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_RESPONSE_HEAD_BYTES)
+
+    def _tell_h11(self) -> None:
+        """Put h11 where sending ``_exchange_key``'s request would (see ``begin``)."""
+        conn = self._h11
+        conn.send(self._pool.stand_in(*self._exchange_key))
+        conn.send(END_OF_MESSAGE)
+
     def _on_head(self, event: h11.Response) -> None:
         self.status = event.status_code
-        self.headers = list(event.headers)
+        self.headers = header_list(event)
         if header_value(self.headers, b"transfer-encoding") == b"chunked":
             # h11 validated the head and the framing headers; the body is ours to decode.
             self._chunks = ChunkedDecoder()
+        hook, self._head_hook = self._head_hook, None
+        if hook is not None and self.status == 200:
+            try:
+                hook(self)
+            except Exception as exc:  # any failure is the caller's, as a sink's would be
+                self._sink_raised(exc)
+                return
         if self._head is not None and not self._head.done():
             self._head.set_result(None)
 
@@ -434,12 +479,13 @@ class UpstreamPool:
         target: bytes,
         body: bytes | None,
         meanwhile: Callable[[], None] | None = None,
+        on_head: HeadHook | None = None,
     ) -> UpstreamConnection:
         """Send one request and wait for the response head.
 
         ``meanwhile`` runs once, right after the request is written: set-up the caller needs
         only once the head is in, done while Ollama works instead of on the first token's
-        path.
+        path. ``on_head`` runs inside the read that brings a 200 head (``begin``).
 
         A reused keep-alive connection that fails before any response byte arrives is
         retried once on a fresh connection: Ollama closed it while idle, so the request
@@ -448,14 +494,14 @@ class UpstreamPool:
         conn = self._take_idle()
         if conn is not None:
             try:
-                return await self._exchange(conn, method, target, body, meanwhile)
+                return await self._exchange(conn, method, target, body, meanwhile, on_head)
             except UpstreamUnavailable:
                 if conn.got_response_bytes:
                     raise
                 log.debug("stale keep-alive connection to Ollama; retrying once")
                 meanwhile = None
         conn = await self._connect()
-        return await self._exchange(conn, method, target, body, meanwhile)
+        return await self._exchange(conn, method, target, body, meanwhile, on_head)
 
     def put_idle(self, conn: UpstreamConnection) -> None:
         if len(self._idle) >= self.max_idle:
@@ -480,9 +526,10 @@ class UpstreamPool:
         target: bytes,
         body: bytes | None,
         meanwhile: Callable[[], None] | None,
+        on_head: HeadHook | None,
     ) -> UpstreamConnection:
         try:
-            conn.begin(method, target, self._host_header, body)
+            conn.begin(method, target, self._host_header, body, on_head)
             if meanwhile is not None:
                 meanwhile()
             await conn.wait_head()
@@ -546,11 +593,3 @@ def render_request(method: bytes, target: bytes, host: bytes, body: bytes | None
         len(body),
         body,
     )
-
-
-def header_value(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
-    """First value of a (lower-case) header name in an h11 header list."""
-    for key, value in headers:
-        if key == name:
-            return value
-    return None

@@ -16,6 +16,7 @@ from harness import Harness
 from test_admission_e2e import open_stream
 from test_chat_e2e import ask, content_of
 
+from clawproxy.chat import SseRelay
 from clawproxy.server import HttpConnection
 from clawproxy.simulator import Fault, Reply
 
@@ -142,3 +143,43 @@ def test_the_request_to_ollama_is_rendered_whole_and_exact(gw: Harness) -> None:
         "host",
         "user-agent",
     ]
+
+
+def test_what_came_with_ollamas_head_is_written_before_the_task_wakes(
+    gw: Harness, writes: list[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first token shares Ollama's first write; it goes out inside that very read."""
+    seen_at_run: list[list[bytes]] = []
+    original = SseRelay.run
+
+    async def run(self: SseRelay, upstream: Any) -> bool:
+        seen_at_run.append(list(writes))
+        return await original(self, upstream)
+
+    monkeypatch.setattr(SseRelay, "run", run)
+    gw.sim.token_rate = 20.0
+    gw.sim.next_reply(Reply(tokens=["first", " second"]))
+    with open_stream(gw) as sock:
+        body = read_whole_stream(sock)
+    assert b'" second"' in body
+    # When the handler's task resumed after Ollama's head, head and first token were out.
+    assert len(seen_at_run) == 1
+    (before_task,) = seen_at_run
+    assert len(before_task) == 1, before_task
+    assert before_task[0].startswith(b"HTTP/1.1 200") and b'"first"' in before_task[0]
+
+
+def test_one_upstream_connection_serves_chats_and_model_lists_in_turn(gw: Harness) -> None:
+    """h11 is told about the next exchange when a connection goes idle (a chat again, most
+    likely); another kind of request on it must still be framed right."""
+    gw.sim.next_reply(Reply(tokens=["one"]))
+    assert ask(gw).choices[0].message.content == "one"
+    for _ in range(2):
+        assert "qwen3:32b" in [m.id for m in gw.openai_client().models.list().data]
+    gw.sim.next_reply(Reply(tokens=["two"]))
+    assert content_of(list(ask(gw, stream=True))) == "two"
+    gw.sim.next_reply(Reply(tokens=["three"]))
+    assert ask(gw).choices[0].message.content == "three"
+    paths = [r.path for r in gw.sim.requests]
+    assert paths.count("/api/tags") >= 1 and paths[-1] == "/api/chat"
+    assert gw.read(lambda: gw.gateway.pool.connects) == 1
