@@ -259,6 +259,39 @@ def test_phases_prints_a_request_timeline(tmp_path: Path) -> None:
     assert positions == sorted(positions), done.stdout
 
 
+def test_floor_runs_every_path_in_turns_and_writes_its_table(tmp_path: Path) -> None:
+    paths = "direct,floor-scan,floor-h11,gateway" + (",nginx" if shutil.which("nginx") else "")
+    out = tmp_path / "floor"
+    done = run_python(
+        "-m",
+        "bench.floor",
+        "--requests",
+        "3",
+        "--spacing",
+        "0.01",
+        "--repeat",
+        "2",
+        "--paths",
+        paths,
+        "--out",
+        str(out),
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    table = (out / "floor.md").read_text()
+    for path in paths.split(","):
+        row = next(line for line in table.splitlines() if line.startswith(f"| {path} |"))
+        cells = row.strip("| ").split(" | ")
+        assert cells[1] == "3/3", row
+        if path != "direct":
+            # Added TTFT against direct and CPU per request, each "median (min-max)".
+            assert re.fullmatch(r"[+-]\d+\.\d\d \([+-]\d+\.\d\d to [+-]\d+\.\d\d\)", cells[3]), row
+            assert re.fullmatch(r"\d+ \(\d+-\d+\)", cells[4]), row
+    runs = json.loads((out / "floor.json").read_text())
+    assert sorted({(r["path"], r["repeat"]) for r in runs}) == sorted(
+        (p, n) for p in paths.split(",") for n in (1, 2)
+    )
+
+
 def test_litellm_comparator_config_points_its_ollama_provider_at_the_simulator() -> None:
     """The LiteLLM path (``--with-litellm``) is not run here (it is not installed in CI);
     its config must still name the model the load generator asks for, served by LiteLLM's
