@@ -12,7 +12,9 @@ processes, the least a uvloop proxy can do per request (``floor-scan``: heads fo
 hand; ``floor-h11``: heads parsed by h11, as the gateway parses them), and the
 ``gateway``. Every path gets the same one-token requests (``--requests``, one new
 connection each, ``--spacing`` apart) after a few unmeasured ones, from the same load
-generator as the bench.
+generator as the bench. The simulator is paced (``--rate``, tokens/s) as a model is, so
+the first token comes alone with Ollama's head and the done line one token time later,
+as with the bench's probes; unpaced, both would share one read, which no model does.
 
 Per run: the client's TTFT p50, the added TTFT against the direct run of the same round
 (medians of per-round differences across ``--repeat``, with their range), and the middle
@@ -88,7 +90,7 @@ def run_path(path: str, repeat: int, args: argparse.Namespace) -> FloorRun:
     run_dir = args.out / f"{path}-r{repeat}"
     run_dir.mkdir(parents=True, exist_ok=True)
     settings = Settings(out=run_dir, tokens=1, arrivals=1.0 / args.spacing, workers=1)
-    sim = start_simulator(run_dir, 0.0, 1)
+    sim = start_simulator(run_dir, args.rate, 1)
     middle: Service | None = None
     try:
         middle = start_path(path, run_dir, sim)
@@ -151,7 +153,7 @@ def rows(runs: Sequence[FloorRun], paths: Sequence[str]) -> list[list[str]]:
 def note(args: argparse.Namespace) -> str:
     return (
         f"{args.requests} one-token requests per run, {args.spacing * 1000:g} ms apart, one "
-        f"connection each; {args.repeat} rounds, the paths in turns; median (min-max) "
+        f"connection each, the simulator at {args.rate:g} tokens/s; {args.repeat} rounds, the paths in turns; median (min-max) "
         "across rounds; +TTFT against the same round's direct run; requests done: the "
         "worst round."
     )
@@ -162,6 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=100, help="measured requests per run")
     parser.add_argument("--spacing", type=float, default=0.05, help="seconds between requests")
     parser.add_argument("--repeat", type=int, default=3, help="rounds of all paths in turns")
+    parser.add_argument("--rate", type=float, default=100.0, help="the simulator's tokens/s")
     parser.add_argument("--paths", default=",".join(PATHS), help="comma-separated, in turn order")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "floor")
     args = parser.parse_args(argv)

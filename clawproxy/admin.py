@@ -114,11 +114,11 @@ def check_access(gw: Gateway, request: Request) -> None:
 class AdminRouter(Router):
     """The route table behind the access checks (every admin request passes them)."""
 
-    async def handle(self, gw: Gateway, request: Request, conn: HttpConnection) -> None:
+    def resolve(self, gw: Gateway, request: Request) -> Handler:
         # Operators' scrapes are not traffic: keep them out of the request metrics.
         request.counted = False
         check_access(gw, request)
-        await super().handle(gw, request, conn)
+        return super().resolve(gw, request)
 
 
 async def admin_health(gw: Gateway, request: Request, conn: HttpConnection) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,24 +102,31 @@ def build_chat_plan(body: object, defaults: ModelConfig) -> ChatPlan:
     """
     if not isinstance(body, dict):
         raise InvalidRequest("the request body must be a JSON object")
-    _refuse_unsupported(body)
+    # Most requests carry a few of the optional fields: one set intersection decides which
+    # readers run (a reader treats an explicit null as absent, as before).
+    present = body.keys() & _OPTIONAL_FIELDS
+    if present & _REFUSED_FIELDS:
+        _refuse_unsupported(body)
     model = _read_model(body, defaults)
     stream, include_usage = _read_stream(body)
     payload: dict[str, Any] = {
         "model": model,
         "messages": translate_messages(body.get("messages")),
         "stream": True,
-        "options": _read_options(body, defaults),
+        "options": _read_options(body, defaults, present),
     }
-    fmt = _read_format(body.get("response_format"))
-    if fmt is not None:
-        payload["format"] = fmt
-    tools = _read_tools(body)
-    if tools:
-        payload["tools"] = tools
-    think = _read_think(body)
-    if think is not None:
-        payload["think"] = think
+    if "response_format" in present:
+        fmt = _read_format(body["response_format"])
+        if fmt is not None:
+            payload["format"] = fmt
+    if present & _TOOL_FIELDS:
+        tools = _read_tools(body)
+        if tools:
+            payload["tools"] = tools
+    if present & _THINK_FIELDS:
+        think = _read_think(body)
+        if think is not None:
+            payload["think"] = think
     return ChatPlan(model=model, stream=stream, include_usage=include_usage, payload=payload)
 
 
@@ -262,26 +270,39 @@ def _num_ctx(body: dict[str, Any], defaults: ModelConfig) -> int:
     return defaults.context_length
 
 
-# Ollama option name -> reader, in the order the keys appear in the payload. A reader
-# returns None when the option is to be left to Ollama's (or the Modelfile's) default.
-_OPTION_READERS: tuple[tuple[str, Callable[[dict[str, Any], ModelConfig], object]], ...] = (
-    ("num_ctx", _num_ctx),
-    ("temperature", _temperature),
-    ("top_p", _top_p),
-    ("num_predict", _num_predict),
-    ("stop", _stop),
-    ("seed", _seed),
-    ("presence_penalty", _presence_penalty),
-    ("frequency_penalty", _frequency_penalty),
+OptionReader = Callable[[dict[str, Any], ModelConfig], object]
+
+# Ollama option name -> (the request fields it reads, reader), in the order the keys
+# appear in the payload. A reader returns None when the option is to be left to Ollama's
+# (or the Modelfile's) default.
+_OPTION_READERS: tuple[tuple[str, frozenset[str], OptionReader], ...] = (
+    ("num_ctx", frozenset(), _num_ctx),
+    ("temperature", frozenset({"temperature"}), _temperature),
+    ("top_p", frozenset({"top_p"}), _top_p),
+    ("num_predict", frozenset({"max_tokens", "max_completion_tokens"}), _num_predict),
+    ("stop", frozenset({"stop"}), _stop),
+    ("seed", frozenset({"seed"}), _seed),
+    ("presence_penalty", frozenset({"presence_penalty"}), _presence_penalty),
+    ("frequency_penalty", frozenset({"frequency_penalty"}), _frequency_penalty),
 )
 
 
-def _read_options(body: dict[str, Any], defaults: ModelConfig) -> dict[str, Any]:
-    options: dict[str, Any] = {}
-    for name, reader in _OPTION_READERS:
-        value = reader(body, defaults)
-        if value is not None:
-            options[name] = value
+def _read_options(
+    body: dict[str, Any], defaults: ModelConfig, present: AbstractSet[str]
+) -> dict[str, Any]:
+    # The options every payload carries, from the configuration; a field the client sent
+    # overrides its option in place (the keys keep the order above).
+    options: dict[str, Any] = {
+        "num_ctx": defaults.context_length,
+        "temperature": defaults.temperature,
+        "top_p": defaults.top_p,
+    }
+    if present:
+        for name, fields, reader in _OPTION_READERS:
+            if not fields.isdisjoint(present):
+                value = reader(body, defaults)
+                if value is not None:
+                    options[name] = value
     return options
 
 
@@ -400,6 +421,19 @@ _REFUSED: tuple[tuple[str, Callable[[object], bool], str], ...] = (
     ("prediction", lambda v: False, "is not supported by Ollama"),
     ("functions", lambda v: False, "is not supported: use tools"),
     ("function_call", lambda v: False, "is not supported: use tool_choice"),
+)
+
+
+_REFUSED_FIELDS = frozenset(key for key, _, _ in _REFUSED)
+_TOOL_FIELDS = frozenset({"tools", "tool_choice"})
+_THINK_FIELDS = frozenset({"reasoning_effort", "reasoning"})
+# Every optional field a reader looks at (besides model, messages and stream).
+_OPTIONAL_FIELDS = (
+    _REFUSED_FIELDS
+    | _TOOL_FIELDS
+    | _THINK_FIELDS
+    | frozenset({"response_format"})
+    | frozenset().union(*(fields for _, fields, _ in _OPTION_READERS))
 )
 
 

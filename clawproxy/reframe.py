@@ -167,11 +167,20 @@ class SseReframer:
         anything else (another line, a partial chunk, several) returns None untouched.
         The caller must know the read starts at a chunk boundary.
         """
+        first = False
         if not self._clean:
-            return None
+            # The stream's first line may come this way too (the first token, on the
+            # first-token path), behind the role event; a buffered partial line may not.
+            if self._started or self._closed or self._buf:
+                return None
+            first = True
         m = _fast_chunk(raw)
         if m is None or not chunk_fits(m) or m.end(2) - m.start(2) > self._max_read:
             return None
+        lead = b""
+        if first:
+            self._started = self._clean = True
+            lead = self._role_event
         text = m[3]
         if text is not None:
             pre = self._content_pre
@@ -179,9 +188,9 @@ class SseReframer:
             text = m[4]
             pre = self._reasoning_pre
         if len(text) == 2:
-            return b""
+            return lead
         self.deltas += 1
-        return pre + text + self._content_post
+        return lead + pre + text + self._content_post
 
     def _feed(self, data: bytes) -> bytes:
         """The general case of ``feed``: any number of lines, any of them partial."""

@@ -90,14 +90,18 @@ class Router:
     def __init__(self, table: dict[bytes, dict[bytes, Handler]]) -> None:
         self.table = table
 
-    async def handle(self, gw: Gateway, request: Request, conn: HttpConnection) -> None:
+    def resolve(self, gw: Gateway, request: Request) -> Handler:
+        """The handler for ``request``; raises 404 or 405 (and what a subclass checks).
+
+        Synchronous, so the connection awaits the handler itself: one coroutine fewer
+        per request than a routing coroutine around it."""
         methods = self.table.get(request.path)
         if methods is None:
             raise NotFound(f"no route for {request.path.decode('latin-1')!r}", code="not_found")
         handler = methods.get(request.method)
         if handler is None:
             raise not_allowed(list(methods))
-        await handler(gw, request, conn)
+        return handler
 
 
 def public_router(config: Config) -> Router:

@@ -158,8 +158,9 @@ class HttpConnection(asyncio.Protocol):
         self._counted = True
         # No TCP_NODELAY here: asyncio and uvloop both set it on every TCP transport.
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER_BYTES, low=WRITE_LOW_WATER_BYTES)
-        # A connection that never sends a byte is closed at the header deadline.
-        self._arm(self.cfg.header_timeout)
+        # A connection that never sends a byte is closed at the header deadline (no
+        # timer runs yet: this is its first).
+        self._timer = self.loop.call_later(self.cfg.header_timeout, self._deadline_passed)
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
@@ -356,7 +357,8 @@ class HttpConnection(asyncio.Protocol):
 
     async def _run(self, request: Request) -> None:
         try:
-            await self.router.handle(self.gw, request, self)
+            handler = self.router.resolve(self.gw, request)
+            await handler(self.gw, request, self)
         except GatewayError as exc:
             self._fail(request, exc)
         except asyncio.CancelledError:

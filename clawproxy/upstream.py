@@ -244,7 +244,10 @@ class UpstreamConnection(asyncio.Protocol):
             self._tell_h11()
         self._primed = False
         self._last_rx = self._loop.time()
-        self._arm_watchdog(self._timeout)
+        # _arm_watchdog(), inlined: release() and _close() leave no timer behind.
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        self._watchdog = self._loop.call_later(self._timeout, self._check_silence)
 
     async def wait_head(self) -> None:
         assert self._head is not None

@@ -73,16 +73,38 @@ def test_one_chunk_reads_take_the_shortcut_and_others_do_not() -> None:
     reads = [frame(line) for line in tokens] + [frame(done_line()), b"0\r\n\r\n"]
     sse, deltas, error, taken = relay(reads, shortcut=True)
     assert error is None and deltas == 3
-    # The first line goes the general way (the role chunk comes first); the next two are
-    # one chunk each; the done line and the last chunk are declined.
-    assert taken == 2
+    # The three token lines are one chunk each (the first behind the role chunk); the
+    # done line and the last chunk are declined.
+    assert taken == 3
     events = parse_sse(sse)
+    assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert events[1]["choices"][0]["delta"] == {"content": " a"}
     assert events[-1] == "[DONE]"
     # Two chunks in one read, or a chunk cut in two, are declined too.
     assert relay([b"".join(reads[:2]), *reads[2:]], shortcut=True)[3] == 1
     half = len(reads[1]) // 2
     split = [reads[0], reads[1][:half], reads[1][half:], *reads[2:]]
-    assert relay(split, shortcut=True)[3] == 1
+    assert relay(split, shortcut=True)[3] == 2
+    # A first line cut in two leaves a partial line buffered: the next chunk is declined.
+    first_half = [reads[0][:9], reads[0][9:], *reads[1:]]
+    assert relay(first_half, shortcut=True)[3] == 2
+
+
+def test_the_first_token_alone_takes_the_shortcut_behind_the_role_chunk() -> None:
+    reframer = new()
+    out = reframer.feed_chunk(frame(chat_line("hi")))
+    assert out is not None and reframer.deltas == 1
+    events = parse_sse(out)
+    assert [e["choices"][0]["delta"] for e in events] == [
+        {"role": "assistant", "content": ""},
+        {"content": "hi"},
+    ]
+    # An empty first token still opens the stream with the role chunk, and only once.
+    reframer = new()
+    assert parse_sse(reframer.feed_chunk(frame(chat_line(""))) or b"") == [parse_sse(out)[0]]
+    assert parse_sse(reframer.feed_chunk(frame(chat_line("x"))) or b"")[0]["choices"][0][
+        "delta"
+    ] == {"content": "x"}
 
 
 def test_a_size_line_that_is_not_hex_is_declined() -> None:
