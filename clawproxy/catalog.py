@@ -56,16 +56,15 @@ class ModelCatalog:
         if self._static:
             allowed = wanted in self._static
         else:
-            allowed = wanted in await self._current()
+            # _current(), inlined: this runs before every chat request.
+            fresh = self._gw.loop.time() - self._fetched_at < TAGS_TTL_S
+            allowed = wanted in (self._names if fresh else await self._refresh())
             if not allowed and self._stale(MISS_REFRESH_S):
                 allowed = wanted in await self._refresh()
         if not allowed:
             raise NotFound(
                 f"model '{name}' not found on this gateway", param="model", code="model_not_found"
             )
-
-    async def _current(self) -> frozenset[str]:
-        return await self._refresh() if self._stale(TAGS_TTL_S) else self._names
 
     def _stale(self, ttl: float) -> bool:
         return self._gw.loop.time() - self._fetched_at >= ttl

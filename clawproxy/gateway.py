@@ -25,7 +25,7 @@ from .modelctl import ModelControl
 from .ratelimit import RateLimiter
 from .reframe import error_event
 from .routes import Router, public_router
-from .server import HttpConnection, Phase, Request
+from .server import HttpConnection, ParserStock, Phase, Request
 from .state import LiveState
 from .units import parse_endpoint
 from .upstream import UpstreamPool
@@ -71,6 +71,10 @@ class Gateway:
         # Metric label for a path: the routed ones, else "other" (labels must stay bounded).
         self.public = public_router(config)
         self._endpoints = {path: path.decode("latin-1") for path in self.public.table}
+        # Parsers for new connections, built between requests (server.ParserStock).
+        self.parsers = ParserStock(config.server.max_header_bytes)
+        # How long a request may wait in the admission queue (read on every request).
+        self.queue_timeout = queue_timeout_s(config)
 
     @property
     def pool(self) -> UpstreamPool:
@@ -91,10 +95,6 @@ class Gateway:
     @property
     def pool_if_started(self) -> UpstreamPool | None:
         return self._pool
-
-    @property
-    def queue_timeout(self) -> float:
-        return queue_timeout_s(self.config)
 
     # -- life cycle -----------------------------------------------------------------------------
 
@@ -199,6 +199,7 @@ class Gateway:
             )
         if self.draining:
             self._idle_drained.set()
+        self.parsers.refill()
 
     def request_refused(self, client: str, status: int, reason: str) -> None:
         self.state.refused[reason] += 1

@@ -1,7 +1,7 @@
 """Header fields of a parsed HTTP head, as the rest of the gateway reads them.
 
-h11 validates every head; these helpers only list what it parsed, the cheap way. Both the
-client side (every request) and the upstream side (every Ollama reply) use them.
+h11 validates every head; these helpers only read what it parsed, the cheap way: the
+client side on every request, the upstream side on every Ollama reply.
 """
 
 from __future__ import annotations
@@ -25,3 +25,11 @@ def header_value(headers: Headers, name: bytes) -> bytes | None:
         if key == name:
             return value
     return None
+
+
+def is_chunked(event: h11.Response) -> bool:
+    """Whether a response's body is chunked (h11 accepts no other transfer-coding)."""
+    for name, value in event.headers.raw_items():
+        if name.lower() == b"transfer-encoding":
+            return value.lower() == b"chunked"
+    return False

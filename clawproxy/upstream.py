@@ -35,7 +35,7 @@ import h11
 
 from .chunked import ChunkedDecoder, ChunkedError
 from .errors import GatewayError, UpstreamFailed, UpstreamTimeout, UpstreamUnavailable
-from .heads import header_list, header_value
+from .heads import is_chunked
 
 log = logging.getLogger("clawproxy.upstream")
 
@@ -71,7 +71,6 @@ class UpstreamConnection(asyncio.Protocol):
         self.state = ConnState.CONNECTING
         self.reused = False
         self.status = 0
-        self.headers: list[tuple[bytes, bytes]] = []
         # Set when any response byte arrived for the current exchange: a retry is then unsafe.
         self.got_response_bytes = False
         self.complete = False
@@ -207,8 +206,8 @@ class UpstreamConnection(asyncio.Protocol):
         host: bytes,
         body: bytes | None,
         on_head: HeadHook | None = None,
-    ) -> None:
-        """Write one request; the response head resolves ``wait_head()``.
+    ) -> asyncio.Future[None]:
+        """Write one request; the future it returns resolves with the response head.
 
         ``on_head``, if given, runs inside the read that completes a 200 head, before the
         rest of that read is handled: a caller that installs its body sink there relays
@@ -218,7 +217,6 @@ class UpstreamConnection(asyncio.Protocol):
         assert self.transport is not None
         self.state = ConnState.ACTIVE
         self.status = 0
-        self.headers = []
         self.got_response_bytes = False
         self.complete = False
         self._sink = None
@@ -226,7 +224,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._early = []
         self._head_hook = on_head
         self._chunks = None
-        self._head = self._loop.create_future()
+        self._head = head = self._loop.create_future()
         self._done = self._loop.create_future()
         # h11 parses the response only after it has "sent" a request: it is given a
         # validated stand-in with the same method and target (all it frames a response
@@ -248,10 +246,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self._watchdog is not None:
             self._watchdog.cancel()
         self._watchdog = self._loop.call_later(self._timeout, self._check_silence)
-
-    async def wait_head(self) -> None:
-        assert self._head is not None
-        await self._head
+        return head
 
     def stream_body(self, sink: BodySink, raw_sink: RawSink | None = None) -> asyncio.Future[None]:
         """Hand every body read to ``sink``; the future resolves at the end of the body.
@@ -347,8 +342,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _on_head(self, event: h11.Response) -> None:
         self.status = event.status_code
-        self.headers = header_list(event)
-        if header_value(self.headers, b"transfer-encoding") == b"chunked":
+        if is_chunked(event):
             # h11 validated the head and the framing headers; the body is ours to decode.
             self._chunks = ChunkedDecoder()
         hook, self._head_hook = self._head_hook, None
@@ -532,10 +526,10 @@ class UpstreamPool:
         on_head: HeadHook | None,
     ) -> UpstreamConnection:
         try:
-            conn.begin(method, target, self._host_header, body, on_head)
+            head = conn.begin(method, target, self._host_header, body, on_head)
             if meanwhile is not None:
                 meanwhile()
-            await conn.wait_head()
+            await head
         except BaseException:
             conn.abort()
             raise

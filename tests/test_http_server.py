@@ -9,9 +9,11 @@ import socket
 import time
 from collections.abc import Callable
 
+import h11
 import pytest
 from harness import Harness, read_until_closed
 
+from clawproxy.server import SPARE_PARSERS, ParserStock
 from clawproxy.simulator import Reply
 
 BODY = json.dumps({"messages": [{"role": "user", "content": "hi"}]}).encode()
@@ -252,3 +254,38 @@ def test_head_has_the_headers_and_no_body_and_keeps_the_connection(gw: Harness) 
     # No body after the HEAD response: the next bytes are the GET's status line.
     assert rest.startswith(b"HTTP/1.1 200 ")
     assert rest.endswith(b"}")
+
+
+def test_parsers_for_new_connections_are_built_between_requests(gw: Harness) -> None:
+    """New connections take a parser built after an earlier request (ParserStock); each is
+    fresh, and the stock never grows past its size."""
+
+    def stock() -> list[h11.Connection]:
+        return list(gw.gateway.parsers._spare)
+
+    before = gw.read(stock)
+    for _ in range(3):
+        assert exchange(
+            gw, b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        ).startswith(b"HTTP/1.1 200")
+    after = gw.read(stock)
+    # Each request took one (if there was one) and put one back after it finished.
+    assert 1 <= len(after) <= SPARE_PARSERS
+    # The newest was built after these requests (the old ones are still alive: no id reuse).
+    assert all(after[-1] is not old for old in before)
+    assert all(p.their_state is h11.IDLE and p.our_state is h11.IDLE for p in after)
+
+
+def test_a_parser_stock_builds_when_empty_and_keeps_its_size() -> None:
+    stock = ParserStock(max_header_bytes=1024, keep=2)
+    first = stock.take()
+    assert first.our_role is h11.SERVER and first.their_state is h11.IDLE
+    for _ in range(5):
+        stock.refill()
+    taken = [stock.take(), stock.take(), stock.take()]
+    assert len({id(p) for p in [first, *taken]}) == 4
+    # An oversized head is refused as the configured limit says.
+    parser = stock.take()
+    parser.receive_data(b"GET / HTTP/1.1\r\nX: " + b"a" * 2000)
+    with pytest.raises(h11.RemoteProtocolError):
+        parser.next_event()
