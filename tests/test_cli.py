@@ -160,3 +160,55 @@ def test_an_idle_gateway_loads_nothing_it_does_not_use(tmp_path: Path) -> None:
     assert "LOADED" in done.stdout, done.stderr[-2000:]
     loaded = done.stdout.split("LOADED", 1)[1].strip()
     assert loaded == "", f"loaded at idle: {loaded}"
+
+
+FROZEN_PROBE = """
+import asyncio, gc, sys
+from clawproxy import cli
+from clawproxy.gateway import Gateway
+
+def report_when_serving(config):
+    gateway = Gateway(config)
+    start = gateway.start
+
+    async def start_then_report_soon():
+        port = await start()
+        # After serve() has settled the heap: it runs right after start() returns.
+        asyncio.get_running_loop().call_soon(report)
+        return port
+
+    def report():
+        print("FROZEN", gc.get_freeze_count(), flush=True)
+        raise SystemExit(0)
+
+    gateway.start = start_then_report_soon
+    return gateway
+
+args = cli.build_parser().parse_args(["--config", sys.argv[1]])
+config = cli.load_config(args.config, overrides=cli.overrides_from(args))
+cli.setup_logging(config.logging)
+print("BEFORE", gc.get_freeze_count(), flush=True)
+cli.run(cli.serve(config, make_gateway=report_when_serving))
+"""
+
+
+def test_start_up_objects_are_frozen_once_the_gateway_serves(tmp_path: Path) -> None:
+    """Full collections would walk every module and config object every few thousand
+    requests; once serving, those are out of the collector's sight (gc.freeze)."""
+    config = tmp_path / "clawproxy.yaml"
+    config.write_text(
+        "server: {host: 127.0.0.1, port: 0}\n"
+        "gateway: {debug_port: 0}\n"
+        "model: {endpoint: 'http://127.0.0.1:9'}\n"
+        f"logging: {{level: info, file: '{tmp_path / 'gw.log'}'}}\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", FROZEN_PROBE, str(config)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    counts = dict(line.split() for line in done.stdout.splitlines() if line[:1].isupper())
+    assert counts.get("BEFORE") == "0", done.stdout + done.stderr[-2000:]
+    assert int(counts["FROZEN"]) > 10_000, done.stdout
