@@ -153,9 +153,9 @@ def rows(runs: Sequence[FloorRun], paths: Sequence[str]) -> list[list[str]]:
 def note(args: argparse.Namespace) -> str:
     return (
         f"{args.requests} one-token requests per run, {args.spacing * 1000:g} ms apart, one "
-        f"connection each, the simulator at {args.rate:g} tokens/s; {args.repeat} rounds, the paths in turns; median (min-max) "
-        "across rounds; +TTFT against the same round's direct run; requests done: the "
-        "worst round."
+        f"connection each, the simulator at {args.rate:g} tokens/s; {args.repeat} rounds, "
+        "the paths in turns; median (min-max) across rounds; +TTFT against the same "
+        "round's direct run; requests done: the worst round."
     )
 
 

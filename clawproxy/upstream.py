@@ -5,9 +5,17 @@ Theory of operation
 ``UpstreamPool.send()`` takes an idle keep-alive connection (or opens one), writes one
 request, and returns the ``UpstreamConnection`` once the response head has arrived. The
 caller then either reads the whole (bounded) body with ``read_body()``, or installs a body
-sink with ``stream_body()``: from then on every upstream read is parsed by h11 and handed
-to the sink synchronously inside ``data_received``, joined into one bytes object, so the
-gateway does one client write per upstream read and no task switch per token.
+sink with ``stream_body()``: from then on every upstream read is decoded (h11 for heads
+and unchunked bodies, ``ChunkedDecoder`` for Ollama's chunked streams) and handed to the
+sink synchronously inside ``data_received``, joined into one bytes object, so the gateway
+does one client write per upstream read and no task switch per token. A streaming caller
+installs its sink in ``send()``'s ``on_head`` hook, which runs inside the read that brings
+a 200 head: what came with the head (usually the first token) is relayed in that same
+callback instead of a loop pass later, when the caller's task wakes.
+
+h11 frames a response only after it was "sent" the request: it is told about a stand-in
+with the same method and target (``_tell_h11``), and for the next exchange already when a
+connection goes idle, so that work is off the next request's way to Ollama.
 
 A connection goes ``CONNECTING -> ACTIVE -> IDLE -> ACTIVE ... -> CLOSED``. It returns to
 the pool only when both h11 sides reached ``DONE`` and the caller called ``release()``;

@@ -99,7 +99,11 @@ def test_soak_leaves_nothing_behind(loop_kind: str, caplog: pytest.LogCaptureFix
         outcomes = asyncio.run(drive(h.port, seed=2))
         assert len(outcomes) == REQUESTS
         # Some of everything happened: successes, refusals, upstream errors, aborts.
-        assert outcomes.count("200") > REQUESTS // 20
+        # Successes must be part of the mix. Their share is not a property of the gateway:
+        # 16 clients against 6 slots and 8 queue places, a refused client asks again at
+        # once, so the faster a refusal the more of the 2000 requests go to 503s while
+        # admitted ones run (4-8 % in runs of this and the previous gateway).
+        assert outcomes.count("200") > REQUESTS // 40
         assert outcomes.count("aborted") > REQUESTS // 10
         assert {"502", "503"} & set(outcomes)
         assert h.settled(timeout=10)
