@@ -116,53 +116,10 @@ NOT_AT_IDLE = (
     "clawproxy.workers",
 )
 
-IDLE_PROBE = """
-import asyncio, sys
-from clawproxy import cli
-from clawproxy.gateway import Gateway
-
-def stop_when_serving(config):
-    gateway = Gateway(config)
-    start = gateway.start
-
-    async def start_then_report():
-        port = await start()
-        heavy = [m for m in sys.argv[2].split(",") if m in sys.modules]
-        print("LOADED", ",".join(heavy), flush=True)
-        raise SystemExit(0)
-
-    gateway.start = start_then_report
-    return gateway
-
-args = cli.build_parser().parse_args(["--config", sys.argv[1]])
-config = cli.load_config(args.config, overrides=cli.overrides_from(args))
-cli.setup_logging(config.logging)
-cli.run(cli.serve(config, make_gateway=stop_when_serving))
-"""
-
-
-def test_an_idle_gateway_loads_nothing_it_does_not_use(tmp_path: Path) -> None:
-    config = tmp_path / "clawproxy.yaml"
-    config.write_text(
-        "server: {host: 127.0.0.1, port: 0}\n"
-        "gateway: {debug_port: 0}\n"
-        "model: {endpoint: 'http://127.0.0.1:9'}\n"
-        "ui: {enabled: true}\n"
-        f"logging: {{level: info, file: '{tmp_path / 'gw.log'}'}}\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", IDLE_PROBE, str(config), ",".join(NOT_AT_IDLE)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert "LOADED" in done.stdout, done.stderr[-2000:]
-    loaded = done.stdout.split("LOADED", 1)[1].strip()
-    assert loaded == "", f"loaded at idle: {loaded}"
-
-
-FROZEN_PROBE = """
+# Starts the gateway as `python -m clawproxy` would, reports one loop pass after start()
+# (serve() has then done all it does before waiting) and exits. Lines: "BEFORE <freeze
+# count before serving>", then "LOADED <heavy modules loaded>" and "FROZEN <count>".
+PROBE = """
 import asyncio, gc, sys
 from clawproxy import cli
 from clawproxy.gateway import Gateway
@@ -173,11 +130,12 @@ def report_when_serving(config):
 
     async def start_then_report_soon():
         port = await start()
-        # After serve() has settled the heap: it runs right after start() returns.
         asyncio.get_running_loop().call_soon(report)
         return port
 
     def report():
+        heavy = [m for m in sys.argv[2].split(",") if m in sys.modules]
+        print("LOADED", ",".join(heavy), flush=True)
         print("FROZEN", gc.get_freeze_count(), flush=True)
         raise SystemExit(0)
 
@@ -192,23 +150,36 @@ cli.run(cli.serve(config, make_gateway=report_when_serving))
 """
 
 
-def test_start_up_objects_are_frozen_once_the_gateway_serves(tmp_path: Path) -> None:
-    """Full collections would walk every module and config object every few thousand
-    requests; once serving, those are out of the collector's sight (gc.freeze)."""
+def probe_serving(tmp_path: Path) -> dict[str, str]:
+    """PROBE's report for an idle gateway with the UI on: {"LOADED": ..., "FROZEN": ...}."""
     config = tmp_path / "clawproxy.yaml"
     config.write_text(
         "server: {host: 127.0.0.1, port: 0}\n"
         "gateway: {debug_port: 0}\n"
         "model: {endpoint: 'http://127.0.0.1:9'}\n"
+        "ui: {enabled: true}\n"
         f"logging: {{level: info, file: '{tmp_path / 'gw.log'}'}}\n"
     )
     done = subprocess.run(
-        [sys.executable, "-c", FROZEN_PROBE, str(config)],
+        [sys.executable, "-c", PROBE, str(config), ",".join(NOT_AT_IDLE)],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=30,
     )
-    counts = dict(line.split() for line in done.stdout.splitlines() if line[:1].isupper())
-    assert counts.get("BEFORE") == "0", done.stdout + done.stderr[-2000:]
-    assert int(counts["FROZEN"]) > 10_000, done.stdout
+    report = dict(line.partition(" ")[::2] for line in done.stdout.splitlines())
+    assert {"BEFORE", "LOADED", "FROZEN"} <= report.keys(), done.stdout + done.stderr[-2000:]
+    return report
+
+
+def test_an_idle_gateway_loads_nothing_it_does_not_use(tmp_path: Path) -> None:
+    loaded = probe_serving(tmp_path)["LOADED"].strip()
+    assert loaded == "", f"loaded at idle: {loaded}"
+
+
+def test_start_up_objects_are_frozen_once_the_gateway_serves(tmp_path: Path) -> None:
+    """Full collections would walk every module and config object every few thousand
+    requests; once serving, those are out of the collector's sight (gc.freeze)."""
+    report = probe_serving(tmp_path)
+    assert report["BEFORE"] == "0"
+    assert int(report["FROZEN"]) > 10_000, report
