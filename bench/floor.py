@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -39,9 +38,7 @@ from .run import Load, Settings, run_loadgen
 from .services import (
     REPO,
     Service,
-    ServiceError,
-    _spawn,
-    _wait_port,
+    start_floor_proxy,
     start_gateway,
     start_nginx,
     start_simulator,
@@ -60,20 +57,6 @@ class FloorRun:
     completed: int
     ttft_p50_ms: float | None
     cpu_us_per_request: float | None
-
-
-def start_floor_proxy(run_dir: Path, upstream_port: int, heads: str) -> Service:
-    log = run_dir / f"floor-{heads}.log"
-    cmd = [sys.executable, "-m", "bench.floorproxy", "--upstream", str(upstream_port)]
-    proc = _spawn([*cmd, "--heads", heads], log, stdout=subprocess.PIPE)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line:
-        proc.wait()
-        raise ServiceError(f"floor proxy exited with {proc.returncode}; see {log}")
-    service = Service(f"floor-{heads}", proc, int(json.loads(line)["port"]), log)
-    _wait_port(service)
-    return service
 
 
 def start_path(path: str, run_dir: Path, sim: Service) -> Service | None:

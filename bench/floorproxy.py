@@ -19,7 +19,10 @@ Heads are found one of two ways (``--heads``):
 
 It is not a product: it trusts the simulator (a body ends with a read that ends in the
 last chunk), serves one request per client connection (the load generator closes), and
-has no error handling beyond closing.
+has no error handling beyond closing. Like the gateway's pool and nginx's upstream
+keep-alive, it keeps up to 8 idle connections to the simulator and opens more while
+more requests run at once (``python -m bench --paths ...,floor-h11`` runs it under the
+bench's streaming loads).
 """
 
 from __future__ import annotations
@@ -82,7 +85,7 @@ class Upstream(asyncio.Protocol):
             self.client = None
             client.close()
             self._prime()
-            self.proxy.idle.append(self)
+            self.proxy.put_idle(self)
 
     def _head_rest(self, data: bytes) -> bytes | None:
         """The bytes after the response head, or None while the head is incomplete."""
@@ -112,7 +115,7 @@ class Client(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         body = self._body(data)
         if body is not None:
-            self.proxy.idle.pop().send(self, body)
+            self.proxy.forward(self, body)
 
     def _body(self, data: bytes) -> bytes | None:
         """The request body once the whole request is in, else None."""
@@ -163,13 +166,34 @@ class FloorProxy:
             headers=[(b"Host", host), (b"Content-Length", b"0")],
         )
 
-    async def start(self, port: int) -> int:
-        loop = asyncio.get_running_loop()
-        for _ in range(POOL_SIZE):
-            _, up = await loop.create_connection(
-                lambda: Upstream(self), "127.0.0.1", self.upstream_port
-            )
+    def forward(self, client: Client, body: bytes) -> None:
+        if self.idle:
+            self.idle.pop().send(client, body)
+            return
+        # All busy: one more connection, as the gateway's pool and nginx open one.
+        asyncio.get_running_loop().create_task(self._send_on_new(client, body))
+
+    async def _send_on_new(self, client: Client, body: bytes) -> None:
+        (await self._connect()).send(client, body)
+
+    def put_idle(self, up: Upstream) -> None:
+        # As many idle connections as the gateway's pool and nginx's keepalive keep.
+        if len(self.idle) < POOL_SIZE:
             self.idle.append(up)
+        elif up.transport is not None:
+            up.transport.close()
+
+    async def _connect(self) -> Upstream:
+        loop = asyncio.get_running_loop()
+        _, up = await loop.create_connection(
+            lambda: Upstream(self), "127.0.0.1", self.upstream_port
+        )
+        return up
+
+    async def start(self, port: int) -> int:
+        for _ in range(POOL_SIZE):
+            self.idle.append(await self._connect())
+        loop = asyncio.get_running_loop()
         server = await loop.create_server(lambda: Client(self), "127.0.0.1", port)
         listening: int = server.sockets[0].getsockname()[1]
         return listening

@@ -71,6 +71,7 @@ from .services import (
     niced,
     raise_fd_limit,
     simulator_stats,
+    start_floor_proxy,
     start_gateway,
     start_litellm,
     start_nginx,
@@ -78,6 +79,9 @@ from .services import (
 )
 
 PATHS = ("direct", "nginx", "gateway")
+# Not run unless named in --paths: bench/floorproxy.py, to see what the load does to the
+# least a Python proxy does (heads scanned, or parsed by h11), next to the gateway.
+FLOOR_PATHS = ("floor-scan", "floor-h11")
 # The paths whose clients speak OpenAI's API (SSE streams).
 SSE_PATHS = frozenset({"gateway", "litellm"})
 BIG_STREAMS = 5000
@@ -162,7 +166,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--short", type=int, default=1000, help="one-token streams: per-request cost (0: skip)"
     )
     parser.add_argument("--tokens", type=int, default=200, help="tokens per stream")
-    parser.add_argument("--paths", default=",".join(PATHS), help="subset of " + ",".join(PATHS))
+    parser.add_argument(
+        "--paths",
+        default=",".join(PATHS),
+        help=f"subset of {','.join(PATHS)}, and {' or '.join(FLOOR_PATHS)} (bench/README.md)",
+    )
     parser.add_argument("--workers", type=int, default=1, help="gateway --workers")
     parser.add_argument(
         "--harness-nice",
@@ -351,6 +359,8 @@ def start_middle(
     if path == "litellm":
         assert settings.litellm is not None
         return start_litellm(run_dir, settings.litellm, sim.port)
+    if path in FLOOR_PATHS:
+        return start_floor_proxy(run_dir, sim.port, path.removeprefix("floor-"))
     return start_gateway(run_dir, sim.port, settings.workers)
 
 
@@ -658,6 +668,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return limits.main(args)
     raise_fd_limit()
     paths = [p for p in args.paths.split(",") if p]
+    unknown = sorted(set(paths) - {*PATHS, *FLOOR_PATHS, "litellm"})
+    if unknown:
+        print(f"unknown --paths: {', '.join(unknown)} (see --help)", file=sys.stderr)
+        return 2
     if "nginx" in paths and nginx_path() is None:
         print("nginx is not installed: the nginx path is skipped (apt-get install nginx)")
         paths.remove("nginx")

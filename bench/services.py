@@ -1,5 +1,5 @@
 """Starting and stopping the processes of a benchmark run: simulator, nginx, gateway
-(and LiteLLM, the optional comparator).
+(and LiteLLM, the optional comparator, and the floor proxies of ``bench/floor.py``).
 
 Theory of operation: every run starts its processes afresh on new loopback ports and
 stops them afterwards, so no run inherits another's memory, connections or caches, and a
@@ -225,6 +225,21 @@ def start_nginx(run_dir: Path, upstream_port: int, streams: int) -> Service:
     log = prefix / "stderr.log"
     cmd = [binary, "-p", f"{prefix}/", "-c", str(conf), "-g", "daemon off; master_process on;"]
     service = Service("nginx", _spawn(cmd, log), port, log)
+    _wait_port(service)
+    return service
+
+
+def start_floor_proxy(run_dir: Path, upstream_port: int, heads: str) -> Service:
+    """``bench.floorproxy``, the least a Python proxy does (heads: ``scan`` or ``h11``)."""
+    log = run_dir / f"floor-{heads}.log"
+    cmd = [sys.executable, "-m", "bench.floorproxy", "--upstream", str(upstream_port)]
+    proc = _spawn([*cmd, "--heads", heads], log, stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        proc.wait()
+        raise ServiceError(f"floor proxy exited with {proc.returncode}; see {log}")
+    service = Service(f"floor-{heads}", proc, int(json.loads(line)["port"]), log)
     _wait_port(service)
     return service
 

@@ -259,6 +259,27 @@ def test_phases_prints_a_request_timeline(tmp_path: Path) -> None:
     assert positions == sorted(positions), done.stdout
 
 
+def test_the_floor_proxies_run_under_the_streaming_loads_too(tmp_path: Path) -> None:
+    """``--paths`` may name the floor proxies: the same loads, probes and table rows."""
+    extra = ("--unpaced", "", "--short", "0", "--burst", "0")
+    run_quick(tmp_path, "direct,floor-scan,floor-h11", *extra)
+    runs = json.loads((tmp_path / "results.json").read_text())["runs"]
+    assert {r["path"] for r in runs} == {"direct", "floor-scan", "floor-h11"}
+    for r in runs:
+        assert r["tokens"] == r["expected_tokens"] > 0, r
+        assert (r["completed"], r["out_of_order"]) == (r["streams"], 0), r
+        assert r["probes_completed"] == r["probes"] > 0, r
+    bad = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--paths", "direct,nginz"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+        check=False,
+    )
+    assert bad.returncode == 2 and "unknown --paths: nginz" in bad.stderr
+
+
 def test_floor_runs_every_path_in_turns_and_writes_its_table(tmp_path: Path) -> None:
     paths = "direct,floor-scan,floor-h11,gateway" + (",nginx" if shutil.which("nginx") else "")
     out = tmp_path / "floor"
