@@ -34,17 +34,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import proctree, report
-from .run import Load, Settings, run_loadgen
-from .services import (
-    REPO,
-    Service,
-    start_floor_proxy,
-    start_gateway,
-    start_nginx,
-    start_simulator,
-)
+from .run import FLOOR_PATHS, Load, Settings, run_loadgen, start_middle
+from .services import REPO, Service, start_simulator
 
-PATHS = ("direct", "nginx", "floor-scan", "floor-h11", "gateway")
+PATHS = ("direct", "nginx", *FLOOR_PATHS, "gateway")
 WARM_UP_REQUESTS = 5
 COLUMNS = ["path", "requests done", "TTFT p50 ms", "+TTFT p50 ms", "CPU µs/request"]
 
@@ -59,16 +52,6 @@ class FloorRun:
     cpu_us_per_request: float | None
 
 
-def start_path(path: str, run_dir: Path, sim: Service) -> Service | None:
-    if path == "direct":
-        return None
-    if path == "nginx":
-        return start_nginx(run_dir, sim.port, 1)
-    if path == "gateway":
-        return start_gateway(run_dir, sim.port)
-    return start_floor_proxy(run_dir, sim.port, path.removeprefix("floor-"))
-
-
 def run_path(path: str, repeat: int, args: argparse.Namespace) -> FloorRun:
     run_dir = args.out / f"{path}-r{repeat}"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -76,7 +59,7 @@ def run_path(path: str, repeat: int, args: argparse.Namespace) -> FloorRun:
     sim = start_simulator(run_dir, args.rate, 1)
     middle: Service | None = None
     try:
-        middle = start_path(path, run_dir, sim)
+        middle = None if path == "direct" else start_middle(settings, run_dir, path, sim, 1)
         port = sim.port if middle is None else middle.port
         fmt = "sse" if path == "gateway" else "ndjson"
         run_loadgen(settings, Load(WARM_UP_REQUESTS, 0.0, tokens=1), port, fmt)
