@@ -56,9 +56,8 @@ class ModelCatalog:
         if self._static:
             allowed = wanted in self._static
         else:
-            # _current(), inlined: this runs before every chat request.
-            fresh = self._gw.loop.time() - self._fetched_at < TAGS_TTL_S
-            allowed = wanted in (self._names if fresh else await self._refresh())
+            names = await self._refresh() if self._stale(TAGS_TTL_S) else self._names
+            allowed = wanted in names
             if not allowed and self._stale(MISS_REFRESH_S):
                 allowed = wanted in await self._refresh()
         if not allowed:

@@ -182,9 +182,8 @@ class HttpConnection(asyncio.Protocol):
         self._counted = True
         # No TCP_NODELAY here: asyncio and uvloop both set it on every TCP transport.
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER_BYTES, low=WRITE_LOW_WATER_BYTES)
-        # A connection that never sends a byte is closed at the header deadline (no
-        # timer runs yet: this is its first).
-        self._timer = self.loop.call_later(self.cfg.header_timeout, self._deadline_passed)
+        # A connection that never sends a byte is closed at the header deadline.
+        self._arm(self.cfg.header_timeout)
 
     def data_received(self, data: bytes) -> None:
         if self.closed:

@@ -250,10 +250,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._tell_h11()
         self._primed = False
         self._last_rx = self._loop.time()
-        # _arm_watchdog(), inlined: release() and _close() leave no timer behind.
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-        self._watchdog = self._loop.call_later(self._timeout, self._check_silence)
+        self._arm_watchdog(self._timeout)
         return head
 
     def stream_body(self, sink: BodySink, raw_sink: RawSink | None = None) -> asyncio.Future[None]:
