@@ -264,19 +264,12 @@ def _frequency_penalty(body: dict[str, Any], defaults: ModelConfig) -> float | N
     return _number(body, "frequency_penalty", -2.0, 2.0)
 
 
-def _num_ctx(body: dict[str, Any], defaults: ModelConfig) -> int:
-    # Never from the client: a different num_ctx reloads the model for everyone, and a huge
-    # one can exhaust GPU memory.
-    return defaults.context_length
-
-
 OptionReader = Callable[[dict[str, Any], ModelConfig], object]
 
 # Ollama option name -> (the request fields it reads, reader), in the order the keys
-# appear in the payload. A reader returns None when the option is to be left to Ollama's
-# (or the Modelfile's) default.
+# appear in the payload (after num_ctx, which no request sets). A reader returns None when
+# the option is to be left to Ollama's (or the Modelfile's) default.
 _OPTION_READERS: tuple[tuple[str, frozenset[str], OptionReader], ...] = (
-    ("num_ctx", frozenset(), _num_ctx),
     ("temperature", frozenset({"temperature"}), _temperature),
     ("top_p", frozenset({"top_p"}), _top_p),
     ("num_predict", frozenset({"max_tokens", "max_completion_tokens"}), _num_predict),
@@ -291,7 +284,9 @@ def _read_options(
     body: dict[str, Any], defaults: ModelConfig, present: AbstractSet[str]
 ) -> dict[str, Any]:
     # The options every payload carries, from the configuration; a field the client sent
-    # overrides its option in place (the keys keep the order above).
+    # overrides its option in place (the keys keep the order above). num_ctx never comes
+    # from the client: a different one reloads the model for everyone, and a huge one can
+    # exhaust GPU memory.
     options: dict[str, Any] = {
         "num_ctx": defaults.context_length,
         "temperature": defaults.temperature,
