@@ -88,9 +88,9 @@ def added_ttft(runs: Sequence[FloorRun], path: str) -> report.Spread | None:
     """Per round: the path's TTFT p50 minus the direct run's of the same round."""
     direct = {r.repeat: r.ttft_p50_ms for r in runs if r.path == "direct"}
     return report.Spread.of(
-        None if r.ttft_p50_ms is None or direct.get(r.repeat) is None else r.ttft_p50_ms - d
+        r.ttft_p50_ms - d
         for r in runs
-        if r.path == path and (d := direct.get(r.repeat)) is not None
+        if r.path == path and r.ttft_p50_ms is not None and (d := direct.get(r.repeat)) is not None
     )
 
 
