@@ -15,6 +15,7 @@ import asyncio
 import json
 import signal
 from collections.abc import Sequence
+from pathlib import Path
 
 from clawproxy.simulator import OllamaSimulator, numbered_script
 
@@ -23,6 +24,12 @@ MAX_RECORDS = 64
 
 
 async def serve(args: argparse.Namespace) -> None:
+    stamps = None
+    if args.stamps is not None:
+        from .simstamps import SimStamps
+
+        stamps = SimStamps()
+        stamps.install()
     sim = OllamaSimulator(
         host=args.host,
         port=args.port,
@@ -43,6 +50,8 @@ async def serve(args: argparse.Namespace) -> None:
         "connections_total": sim.connections_total,
     }
     await sim.close()
+    if stamps is not None:
+        stamps.save(args.stamps)
     print(json.dumps(stats), flush=True)
 
 
@@ -52,6 +61,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--rate", type=float, default=40.0, help="tokens/s per stream; 0: max")
     parser.add_argument("--tokens", type=int, default=200, help="tokens when not asked")
+    parser.add_argument(
+        "--stamps", type=Path, help="write each request's read and reply stamps here (phases.py)"
+    )
     args = parser.parse_args(argv)
     import uvloop
 

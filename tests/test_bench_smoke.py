@@ -253,10 +253,35 @@ def test_phases_prints_a_request_timeline(tmp_path: Path) -> None:
     log = str(tmp_path / "phases.log")
     done = run_python(phases, "--requests", "4", "--spacing", "0.01", "--log", log)
     assert "14/14 requests complete" in done.stdout
-    # Every phase of a request shows up, in the order a request meets them.
-    order = ["head parsed (h11)", "plan (JSON, mapping)", "request to Ollama", "client end"]
+    # Every phase of a request shows up, in the order a request meets them, the
+    # simulator's own stamps (its process, the same clock) among them.
+    order = [
+        "head parsed (h11)",
+        "plan (JSON, mapping)",
+        "request to Ollama",
+        "simulator writes its reply",
+        "Ollama's head parsed (h11)",
+        "client end",
+    ]
     positions = [done.stdout.index(stamp) for stamp in order]
     assert positions == sorted(positions), done.stdout
+
+
+def test_phases_under_a_streaming_load_keeps_each_request_apart(tmp_path: Path) -> None:
+    """``--load``: the measured requests go both ways among paced streams; the table is
+    theirs alone (the streams' many writes never land in it)."""
+    phases = str(REPO / "bench" / "phases.py")
+    log = str(tmp_path / "phases.log")
+    args = ("--requests", "3", "--spacing", "0.01", "--load", "3", "--load-rate", "10")
+    done = run_python(phases, *args, "--log", log)
+    heading = done.stdout.splitlines()[0]
+    assert "3 streams at 10 tokens/s" in heading and "13/13 requests complete" in heading
+    assert re.search(r"direct \d+\.\d\d ms, added [+-]\d+\.\d\d ms", heading), heading
+    rows = {line.split("  ")[0].strip() for line in done.stdout.splitlines()[2:]}
+    assert {"request to Ollama", "simulator reads it", "client write"} <= rows, done.stdout
+    # A one-token request writes to its client once (the token) and then ends the stream;
+    # a stream's hundreds of writes would show up as "client write #2" and on.
+    assert "client write #2" not in rows, done.stdout
 
 
 def test_the_floor_proxies_run_under_the_streaming_loads_too(tmp_path: Path) -> None:
