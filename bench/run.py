@@ -508,8 +508,9 @@ def run_pairs(
 ) -> list[paired.PairedRun]:
     """The paired runs: each pairable paced load, each middle path, ``--repeat`` times
     (in turns, like the main runs)."""
-    # nginx is the reference; LiteLLM's gaps are not a target, and its runs are slow.
-    middles = [p for p in paths if p in ("nginx", "gateway")]
+    # nginx is the reference, the floor proxies a yardstick when named; LiteLLM's gaps are
+    # not a target, and its runs are slow.
+    middles = [p for p in paths if p in ("nginx", *FLOOR_PATHS, "gateway")]
     loads = [
         load
         for load in plan(args)

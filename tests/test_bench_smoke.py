@@ -288,8 +288,13 @@ def test_the_floor_proxies_run_under_the_streaming_loads_too(tmp_path: Path) -> 
     """``--paths`` may name the floor proxies: the same loads, probes and table rows."""
     extra = ("--unpaced", "", "--short", "0", "--burst", "0")
     run_quick(tmp_path, "direct,floor-scan,floor-h11", *extra)
-    runs = json.loads((tmp_path / "results.json").read_text())["runs"]
+    summary = json.loads((tmp_path / "results.json").read_text())
+    runs = summary["runs"]
     assert {r["path"] for r in runs} == {"direct", "floor-scan", "floor-h11"}
+    # They are paired with direct too, like nginx: the same yardstick for the TTFT line.
+    pairs = summary["paired"]["runs"]
+    assert {p["path"] for p in pairs} == {"floor-scan", "floor-h11"}
+    assert all(p["tokens"] == p["direct_tokens"] == p["expected_tokens"] > 0 for p in pairs)
     for r in runs:
         assert r["tokens"] == r["expected_tokens"] > 0, r
         assert (r["completed"], r["out_of_order"]) == (r["streams"], 0), r
