@@ -581,6 +581,7 @@ def chart(combined: Sequence[Combined], out: Path) -> Path | None:
         ("nginx", "s-", "tab:blue"),
         ("gateway", "o-", "tab:orange"),
         ("litellm", "^-", "tab:red"),
+        ("go-reframe", "d-", "tab:green"),
     )
     for path, style, color in lines:
         runs = sorted((c for c in paced if c.result.path == path), key=lambda c: c.result.streams)

@@ -9,6 +9,7 @@ model, or unpaced), the three paths run in turns, one right after the other:
     nginx    load generator -> nginx -> simulator         (NDJSON relayed unchanged)
     gateway  load generator -> clawproxy -> simulator     (re-framed into OpenAI SSE)
     litellm  load generator -> LiteLLM -> simulator       (--with-litellm, when installed)
+    go-reframe  load generator -> Go proxy -> simulator   (--with-go, when Go is installed)
 
 Each run starts its own simulator, middle process and load generator (``services``), so
 they are separate processes on their own cores and no run inherits another's state. The
@@ -65,6 +66,8 @@ from .services import (
     REPO,
     Service,
     ServiceError,
+    build_goreframe,
+    go_version,
     litellm_version,
     nginx_path,
     nginx_version,
@@ -73,6 +76,7 @@ from .services import (
     simulator_stats,
     start_floor_proxy,
     start_gateway,
+    start_goreframe,
     start_litellm,
     start_nginx,
     start_simulator,
@@ -82,8 +86,10 @@ PATHS = ("direct", "nginx", "gateway")
 # Not run unless named in --paths: bench/floorproxy.py, to see what the load does to the
 # least a Python proxy does (heads scanned, or parsed by h11), next to the gateway.
 FLOOR_PATHS = ("floor-scan", "floor-h11")
+# The comparator that re-frames in Go as Ollama's own OpenAI layer does (bench/goreframe).
+GO_PATH = "go-reframe"
 # The paths whose clients speak OpenAI's API (SSE streams).
-SSE_PATHS = frozenset({"gateway", "litellm"})
+SSE_PATHS = frozenset({"gateway", "litellm", GO_PATH})
 BIG_STREAMS = 5000
 # The short-request load starts streams at this rate: busy, yet under a core's worth of
 # request handling in every middle process.
@@ -144,6 +150,8 @@ class Settings:
     litellm: str | None = None
     # --harness-nice: the simulator's and the load generator's CPU priority lowered by this.
     nice: int = 0
+    # The built Go re-framing proxy of the optional comparator path (--with-go).
+    goreframe: Path | None = None
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -187,6 +195,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--litellm", help="the litellm executable (default: the one on PATH); with --with-litellm"
     )
+    parser.add_argument(
+        "--with-go",
+        action="store_true",
+        help=f"add {GO_PATH}, Ollama-style re-framing in Go, when Go is installed (README)",
+    )
+    parser.add_argument("--go", help="the go executable (default: the one on PATH); with --with-go")
     parser.add_argument(
         "--arrivals", type=float, default=100.0, help="new streams per second (the ramp)"
     )
@@ -361,6 +375,9 @@ def start_middle(
         return start_litellm(run_dir, settings.litellm, sim.port)
     if path in FLOOR_PATHS:
         return start_floor_proxy(run_dir, sim.port, path.removeprefix("floor-"))
+    if path == GO_PATH:
+        assert settings.goreframe is not None
+        return start_goreframe(run_dir, settings.goreframe, sim.port)
     return start_gateway(run_dir, sim.port, settings.workers)
 
 
@@ -510,7 +527,7 @@ def run_pairs(
     (in turns, like the main runs)."""
     # nginx is the reference, the floor proxies a yardstick when named; LiteLLM's gaps are
     # not a target, and its runs are slow.
-    middles = [p for p in paths if p in ("nginx", *FLOOR_PATHS, "gateway")]
+    middles = [p for p in paths if p in ("nginx", *FLOOR_PATHS, GO_PATH, "gateway")]
     loads = [
         load
         for load in plan(args)
@@ -572,9 +589,10 @@ def header(
     load_before: str,
     measured: str,
     litellm: str | None = None,
+    go: str | None = None,
 ) -> str:
-    """``measured``: ``revision()`` at the start of the run; ``litellm``: the executable
-    of the LiteLLM path, when it ran."""
+    """``measured``: ``revision()`` at the start of the run; ``litellm``, ``go``: the
+    executables of the optional comparator paths, when they ran."""
     cpu_source = (
         "schedstat (ns)" if schedstat_available() else "/proc/<pid>/stat utime+stime (ticks)"
     )
@@ -608,6 +626,10 @@ def header(
             f"\n- LiteLLM {litellm_version(litellm)}: the proxy with one worker "
             "(`--num_workers 1`), provider\n  `ollama_chat` pointed at the simulator, "
             "`LITELLM_LOG=ERROR`, telemetry off"
+        )
+    if go:
+        litellm_line += (
+            f"\n- {GO_PATH}: bench/goreframe built with Go {go_version(go)}, `GOMAXPROCS=1`"
         )
     pairing = (
         "every paced load whose doubled token rate fits the cap also ran paired:\n  N "
@@ -669,7 +691,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return limits.main(args)
     raise_fd_limit()
     paths = [p for p in args.paths.split(",") if p]
-    unknown = sorted(set(paths) - {*PATHS, *FLOOR_PATHS, "litellm"})
+    unknown = sorted(set(paths) - {*PATHS, *FLOOR_PATHS, "litellm", GO_PATH})
     if unknown:
         print(f"unknown --paths: {', '.join(unknown)} (see --help)", file=sys.stderr)
         return 2
@@ -684,6 +706,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("litellm is not installed: the litellm path is skipped (see bench/README.md)")
         elif "litellm" not in paths:
             paths.append("litellm")
+    if args.with_go and GO_PATH not in paths:
+        paths.append(GO_PATH)
+    goreframe = go = None
+    if GO_PATH in paths:
+        go = shutil.which(args.go or "go")
+        if go is None:
+            print(f"go is not installed: the {GO_PATH} path is skipped (apt-get install golang-go)")
+            paths.remove(GO_PATH)
+        else:
+            goreframe = build_goreframe(go, args.out / "goreframe")
     settings = Settings(
         args.out,
         args.tokens,
@@ -694,6 +726,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.repeat,
         litellm,
         args.harness_nice,
+        goreframe,
     )
     settings.out.mkdir(parents=True, exist_ok=True)
     load_before = _loadavg()
@@ -745,7 +778,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report.write_results(
         args.results,
         combined,
-        header(args, argv, load_before, measured, settings.litellm),
+        header(args, argv, load_before, measured, settings.litellm, go),
         profile_md,
         chart,
         paired.markdown(pair_rows) if pair_rows else None,

@@ -314,6 +314,47 @@ def _wait_workers(service: Service, log: Path, workers: int) -> None:
 LITELLM_START_TIMEOUT_S = 180.0
 
 
+GOREFRAME_SOURCE = REPO / "bench" / "goreframe"
+
+
+def go_version(binary: str) -> str:
+    out = subprocess.run([binary, "version"], capture_output=True, text=True, check=False)
+    return out.stdout.strip().removeprefix("go version ") or "unknown"
+
+
+def build_goreframe(binary: str, out_dir: Path) -> Path:
+    """``go build`` the Go re-framing comparator (standard library only, so offline)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / "goreframe"
+    env = {**os.environ, "GOFLAGS": "-mod=mod", "CGO_ENABLED": "0"}
+    env.setdefault("GOCACHE", str(out_dir / "go-cache"))
+    done = subprocess.run(
+        [binary, "build", "-o", str(target), "."],
+        cwd=GOREFRAME_SOURCE,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise ServiceError(f"go build of bench/goreframe failed: {done.stderr.strip()}")
+    return target
+
+
+def start_goreframe(run_dir: Path, binary: Path, upstream_port: int) -> Service:
+    """The Go re-framing proxy in front of the simulator, on one OS thread for Go code
+    (GOMAXPROCS=1: one core's worth, as nginx's one worker and the gateway's process)."""
+    log = run_dir / "goreframe.log"
+    cmd = [str(binary), "-upstream", f"http://127.0.0.1:{upstream_port}"]
+    proc = _spawn(cmd, log, stdout=subprocess.PIPE, env={"GOMAXPROCS": "1"})
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        proc.wait()
+        raise ServiceError(f"goreframe exited with {proc.returncode}; see {log}")
+    return Service("goreframe", proc, int(json.loads(line)["port"]), log)
+
+
 def litellm_config(upstream_port: int) -> str:
     """One model, served by LiteLLM's Ollama chat provider from the simulator."""
     return f"""model_list:

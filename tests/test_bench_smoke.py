@@ -199,6 +199,7 @@ def test_quick_run_repeated(tmp_path: Path) -> None:
         ",".join(paths),
         *("--repeat", "2", "--unpaced", "", "--short", "0", "--burst", "0", "--no-paired"),
         *("--with-litellm", "--litellm", str(tmp_path / "no-such-litellm")),
+        *("--with-go", "--go", str(tmp_path / "no-such-go")),
         *("--harness-nice", "5"),
     )
     assert "Medians of 2 repeats" in done.stdout
@@ -207,8 +208,9 @@ def test_quick_run_repeated(tmp_path: Path) -> None:
         "the simulator and the load generator ran at nice 5"
         in (tmp_path / "RESULTS.md").read_text()
     )
-    # The optional comparator is skipped, with a word, where it is not installed.
+    # The optional comparators are skipped, with a word, where they are not installed.
     assert "litellm is not installed: the litellm path is skipped" in done.stdout
+    assert "go is not installed: the go-reframe path is skipped" in done.stdout
     written = json.loads((tmp_path / "results.json").read_text())
     assert written["repeats"] == 2
     assert written["paired"] == {"runs": [], "combined": []}
@@ -341,6 +343,25 @@ def test_floor_runs_every_path_in_turns_and_writes_its_table(tmp_path: Path) -> 
     assert sorted({(r["path"], r["repeat"]) for r in runs}) == sorted(
         (p, n) for p in paths.split(",") for n in (1, 2)
     )
+
+
+@pytest.mark.skipif(shutil.which("go") is None, reason="no Go here (scripts/test installs it)")
+def test_go_reframing_comparator_builds_and_relays_every_token_as_sse(tmp_path: Path) -> None:
+    """``--with-go``: bench/goreframe is built and measured like the gateway (OpenAI SSE,
+    probes, paired with direct); every token arrives, in order, on both sides."""
+    extra = ("--unpaced", "", "--short", "0", "--burst", "0", "--with-go")
+    done = run_quick(tmp_path, "direct", *extra)
+    summary = json.loads((tmp_path / "results.json").read_text())
+    runs = [r for r in summary["runs"] if r["path"] == "go-reframe"]
+    assert runs, done.stdout
+    for r in runs:
+        assert r["tokens"] == r["expected_tokens"] > 0, r
+        assert (r["completed"], r["out_of_order"]) == (r["streams"], 0), r
+        assert r["probes_completed"] == r["probes"] > 0, r
+    pairs = summary["paired"]["runs"]
+    assert [p["path"] for p in pairs] == ["go-reframe"], pairs
+    assert pairs[0]["tokens"] == pairs[0]["direct_tokens"] == pairs[0]["expected_tokens"] > 0
+    assert "- go-reframe: bench/goreframe built with Go" in (tmp_path / "RESULTS.md").read_text()
 
 
 def test_litellm_comparator_config_points_its_ollama_provider_at_the_simulator() -> None:

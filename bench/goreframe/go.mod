@@ -1,0 +1,3 @@
+module clawproxy.bench/goreframe
+
+go 1.19
