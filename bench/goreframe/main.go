@@ -115,7 +115,9 @@ func (p *proxy) chat(w http.ResponseWriter, r *http.Request) {
 	flusher, _ := w.(http.Flusher)
 	id := fmt.Sprintf("chatcmpl-%d", rand.Intn(999))
 	created := time.Now().Unix()
-	lines := bufio.NewReaderSize(resp.Body, 64*1024)
+	// The default 4 KiB buffer (ReadBytes grows past it for a longer line): a bigger one per
+	// stream would weigh on the memory figure at 1000 streams, not on the relay.
+	lines := bufio.NewReader(resp.Body)
 	for {
 		line, err := lines.ReadBytes('\n')
 		if len(bytes.TrimSpace(line)) > 0 {
