@@ -140,14 +140,20 @@ def start_simulator(run_dir: Path, rate: float, tokens: int, nice: int = 0) -> S
     """The simulator; ``nice``: its CPU priority lowered by that much (``--harness-nice``)."""
     log = run_dir / "simulator.log"
     cmd = [sys.executable, "-m", "bench.simproc", "--rate", str(rate), "--tokens", str(tokens)]
-    cmd = niced(cmd, nice)
-    proc = _spawn(cmd, log, stdout=subprocess.PIPE)
+    return _start_announcing("simulator", niced(cmd, nice), log)
+
+
+def _start_announcing(
+    name: str, cmd: list[str], log: Path, env: dict[str, str] | None = None
+) -> Service:
+    """A process that prints ``{"port": P}`` on its first line once it listens."""
+    proc = _spawn(cmd, log, stdout=subprocess.PIPE, env=env)
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if not line:
         proc.wait()
-        raise ServiceError(f"simulator exited with {proc.returncode}; see {log}")
-    return Service("simulator", proc, int(json.loads(line)["port"]), log)
+        raise ServiceError(f"{name} exited with {proc.returncode}; see {log}")
+    return Service(name, proc, int(json.loads(line)["port"]), log)
 
 
 def simulator_stats(sim: Service) -> dict[str, int]:
@@ -346,13 +352,7 @@ def start_goreframe(run_dir: Path, binary: Path, upstream_port: int) -> Service:
     (GOMAXPROCS=1: one core's worth, as nginx's one worker and the gateway's process)."""
     log = run_dir / "goreframe.log"
     cmd = [str(binary), "-upstream", f"http://127.0.0.1:{upstream_port}"]
-    proc = _spawn(cmd, log, stdout=subprocess.PIPE, env={"GOMAXPROCS": "1"})
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line:
-        proc.wait()
-        raise ServiceError(f"goreframe exited with {proc.returncode}; see {log}")
-    return Service("goreframe", proc, int(json.loads(line)["port"]), log)
+    return _start_announcing("goreframe", cmd, log, env={"GOMAXPROCS": "1"})
 
 
 def litellm_config(upstream_port: int) -> str:
