@@ -620,15 +620,15 @@ def header(
         if args.burst
         else "no burst load (--burst 0)"
     )
-    litellm_line = ""
+    comparators = ""
     if litellm:
-        litellm_line = (
+        comparators = (
             f"\n- LiteLLM {litellm_version(litellm)}: the proxy with one worker "
             "(`--num_workers 1`), provider\n  `ollama_chat` pointed at the simulator, "
             "`LITELLM_LOG=ERROR`, telemetry off"
         )
     if go:
-        litellm_line += (
+        comparators += (
             f"\n- {GO_PATH}: bench/goreframe built with Go {go_version(go)}, `GOMAXPROCS=1`"
         )
     pairing = (
@@ -661,7 +661,7 @@ Regenerate with the same command; see bench/README.md for what each column means
 - TTFT "at N": {probes}
 - TTFT "(arrivals)": over the load's own streams as they arrive; {burst}
 - Gateway: {args.workers} worker(s); nginx: 1 worker, `proxy_buffering off`, upstream
-  keep-alive 8 (as the gateway's pool); each run starts fresh processes{litellm_line}
+  keep-alive 8 (as the gateway's pool); each run starts fresh processes{comparators}
 - Gaps: {pairing}
 - Harness priority: {harness}
 - CPU: middle process tree, {cpu_source}; the tick-based figure is in results.json too
@@ -715,7 +715,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"go is not installed: the {GO_PATH} path is skipped (apt-get install golang-go)")
             paths.remove(GO_PATH)
         else:
-            goreframe = build_goreframe(go, args.out / "goreframe")
+            try:
+                goreframe = build_goreframe(go, args.out / "goreframe")
+            except ServiceError as exc:
+                print(f"{exc}: the {GO_PATH} path is skipped")
+                paths.remove(GO_PATH)
+                go = None
     settings = Settings(
         args.out,
         args.tokens,

@@ -345,6 +345,14 @@ def test_floor_runs_every_path_in_turns_and_writes_its_table(tmp_path: Path) -> 
     )
 
 
+def test_a_failed_go_build_says_why(tmp_path: Path) -> None:
+    """The runner skips the Go path with this message rather than stopping the run."""
+    from bench.services import ServiceError, build_goreframe
+
+    with pytest.raises(ServiceError, match="go build of bench/goreframe failed"):
+        build_goreframe(shutil.which("false") or "/bin/false", tmp_path)
+
+
 @pytest.mark.skipif(shutil.which("go") is None, reason="no Go here (scripts/test installs it)")
 def test_go_reframing_comparator_builds_and_relays_every_token_as_sse(tmp_path: Path) -> None:
     """``--with-go``: bench/goreframe is built and measured like the gateway (OpenAI SSE,
