@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import proctree, report
-from .run import FLOOR_PATHS, Load, Settings, run_loadgen, start_middle
+from .run import FLOOR_PATHS, Load, Settings, run_loadgen, start_middle, wire_format
 from .services import REPO, Service, start_simulator
 
 PATHS = ("direct", "nginx", *FLOOR_PATHS, "gateway")
@@ -61,7 +61,7 @@ def run_path(path: str, repeat: int, args: argparse.Namespace) -> FloorRun:
     try:
         middle = None if path == "direct" else start_middle(settings, run_dir, path, sim, 1)
         port = sim.port if middle is None else middle.port
-        fmt = "sse" if path == "gateway" else "ndjson"
+        fmt = wire_format(path)
         run_loadgen(settings, Load(WARM_UP_REQUESTS, 0.0, tokens=1), port, fmt)
         cpu_before = None if middle is None else proctree.cpu_seconds(middle.pid)
         result = run_loadgen(settings, Load(args.requests, 0.0, tokens=1), port, fmt)
