@@ -249,9 +249,10 @@ class SseRelay:
         self.body_done = upstream.stream_body(self.sink, self.raw_sink)
 
     async def run(self, upstream: UpstreamConnection) -> bool:
-        """Relay until Ollama's body ends. Returns True when it ended cleanly."""
-        if self.body_done is None:
-            self.start(upstream)
+        """Relay until Ollama's body ends. Returns True when it ended cleanly.
+
+        ``start()`` ran already, inside the read that brought Ollama's 200 (``on_head``):
+        ``send()`` returns a 200 connection only after its hook ran."""
         reframer, body_done = self.reframer, self.body_done
         assert reframer is not None and body_done is not None
         gw, request, conn = self.gw, self.request, self.conn
