@@ -199,7 +199,6 @@ class Gateway:
             )
         if self.draining:
             self._idle_drained.set()
-        self.parsers.refill()
 
     def request_refused(self, client: str, status: int, reason: str) -> None:
         self.state.refused[reason] += 1

@@ -106,7 +106,7 @@ class ParserStock:
 
     A new connection needs one for its first bytes; building it (h11's connection state,
     receive buffer and readers) is tens of microseconds on a cold CPU, on the way to the
-    first token. The gateway refills the stock after each request instead."""
+    first token. Each connection refills the stock after a request instead (``_run``)."""
 
     def __init__(self, max_header_bytes: int, keep: int = SPARE_PARSERS) -> None:
         self._max_header_bytes = max_header_bytes
@@ -398,6 +398,9 @@ class HttpConnection(asyncio.Protocol):
             self._fail(request, GatewayError("internal error in the gateway"))
         finally:
             self.gw.request_finished(request)
+            # A request is done: build the next new connection's parser now, off any
+            # request's way to its first token (ParserStock).
+            self.gw.parsers.refill()
             if not self.closed:
                 self._response_finished()
 
