@@ -13,7 +13,7 @@ import time
 
 import h11
 
-from clawproxy.chunked import ChunkedDecoder
+from clawproxy.http.chunked import ChunkedDecoder
 
 LINE = (
     b'{"model":"qwen3:32b","created_at":"2026-08-21T18:48:22.184789Z",'

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 
-from clawproxy.chunked import ChunkedDecoder, ChunkedError
+from clawproxy.http.chunked import ChunkedDecoder, ChunkedError
 
 # A response head larger than this is not from any server we benchmark.
 MAX_HEAD_BYTES = 64 * 1024

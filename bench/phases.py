@@ -54,11 +54,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.services import MAX_CONNECTIONS  # noqa: E402
-from clawproxy import chat, server, upstream  # noqa: E402
 from clawproxy import gateway as gateway_module  # noqa: E402
-from clawproxy.config import config_from_mapping  # noqa: E402
+from clawproxy.app import chat  # noqa: E402
+from clawproxy.config.loading import config_from_mapping  # noqa: E402
 from clawproxy.gateway import Gateway  # noqa: E402
-from clawproxy.logs import setup_logging  # noqa: E402
+from clawproxy.http import server  # noqa: E402
+from clawproxy.ollama import upstream  # noqa: E402
+from clawproxy.telemetry.logs import setup_logging  # noqa: E402
 
 Stamp = tuple[str, int]
 # Measured requests at the start whose timelines are dropped (first connections, lazy imports).

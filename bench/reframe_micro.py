@@ -26,7 +26,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from clawproxy.reframe import SseReframer
+from clawproxy.openai.reframe import SseReframer
 
 LINE_HEAD = b'{"model":"qwen3:8b","created_at":"2026-08-21T18:48:22.184789Z","message":'
 

@@ -1,3 +1,3 @@
-from .cli import main
+from clawproxy.process.cli import main
 
 main()

@@ -13,22 +13,22 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from .admin import ADMIN
-from .alerts import GpuAlerts
-from .auth import KeyStore
-from .catalog import ModelCatalog
-from .clientaddr import TrustedProxies
-from .config import Config, queue_timeout_s
-from .gpu import GpuSampler
-from .logs import access_enabled, access_line, log_access
-from .modelctl import ModelControl
-from .ratelimit import RateLimiter
-from .reframe import error_event
-from .routes import Router, public_router
-from .server import HttpConnection, ParserStock, Phase, Request
-from .state import LiveState
-from .units import parse_endpoint
-from .upstream import UpstreamPool
+from clawproxy.app.admin import ADMIN
+from clawproxy.app.public import Router, public_router
+from clawproxy.config.loading import Config, queue_timeout_s
+from clawproxy.http.server import HttpConnection, ParserStock, Phase, Request
+from clawproxy.ollama.catalog import ModelCatalog
+from clawproxy.ollama.modelctl import ModelControl
+from clawproxy.ollama.upstream import UpstreamPool
+from clawproxy.openai.reframe import error_event
+from clawproxy.policy.auth import KeyStore
+from clawproxy.policy.clientaddr import TrustedProxies
+from clawproxy.policy.ratelimit import RateLimiter
+from clawproxy.telemetry.alerts import GpuAlerts
+from clawproxy.telemetry.gpu import GpuSampler
+from clawproxy.telemetry.logs import access_enabled, access_line, log_access
+from clawproxy.telemetry.state import LiveState
+from clawproxy.units import parse_endpoint
 
 log = logging.getLogger("clawproxy")
 

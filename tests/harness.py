@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from clawproxy.config import config_from_mapping
+from clawproxy.config.loading import config_from_mapping
 from clawproxy.gateway import Gateway
 from clawproxy.simulator import OllamaSimulator
 

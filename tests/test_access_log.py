@@ -11,9 +11,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from clawproxy import logs
-from clawproxy.config import LoggingConfig
-from clawproxy.logs import access_enabled, access_line, escape_path, log_access, setup_logging
+from clawproxy.config.loading import LoggingConfig
+from clawproxy.telemetry import logs
+from clawproxy.telemetry.logs import (
+    access_enabled,
+    access_line,
+    escape_path,
+    log_access,
+    setup_logging,
+)
 
 
 def reference_escape(path: bytes, limit: int = 200) -> str:

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from clawproxy.admission import Admission, Decision, decide
 from clawproxy.errors import Overloaded
+from clawproxy.policy.admission import Admission, Decision, decide
 
 
 @pytest.mark.parametrize(

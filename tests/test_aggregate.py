@@ -21,8 +21,8 @@ from test_reframe import (
     run,
 )
 
-from clawproxy.aggregate import ChatAccumulator
 from clawproxy.errors import UpstreamFailed
+from clawproxy.openai.aggregate import ChatAccumulator
 
 
 def new(**kw: Any) -> ChatAccumulator:

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from clawproxy import auth
-from clawproxy.auth import (
+from clawproxy.config.loading import AuthConfig, ConfigError
+from clawproxy.errors import AuthenticationFailed
+from clawproxy.policy import auth
+from clawproxy.policy.auth import (
     INVALID_KEY_MESSAGE,
     MAX_AUTHORIZATION_BYTES,
     MISSING_KEY_MESSAGE,
@@ -20,8 +22,6 @@ from clawproxy.auth import (
     KeyStore,
     default_label,
 )
-from clawproxy.config import AuthConfig, ConfigError
-from clawproxy.errors import AuthenticationFailed
 
 CANARY = "sk-CANARY-7d1e4f0a93b2c685"
 OTHER = "sk-other-0f9e8d7c6b5a"

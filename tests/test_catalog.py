@@ -9,8 +9,8 @@ import pytest
 from harness import Harness
 from test_chat_e2e import ask
 
-from clawproxy import catalog
-from clawproxy.catalog import canonical
+from clawproxy.ollama import catalog
+from clawproxy.ollama.catalog import canonical
 from clawproxy.simulator import DEFAULT_MODELS
 from clawproxy.simulator.catalog import ModelRegistry
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clawproxy.chunked import ChunkedDecoder, ChunkedError
+from clawproxy.http.chunked import ChunkedDecoder, ChunkedError
 
 
 def encode(chunks: list[bytes], trailer: bytes = b"") -> bytes:

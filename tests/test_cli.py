@@ -113,7 +113,7 @@ NOT_AT_IDLE = (
     "tempfile",
     "pynvml",
     "clawproxy.simulator",
-    "clawproxy.workers",
+    "clawproxy.process.workers",
 )
 
 # Starts the gateway as `python -m clawproxy` would, reports one loop pass after start()
@@ -121,7 +121,7 @@ NOT_AT_IDLE = (
 # count before serving>", then "LOADED <heavy modules loaded>" and "FROZEN <count>".
 PROBE = """
 import asyncio, gc, sys
-from clawproxy import cli
+from clawproxy.process import cli
 from clawproxy.gateway import Gateway
 
 def report_when_serving(config):

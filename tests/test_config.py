@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from clawproxy.config import (
+from clawproxy.config.loading import (
     CONFIG_ENV_VAR,
     ITEM_RULES,
     RULES,

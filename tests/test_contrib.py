@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from clawproxy.config import ServerConfig
+from clawproxy.config.loading import ServerConfig
 
 CONTRIB = Path(__file__).resolve().parent.parent / "contrib"
 UNIT = CONTRIB / "clawproxy.service"

@@ -16,8 +16,8 @@ import h11
 import pytest
 from harness import CALL_TIMEOUT, Harness
 
-from clawproxy.alerts import GpuAlerts, Hysteresis, WebhookError, post_json
-from clawproxy.gpu import GpuSample, NvmlApi, NvmlReader
+from clawproxy.telemetry.alerts import GpuAlerts, Hysteresis, WebhookError, post_json
+from clawproxy.telemetry.gpu import GpuSample, NvmlApi, NvmlReader
 
 GIB = 1024**3
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from test_http_server import connect, status_of, trickle
 
 from clawproxy.gateway import Gateway
-from clawproxy.server import HttpConnection
+from clawproxy.http.server import HttpConnection
 
 CHAT = "/v1/chat/completions"
 

@@ -13,7 +13,7 @@ import h11
 import pytest
 from harness import Harness, read_until_closed
 
-from clawproxy.server import SPARE_PARSERS, ParserStock
+from clawproxy.http.server import SPARE_PARSERS, ParserStock
 from clawproxy.simulator import Reply
 
 BODY = json.dumps({"messages": [{"role": "user", "content": "hi"}]}).encode()

@@ -10,15 +10,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clawproxy.config import ModelConfig
+from clawproxy.config.loading import ModelConfig
 from clawproxy.errors import InvalidRequest
-from clawproxy.mapping import (
+from clawproxy.openai.mapping import (
     MAX_TOKENS_LIMIT,
     MAX_TOOLS,
     ChatPlan,
     build_chat_plan,
 )
-from clawproxy.messages import MAX_JSON_DEPTH, MAX_MESSAGES
+from clawproxy.openai.messages import MAX_JSON_DEPTH, MAX_MESSAGES
 
 DEFAULTS = ModelConfig(name="qwen3:32b", context_length=8192, temperature=0.6, top_p=0.95)
 USER_HI = {"role": "user", "content": "hi"}

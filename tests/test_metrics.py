@@ -11,12 +11,12 @@ import pytest
 from harness import CALL_TIMEOUT, Harness, post_json, request
 from prometheus_client.parser import text_string_to_metric_families
 
-from clawproxy.config import Config
-from clawproxy.gpu import GpuReading, GpuSample
-from clawproxy.metrics import Histogram, escape_label, render
-from clawproxy.server import Request
+from clawproxy.config.loading import Config
+from clawproxy.http.server import Request
 from clawproxy.simulator import Fault, Reply
-from clawproxy.state import (
+from clawproxy.telemetry.gpu import GpuReading, GpuSample
+from clawproxy.telemetry.metrics import Histogram, escape_label, render
+from clawproxy.telemetry.state import (
     MAX_MODEL_LABELS,
     LiveState,
     RateWindow,

@@ -22,7 +22,7 @@ import yaml
 from harness import CALL_TIMEOUT, Harness, request
 from test_contrib import logrotate_for, need
 
-from clawproxy import signals
+from clawproxy.process import signals
 
 POLL_S = 0.02
 START_TIMEOUT_S = 20.0

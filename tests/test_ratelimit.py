@@ -6,15 +6,15 @@ import math
 
 import pytest
 
-from clawproxy.clientaddr import (
+from clawproxy.config.loading import RateLimitConfig
+from clawproxy.errors import RateLimited
+from clawproxy.policy.clientaddr import (
     MAX_FORWARDED_HOPS,
     TrustedProxies,
     client_identity,
     forwarded_for,
 )
-from clawproxy.config import RateLimitConfig
-from clawproxy.errors import RateLimited
-from clawproxy.ratelimit import RateLimiter, rate_identity
+from clawproxy.policy.ratelimit import RateLimiter, rate_identity
 
 # A clock value like loop.time() on a box up for weeks: float error shows at this size.
 START_S = 2_000_000.123

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_reframe import chat_line, cut, done_line, line_st, new, parse_sse
 
-from clawproxy.chunked import ChunkedDecoder, ChunkedError
+from clawproxy.http.chunked import ChunkedDecoder, ChunkedError
 
 
 def frame(payload: bytes, size: int | None = None) -> bytes:

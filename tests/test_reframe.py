@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clawproxy.ndjson import LineSplitter, LineTooLong
-from clawproxy.reframe import SseReframer
+from clawproxy.ollama.ndjson import LineSplitter, LineTooLong
+from clawproxy.openai.reframe import SseReframer
 
 CID = "chatcmpl-test1"
 CREATED = 1755800904

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from test_hostile import FakeTransport
 
 from clawproxy.gateway import Gateway
-from clawproxy.server import HttpConnection, Request
+from clawproxy.http.server import HttpConnection, Request
 
 
 class RecordingConnection(HttpConnection):

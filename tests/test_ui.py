@@ -21,8 +21,8 @@ import pytest
 from harness import Harness, post_json
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from clawproxy.gpu import GpuReading, GpuSample
 from clawproxy.simulator import Reply
+from clawproxy.telemetry.gpu import GpuReading, GpuSample
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 from harness import CALL_TIMEOUT, Harness, post_json, request
 
-from clawproxy import ui
-from clawproxy.ui import CONTENT_TYPES, build_manifest
+from clawproxy.app import ui
+from clawproxy.app.ui import CONTENT_TYPES, build_manifest
 
-STATIC = Path(ui.__file__).parent / "ui_static"
+STATIC = ui.STATIC_ROOT
 PAGES = {"/ui": "index.html", "/ui/": "index.html", "/ui/chat": "chat.html"}
 PAGES["/ui/internals"] = "internals.html"
 SETTINGS = {"gpu.enabled": False}

@@ -16,8 +16,8 @@ from harness import Harness
 from test_admission_e2e import open_stream
 from test_chat_e2e import ask, content_of
 
-from clawproxy.chat import SseRelay
-from clawproxy.server import HttpConnection
+from clawproxy.app.chat import SseRelay
+from clawproxy.http.server import HttpConnection
 from clawproxy.simulator import Fault, Reply
 
 

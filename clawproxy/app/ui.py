@@ -1,0 +1,204 @@
+"""The built-in web UI: three pages under ``/ui`` and the read-only snapshot they poll.
+
+Theory of operation
+-------------------
+Static files are served from a manifest built once, when the public route table is built:
+every regular file under ``ui_static/`` with a known type becomes one exact route whose
+response (bytes, content type, cache policy) is fixed there and then. A request path is only
+ever a key into the route table, never joined onto a folder, so ``..``, percent-encodings
+(``%2e%2e``, ``%252e``, ``%2f``), backslashes and NUL find nothing: they are paths nobody
+registered, and the router answers 404 with no file's contents. While the manifest is built,
+symlinks are skipped and names outside ``[A-Za-z0-9._-]`` ignored, so nothing from outside
+the package, and no odd route, can enter it (RELIABILITY 3, "static UI"; aiohttp's
+CVE-2024-23334 was a static route that followed a symlink out of its root).
+
+Routes: the pages are ``/ui`` (status, also ``/ui/``), ``/ui/chat`` and ``/ui/internals``,
+each loadable directly; everything else in ``ui_static/`` is ``/ui/assets/<its path>``.
+Every UI response carries the same headers: ``nosniff``, a CSP that allows this origin only
+(scripts and styles come from files, never inline) with ``frame-ancestors 'none'``, and
+``Referrer-Policy: no-referrer``. No CORS header is ever sent: the UI is same-origin.
+
+Data: ``/ui/api/stats`` is the admin ``/stats`` snapshot on the public port (live counts,
+rate windows, recent requests without prompt text or client addresses, GPUs, model
+details) plus ``upstream``: Ollama's ``/api/version`` answer, cached ``UPSTREAM_TTL_S`` so
+any number of open dashboards ask Ollama at most that often. It goes through
+``guard.check_client``, so it needs an API key when keys are configured, like ``/v1``.
+
+UI requests are not user traffic: a dashboard polling every second must not chart itself or
+fill the recent-requests table, so they set ``Request.counted = False`` as admin-port
+requests do, and ``LiveState`` leaves them out of its numbers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from clawproxy.app.admin import stats_body
+from clawproxy.policy.guard import check_client
+
+if TYPE_CHECKING:
+    from clawproxy.gateway import Gateway, Handler
+    from clawproxy.http.server import HttpConnection, Request
+
+log = logging.getLogger("clawproxy.ui")
+
+# Where the UI's files live, inside the installed package (tests point it elsewhere). A
+# plain path: the package is always installed as files, and importlib.resources (with the
+# zipfile and tempfile it pulls in) would cost the idle process about 1 MiB.
+STATIC_ROOT = Path(__file__).resolve().parent.parent / "ui_static"
+# Page files and the paths they answer on; every other file is under ASSET_PREFIX.
+PAGES: dict[str, tuple[bytes, ...]] = {
+    "index.html": (b"/ui", b"/ui/"),
+    "chat.html": (b"/ui/chat",),
+    "internals.html": (b"/ui/internals",),
+}
+ASSET_PREFIX = b"/ui/assets/"
+STATS_PATH = b"/ui/api/stats"
+# Only these suffixes are served; a file of any other kind (a note, a licence) stays
+# package data. Text types say their charset, so no browser has to guess.
+CONTENT_TYPES: dict[str, bytes] = {
+    ".html": b"text/html; charset=utf-8",
+    ".js": b"text/javascript; charset=utf-8",
+    ".css": b"text/css; charset=utf-8",
+    ".svg": b"image/svg+xml",
+    ".png": b"image/png",
+}
+# One path segment: what a URL may carry without escaping; nothing that could mean a parent.
+SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+# The package is a few folders deep; a deeper tree is a mistake (or a loop).
+MAX_DEPTH = 6
+
+CSP = (
+    b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    b"connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; "
+    b"frame-ancestors 'none'"
+)
+SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"content-security-policy", CSP),
+    (b"referrer-policy", b"no-referrer"),
+    # For browsers that predate CSP's frame-ancestors.
+    (b"x-frame-options", b"DENY"),
+)
+# Our own pages and scripts change with every release and keep unversioned URLs: always
+# revalidate (a few KiB on a LAN). The vendored library changes only when its note does,
+# so a day of caching saves re-sending its 50 KiB on every page load.
+CACHE_OWN = b"no-cache"
+CACHE_VENDOR = b"public, max-age=86400"
+CACHE_SNAPSHOT = b"no-store"
+VENDOR_DIR = "vendor"
+
+# How long one answer from Ollama's /api/version is reused, and how long it may take.
+UPSTREAM_TTL_S = 5.0
+UPSTREAM_TIMEOUT_S = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class Asset:
+    """One static response, fixed at start-up."""
+
+    body: bytes
+    content_type: bytes
+    cache_control: bytes
+
+    async def __call__(self, gw: Gateway, request: Request, conn: HttpConnection) -> None:
+        request.counted = False
+        headers = ((b"cache-control", self.cache_control), *SECURITY_HEADERS)
+        conn.send(request, 200, self.body, content_type=self.content_type, headers=headers)
+
+
+Found = list[tuple[tuple[str, ...], Path]]
+
+
+def _files(folder: Path, parts: tuple[str, ...]) -> Found:
+    """Regular files under ``folder`` with their relative path; no symlinks, no odd names."""
+    found: Found = []
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        name = entry.name
+        if not SAFE_NAME.fullmatch(name):
+            continue  # dot files, and names a URL could not carry plainly
+        if entry.is_symlink():
+            log.warning("UI: not serving symlink %s", entry)
+            continue
+        if entry.is_dir():
+            if len(parts) + 1 < MAX_DEPTH:
+                found.extend(_files(entry, (*parts, name)))
+        elif entry.is_file():
+            found.append(((*parts, name), entry))
+    return found
+
+
+def build_manifest(root: Path) -> dict[bytes, Asset]:
+    """Exact URL path -> response, for every servable file under ``root``."""
+    manifest: dict[bytes, Asset] = {}
+    for parts, entry in _files(root, ()):
+        name = parts[-1]
+        suffix = name[name.rfind(".") :] if "." in name else ""
+        content_type = CONTENT_TYPES.get(suffix)
+        if content_type is None:
+            continue
+        cache = CACHE_VENDOR if parts[0] == VENDOR_DIR else CACHE_OWN
+        asset = Asset(entry.read_bytes(), content_type, cache)
+        if len(parts) == 1 and name in PAGES:
+            for path in PAGES[name]:
+                manifest[path] = asset
+        elif suffix != ".html":
+            manifest[ASSET_PREFIX + "/".join(parts).encode()] = asset
+    return manifest
+
+
+class UpstreamProbe:
+    """Ollama's reachability for the dashboard's indicator, asked at most every TTL."""
+
+    def __init__(self) -> None:
+        self._cached: tuple[float, dict[str, Any]] | None = None
+        # One question in flight: the dashboards that arrive meanwhile wait for its answer.
+        self._lock = asyncio.Lock()
+
+    async def status(self, gw: Gateway) -> dict[str, Any]:
+        async with self._lock:
+            cached = self._cached
+            if cached is not None and cached[0] > gw.loop.time():
+                return cached[1]
+            answer = await gw.models.upstream_health(UPSTREAM_TIMEOUT_S)
+            self._cached = (gw.loop.time() + UPSTREAM_TTL_S, answer)
+            return answer
+
+
+async def snapshot(gw: Gateway, probe: UpstreamProbe) -> dict[str, Any]:
+    """The admin ``/stats`` body plus ``upstream``; no prompt text, no client addresses."""
+    body = stats_body(gw)
+    # Both ask Ollama (each bounded by its own short timeout): side by side, not in turn.
+    body["model_details"], body["upstream"] = await asyncio.gather(
+        gw.models.details(), probe.status(gw)
+    )
+    return body
+
+
+def stats_handler(probe: UpstreamProbe) -> Handler:
+    async def ui_stats(gw: Gateway, request: Request, conn: HttpConnection) -> None:
+        request.counted = False
+        check_client(gw, request)
+        body = orjson.dumps(await snapshot(gw, probe))
+        headers = ((b"cache-control", CACHE_SNAPSHOT), *SECURITY_HEADERS)
+        conn.send(request, 200, body, headers=headers)
+
+    return ui_stats
+
+
+def ui_routes(root: Path | None = None) -> dict[bytes, dict[bytes, Handler]]:
+    """The UI's part of the public route table (one per gateway: it holds the probe cache)."""
+    manifest = build_manifest(STATIC_ROOT if root is None else root)
+    table: dict[bytes, dict[bytes, Handler]] = {
+        path: {b"GET": asset, b"HEAD": asset} for path, asset in manifest.items()
+    }
+    stats = stats_handler(UpstreamProbe())
+    table[STATS_PATH] = {b"GET": stats}
+    return table

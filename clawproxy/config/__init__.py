@@ -1,0 +1,1 @@
+"""The configuration layer: the schema (typed sections with defaults), the rules, the loader."""

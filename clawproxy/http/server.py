@@ -1,0 +1,603 @@
+"""The client side: one ``asyncio.Protocol`` per TCP connection, h11 for parsing.
+
+Theory of operation
+-------------------
+h11 parses; every limit and deadline is ours (h11 has none but an incomplete-head cap).
+A connection cycles through four phases, and each phase owns exactly one timer:
+
+    IDLE     waiting for the next request        keep-alive timeout (close quietly)
+    HEAD     bytes of a request head arrived     absolute header deadline (408)
+    BODY     head accepted, body arriving        absolute body deadline (408)
+    HANDLING the request is complete and runs    no timer here; the handler and the
+                                                 flow-control send-stall timer own time
+
+The head is checked when complete, not only while incomplete: request-line length (414),
+header count and total header bytes (431), framing that h11 tolerates but proxies must not
+(Content-Length with Transfer-Encoding, chunked in HTTP/1.0, non-origin targets: 400), and
+a declared body larger than ``max_body_bytes`` is refused (413) before any of it is read.
+The body is read and bounded before a handler runs, so a slow POST never holds a slot.
+
+While a handler runs, pipelined bytes are left in h11's buffer; past a small cap reading is
+paused, so a flood behind one request cannot grow memory. Reading otherwise continues, so a
+client that disconnects is noticed at once (``connection_lost`` cancels the handler task,
+whose cleanup closes the Ollama connection).
+
+Responses are rendered here, not by h11 (every header is ours; h11's per-send validation
+cost more than the rest of a request): small ones whole with Content-Length, streams as a
+head and chunks, one transport write per upstream read. A stream's head is held until its
+first chunk (or ``flush()``), and its last chunk rides with the final bytes: on loopback
+each write wakes the peer, which costs more than all the Python around it.
+A stream that failed ends with ``cut_stream()``: the connection closes without the final
+chunk, so no client can mistake a cut answer for a whole one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import TYPE_CHECKING, cast
+
+import h11
+
+from clawproxy.errors import GatewayError, Overloaded, error_body
+from clawproxy.http.flow import WRITE_HIGH_WATER_BYTES, WRITE_LOW_WATER_BYTES, FlowControl
+from clawproxy.http.heads import header_list, header_value
+
+if TYPE_CHECKING:
+    from clawproxy.app.public import Router
+    from clawproxy.gateway import Gateway
+
+log = logging.getLogger("clawproxy.server")
+
+# Pipelined bytes we hold while a request runs before we stop reading the socket.
+PIPELINE_BUFFER_BYTES = 64 * 1024
+# Parsers kept built ahead for new connections (see ParserStock): a burst of new
+# connections beyond this builds its own, as before.
+SPARE_PARSERS = 8
+SERVER_HEADER = (b"server", b"clawproxy")
+
+REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
+
+
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+def asks_to_close(value: bytes) -> bool:
+    """Whether a ``Connection`` header value holds the ``close`` option."""
+    return b"close" in (t.strip().lower() for t in value.split(b","))
+
+
+class Phase(enum.Enum):
+    IDLE = "idle"
+    HEAD = "head"
+    BODY = "body"
+    HANDLING = "handling"
+
+
+@dataclass(slots=True)
+class Request:
+    """A complete, validated request, plus what the access log reports about it."""
+
+    method: bytes
+    path: bytes
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    client: str
+    http_version: bytes
+    started: float
+    status: int = 0
+    model: str = "-"
+    first_token_at: float | None = None
+    tokens: int = 0
+    outcome: str = ""
+    # False for dashboards and scrapes (admin port, UI data): not counted as traffic.
+    counted: bool = True
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def header(self, name: bytes) -> bytes | None:
+        return header_value(self.headers, name)
+
+
+class ParserStock:
+    """Server-side h11 parsers, built ahead between requests.
+
+    A new connection needs one for its first bytes; building it (h11's connection state,
+    receive buffer and readers) is tens of microseconds on a cold CPU, on the way to the
+    first token. Each connection refills the stock after a request instead (``_run``)."""
+
+    def __init__(self, max_header_bytes: int, keep: int = SPARE_PARSERS) -> None:
+        self._max_header_bytes = max_header_bytes
+        self._keep = keep
+        self._spare: list[h11.Connection] = []
+
+    def take(self) -> h11.Connection:
+        spare = self._spare
+        return spare.pop() if spare else self._build()
+
+    def refill(self) -> None:
+        if len(self._spare) < self._keep:
+            self._spare.append(self._build())
+
+    def _build(self) -> h11.Connection:
+        return h11.Connection(h11.SERVER, max_incomplete_event_size=self._max_header_bytes)
+
+
+class HttpConnection(asyncio.Protocol):
+    """One client connection: parse, enforce limits, run handlers, write responses."""
+
+    def __init__(self, gateway: Gateway, router: Router) -> None:
+        self.gw = gateway
+        self.router = router
+        self.cfg = gateway.config.server
+        self.loop = gateway.loop
+        self.h11 = gateway.parsers.take()
+        self.transport: asyncio.Transport | None = None
+        self.client = "-"
+        self.phase = Phase.IDLE
+        self.closed = False
+        self.flow = FlowControl(self.loop, self.cfg.send_timeout, self._send_stalled)
+        self._timer: asyncio.TimerHandle | None = None
+        self._head: h11.Request | None = None
+        self._body = bytearray()
+        self._task: asyncio.Task[None] | None = None
+        # Bytes that arrived while a request runs (pipelining): the next parser's input.
+        self._held_input = bytearray()
+        # The head's fields, listed once (h11's Headers is slow to iterate).
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._close_asked = False
+        # Bytes of a Content-Length body still to come; None when h11 reads the body.
+        self._body_left: int | None = None
+        self._reading_paused = False
+        self._served = 0
+        self._counted = False
+        # Response state for the request being handled.
+        self.response_started = False
+        self._chunked = False
+        self._keep_alive = True
+        self._response_complete = False
+        # A stream's rendered head, waiting to go out with its first chunk.
+        self._held_head = b""
+
+    def __repr__(self) -> str:
+        return f"<HttpConnection {self.client} {self.phase.value} served={self._served}>"
+
+    # -- asyncio.Protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport, but implement it.
+        self.transport = transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self.client = str(peer[0]) if isinstance(peer, tuple) else "-"
+        if not self.gw.connection_opened(self):
+            # Over max_connections: refuse cleanly and spend nothing more on it.
+            self._write_raw_error(
+                503, "too many open connections; retry shortly", "too_many_connections"
+            )
+            self.closed = True
+            transport.close()
+            return
+        self._counted = True
+        # No TCP_NODELAY here: asyncio and uvloop both set it on every TCP transport.
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER_BYTES, low=WRITE_LOW_WATER_BYTES)
+        # A connection that never sends a byte is closed at the header deadline.
+        self._arm(self.cfg.header_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        if self.phase is Phase.HANDLING:
+            held = self._held_input
+            held += data
+            if len(held) > PIPELINE_BUFFER_BYTES and not self._reading_paused:
+                self._reading_paused = True
+                assert self.transport is not None
+                self.transport.pause_reading()
+            return
+        if self._body_left is not None:
+            self._take_body(data)
+            return
+        if self.phase is Phase.IDLE:
+            self.phase = Phase.HEAD
+            if self._served:
+                # A kept-alive connection's next head; a new connection's header deadline
+                # has run since connection_made (as nginx's client_header_timeout does).
+                self._arm(self.cfg.header_timeout)
+        self.h11.receive_data(data)
+        self._process()
+
+    def eof_received(self) -> bool | None:
+        # A half-close while a request runs is an abort (as nginx treats it); in every other
+        # phase there is nothing left to do. Returning None lets the transport close.
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._cancel_timer()
+        self.flow.close()
+        if self._counted:
+            self._counted = False
+            self.gw.connection_closed(self)
+        if self._task is not None and not self._task.done() and not self._response_complete:
+            # A client that leaves after the whole answer (last chunk sent, Ollama's own end
+            # still on its way) is no abort: the exchange finishes and its connection is reused.
+            self._task.cancel()
+
+    def pause_writing(self) -> None:
+        self.flow.pause()
+
+    def resume_writing(self) -> None:
+        self.flow.resume()
+
+    # -- request parsing --------------------------------------------------------------------
+
+    def _process(self) -> None:
+        while not self.closed:
+            try:
+                event = self.h11.next_event()
+            except h11.RemoteProtocolError as exc:
+                status = exc.error_status_hint
+                self._reject(status, f"malformed HTTP request: {exc}", "bad_request")
+                return
+            kind = type(event)
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                return
+            if kind is h11.Request:
+                assert isinstance(event, h11.Request)
+                if not self._accept_head(event):
+                    return
+                if self._body_left is not None or self.phase is Phase.HANDLING:
+                    # The body is ours to count (see _accept_head), or already complete.
+                    return
+            elif kind is h11.Data:
+                assert isinstance(event, h11.Data)
+                self._body += event.data
+                if len(self._body) > self.cfg.max_body_bytes:
+                    self._reject(413, self._body_limit_message(), "request_too_large")
+                    return
+            elif kind is h11.EndOfMessage:
+                # Whatever h11 holds past this request is the next one's.
+                self._held_input = bytearray(self.h11.trailing_data[0])
+                self._dispatch()
+                return
+            else:  # ConnectionClosed: the client finished with us
+                self._close()
+                return
+
+    def _body_limit_message(self) -> str:
+        return f"request body exceeds {self.cfg.max_body_bytes} bytes"
+
+    def _accept_head(self, head: h11.Request) -> bool:
+        cfg = self.cfg
+        line_bytes = len(head.method) + len(head.target) + 10
+        if line_bytes > cfg.max_request_line_bytes:
+            self._reject(414, "request line too long", "request_line_too_long")
+            return False
+        headers = header_list(head)
+        if len(headers) > cfg.max_headers:
+            self._reject(431, f"more than {cfg.max_headers} header fields", "too_many_headers")
+            return False
+        head_bytes = line_bytes
+        has_te = close_asked = False
+        length = None
+        for name, value in headers:
+            head_bytes += len(name) + len(value) + 4
+            if name == b"content-length":
+                # h11 validated the syntax and merged identical duplicates.
+                length = int(value)
+            elif name == b"transfer-encoding":
+                has_te = True
+            elif name == b"connection" and asks_to_close(value):
+                close_asked = True
+        if head_bytes > cfg.max_header_bytes:
+            self._reject(431, "request header block too large", "headers_too_large")
+            return False
+        if has_te and length is not None:
+            self._reject(400, "Content-Length together with Transfer-Encoding", "bad_framing")
+            return False
+        if has_te and head.http_version == b"1.0":
+            self._reject(400, "chunked request body in HTTP/1.0", "bad_framing")
+            return False
+        if head.method == b"CONNECT":
+            self._reject(
+                405, "CONNECT is not supported: this is not a forward proxy", "method_not_allowed"
+            )
+            return False
+        if not head.target.startswith(b"/"):
+            self._reject(400, "only origin-form request targets are accepted", "bad_request_target")
+            return False
+        if length is not None and length > cfg.max_body_bytes:
+            # Refused before a byte of it is read, and without a 100 Continue.
+            self._reject(413, self._body_limit_message(), "request_too_large")
+            return False
+        self._head = head
+        self._headers = headers
+        self._close_asked = close_asked
+        self._body = bytearray()
+        self.phase = Phase.BODY
+        if length is not None:
+            # A Content-Length body is counted here, not parsed by h11 (two events fewer per
+            # request); h11 keeps chunked bodies. What h11 buffered past the head is the
+            # body's start; whatever follows the body is held for the next parser.
+            rest, _ = self.h11.trailing_data
+            self._body_left = length
+            self._take_body(rest)
+        if self.phase is Phase.BODY:
+            # Only a body still to come gets a deadline; one that came with its head (the
+            # usual POST) was dispatched above without a timer to arm and cancel.
+            self._arm(cfg.body_timeout)
+        return True
+
+    def _take_body(self, data: bytes | bytearray) -> None:
+        left = self._body_left
+        assert left is not None
+        excess = b""
+        if len(data) > left:
+            excess = bytes(data[left:])
+            data = data[:left]
+        self._body += data
+        left -= len(data)
+        if left:
+            self._body_left = left
+            return
+        self._body_left = None
+        self._dispatch()
+        if excess:
+            # Pipelined: the next request's bytes, held (bounded) while this one runs.
+            self.data_received(excess)
+
+    def _dispatch(self) -> None:
+        head = self._head
+        assert head is not None
+        self._cancel_timer()
+        self.phase = Phase.HANDLING
+        # The query string is dropped: nothing is ever read from it (the model comes only
+        # from the validated body, RELIABILITY 3).
+        path = head.target.partition(b"?")[0]
+        request = Request(
+            method=head.method,
+            path=path,
+            headers=self._headers,
+            body=bytes(self._body),
+            client=self.client,
+            http_version=head.http_version,
+            started=self.loop.time(),
+        )
+        self._head = None
+        self._body = bytearray()
+        self.response_started = False
+        self._response_complete = False
+        self._served += 1
+        # HTTP/1.1 without "Connection: close" (h11's rule too: HTTP/1.0 always closes).
+        self._keep_alive = (
+            self._served < self.cfg.max_requests_per_connection
+            and head.http_version == b"1.1"
+            and not self._close_asked
+        )
+        self._task = self.loop.create_task(self._run(request))
+
+    async def _run(self, request: Request) -> None:
+        try:
+            handler = self.router.resolve(self.gw, request)
+            await handler(self.gw, request, self)
+        except GatewayError as exc:
+            self._fail(request, exc)
+        except asyncio.CancelledError:
+            if self.gw.draining and not self.closed and not self.response_started:
+                # Cut by the drain deadline, not by the client: say so while we can.
+                self._fail(
+                    request, Overloaded("the gateway is shutting down", code="shutting_down")
+                )
+            request.outcome = request.outcome or "client_abort"
+            request.status = request.status if self.response_started else 499
+            raise
+        except Exception:
+            log.exception("unhandled error in %s %s", request.method.decode(), request.path)
+            self._fail(request, GatewayError("internal error in the gateway"))
+        finally:
+            self.gw.request_finished(request)
+            # A request is done: build the next new connection's parser now, off any
+            # request's way to its first token (ParserStock).
+            self.gw.parsers.refill()
+            if not self.closed:
+                self._response_finished()
+
+    def _fail(self, request: Request, exc: GatewayError) -> None:
+        request.outcome = request.outcome or (exc.code or "error")
+        if self.response_started:
+            self.cut_stream()
+        else:
+            self.send(request, exc.status, exc.body(), headers=exc.headers)
+
+    # -- responses (used by handlers) -------------------------------------------------------
+
+    def send(
+        self,
+        request: Request,
+        status: int,
+        body: bytes,
+        *,
+        content_type: bytes = b"application/json",
+        headers: tuple[tuple[bytes, bytes], ...] = (),
+    ) -> None:
+        """A complete response with Content-Length."""
+        hdrs = [
+            SERVER_HEADER,
+            (b"content-type", content_type),
+            (b"content-length", str(len(body)).encode()),
+            *headers,
+        ]
+        head = self._render_head(request, status, hdrs)
+        if self.closed:
+            return
+        assert self.transport is not None
+        # HEAD gets the headers GET would, and no body (RFC 9110 9.3.2).
+        self.transport.write(head if request.method == b"HEAD" else head + body)
+        self._response_complete = True
+
+    def start_stream(
+        self, request: Request, status: int, headers: tuple[tuple[bytes, bytes], ...]
+    ) -> None:
+        """Send a streaming head; chunks follow with ``write()``."""
+        hdrs = [SERVER_HEADER, *headers]
+        # HTTP/1.0 peers know no chunked encoding: their body ends when the connection does.
+        self._chunked = request.http_version == b"1.1"
+        if self._chunked:
+            hdrs.append((b"transfer-encoding", b"chunked"))
+        else:
+            self._keep_alive = False
+        # Held, not written: the first chunk (or flush()) takes it along in the same write.
+        self._held_head = self._render_head(request, status, hdrs)
+
+    def flush(self) -> None:
+        """Send a held stream head now (no body bytes came with Ollama's head)."""
+        if not self.closed:
+            self._send(b"")
+
+    def write(self, data: bytes) -> None:
+        """One chunk of a streamed body. The hot path: one transport write, no h11."""
+        if self.closed:
+            return
+        assert self.transport is not None
+        out = b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data
+        # _send(out), inlined: this is the per-token path.
+        if self._held_head:
+            out = self._held_head + out
+            self._held_head = b""
+        self.transport.write(out)
+
+    def end_stream(self, data: bytes = b"") -> None:
+        """The stream's last bytes and its end, in one write; later calls do nothing."""
+        if self.closed or self._response_complete:
+            return
+        self._response_complete = True
+        if self._chunked:
+            out = (b"%x\r\n%b\r\n" % (len(data), data) if data else b"") + LAST_CHUNK
+        else:
+            out = data
+        self._send(out)
+
+    def _send(self, out: bytes) -> None:
+        """Write ``out`` behind the held head, if any: one write for both."""
+        if self._held_head:
+            out = self._held_head + out
+            self._held_head = b""
+        if out:
+            assert self.transport is not None
+            self.transport.write(out)
+
+    def interrupt(self, stream_event: bytes) -> None:
+        """The drain deadline passed: end whatever this connection is doing, now."""
+        task = self._task
+        if task is None or task.done():
+            self._close()
+            return
+        if self.response_started and self._chunked:
+            # A stream: tell the client why it ends, so it never looks complete.
+            self.write(stream_event)
+            self.cut_stream()
+        task.cancel()
+
+    def cut_stream(self) -> None:
+        """End a failed stream: flush what was written, then close without the last chunk."""
+        self._keep_alive = False
+        self._close()
+
+    def _render_head(
+        self, request: Request, status: int, headers: list[tuple[bytes, bytes]]
+    ) -> bytes:
+        """The response head as bytes. Rendered here, not by h11: every header is ours and
+        constant or already valid, and h11's per-send validation was a large share of the
+        per-request cost (bench/RESULTS.md). h11 still parses every request."""
+        if not self._keep_alive or self.gw.draining:
+            self._keep_alive = False
+            headers.append((b"connection", b"close"))
+        request.status = status
+        self.response_started = True
+        lines = [b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, b""))]
+        lines += [name + b": " + value + b"\r\n" for name, value in headers]
+        lines.append(b"\r\n")
+        return b"".join(lines)
+
+    def _response_finished(self) -> None:
+        """After a response: keep the connection for the next request, or close it."""
+        self.flow.close()
+        self._task = None
+        if not self._keep_alive or self.gw.draining or not self._response_complete:
+            self._close()
+            return
+        # h11 parsed the request but did not write the response, so it is not at a cycle
+        # boundary: the next request gets a fresh parser, fed what was pipelined so far.
+        held, self._held_input = self._held_input, bytearray()
+        self.h11 = self.gw.parsers.take()
+        self.response_started = False
+        self._chunked = False
+        if held:
+            self.h11.receive_data(bytes(held))
+            self.phase = Phase.HEAD
+            self._arm(self.cfg.header_timeout)
+        else:
+            self.phase = Phase.IDLE
+            self._arm(self.cfg.keepalive_timeout)
+        if self._reading_paused:
+            self._reading_paused = False
+            assert self.transport is not None
+            self.transport.resume_reading()
+        self._process()
+
+    # -- refusals, deadlines, closing ---------------------------------------------------------
+
+    def _reject(self, status: int, message: str, code: str) -> None:
+        """Refuse a request we will not read further: error response, then close."""
+        self._write_raw_error(status, message, code)
+        self.gw.request_refused(self.client, status, code)
+        self._close()
+
+    def _write_raw_error(self, status: int, message: str, code: str) -> None:
+        # Raw bytes, not h11: after a protocol error h11 may not let us send a response.
+        if self.transport is None or self.response_started:
+            return
+        err_type = "invalid_request_error" if status < 500 else "api_error"
+        body = error_body(message, err_type, None, code)
+        head = (
+            b"HTTP/1.1 %d %s\r\nserver: clawproxy\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n"
+            % (status, REASONS.get(status, b"Error"), len(body))
+        )
+        self.response_started = True
+        self.transport.write(head + body)
+
+    def _arm(self, delay: float) -> None:
+        self._cancel_timer()
+        self._timer = self.loop.call_later(delay, self._deadline_passed)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _deadline_passed(self) -> None:
+        self._timer = None
+        if self.phase is Phase.HEAD:
+            self._reject(408, "request head not received in time", "header_timeout")
+        elif self.phase is Phase.BODY:
+            self._reject(408, "request body not received in time", "body_timeout")
+        elif self.phase is Phase.IDLE:
+            if self._served == 0:
+                self.gw.request_refused(self.client, 0, "idle_connection")
+            self._close()
+
+    def _send_stalled(self) -> None:
+        # The client accepted no bytes for send_timeout: free the slot and the upstream.
+        self.gw.request_refused(self.client, 0, "client_write_timeout")
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _close(self) -> None:
+        self._cancel_timer()
+        if self.transport is not None and not self.transport.is_closing():
+            # A cut stream still shows its status: the head goes before the close.
+            self.flush()
+            self.transport.close()

@@ -1,0 +1,96 @@
+"""Which model names may reach Ollama: the allow-list, checked before anything is generated.
+
+Theory of operation: with ``model.allowed`` set, that list is the whole truth. Without it,
+the allow-list is "whatever Ollama has installed": its ``/api/tags`` is fetched once and
+cached for ``TAGS_TTL_S``; a name missing from the cache is looked up again at most every
+``MISS_REFRESH_S`` (someone may have just pulled it), so a client spraying unknown names
+costs one small request per second at most, never a generation. Concurrent lookups share
+one fetch. Names compare as Ollama compares them: case-insensitive, ``:latest`` implied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import orjson
+
+from clawproxy.errors import NotFound, UpstreamUnavailable
+
+if TYPE_CHECKING:
+    from clawproxy.gateway import Gateway
+
+TAGS_TTL_S = 30.0
+MISS_REFRESH_S = 1.0
+MAX_TAGS_BYTES = 4 * 1024 * 1024
+
+
+def canonical(name: str) -> str:
+    """Ollama's matching form: lower case, with the implied ``:latest`` tag."""
+    name = name.lower()
+    base = name.rsplit("/", 1)[-1]
+    return name if ":" in base else name + ":latest"
+
+
+def parse_tags(body: bytes) -> frozenset[str]:
+    try:
+        models = orjson.loads(body)["models"] or []
+        return frozenset(canonical(str(m["name"])) for m in models)
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        raise UpstreamUnavailable("Ollama sent an unreadable model list") from None
+
+
+class ModelCatalog:
+    """The set of model names a request may use, cached from Ollama when not configured."""
+
+    def __init__(self, gw: Gateway) -> None:
+        self._gw = gw
+        self._static = frozenset(canonical(n) for n in gw.config.model.allowed)
+        self._names: frozenset[str] = frozenset()
+        self._fetched_at = -1e18
+        self._inflight: asyncio.Future[frozenset[str]] | None = None
+
+    async def check(self, name: str) -> None:
+        """Return if ``name`` may be used; raise 404 ``model_not_found`` otherwise."""
+        wanted = canonical(name)
+        if self._static:
+            allowed = wanted in self._static
+        else:
+            names = await self._refresh() if self._stale(TAGS_TTL_S) else self._names
+            allowed = wanted in names
+            if not allowed and self._stale(MISS_REFRESH_S):
+                allowed = wanted in await self._refresh()
+        if not allowed:
+            raise NotFound(
+                f"model '{name}' not found on this gateway", param="model", code="model_not_found"
+            )
+
+    def _stale(self, ttl: float) -> bool:
+        return self._gw.loop.time() - self._fetched_at >= ttl
+
+    async def _refresh(self) -> frozenset[str]:
+        if self._inflight is None:
+            self._inflight = asyncio.ensure_future(self._fetch())
+            self._inflight.add_done_callback(self._fetch_done)
+        return await asyncio.shield(self._inflight)
+
+    def _fetch_done(self, fut: asyncio.Future[frozenset[str]]) -> None:
+        self._inflight = None
+        if not fut.cancelled() and fut.exception() is None:
+            self._names = fut.result()
+            self._fetched_at = self._gw.loop.time()
+
+    async def _fetch(self) -> frozenset[str]:
+        return parse_tags(await fetch_tags(self._gw))
+
+
+async def fetch_tags(gw: Gateway) -> bytes:
+    """Ollama's ``/api/tags`` body (the installed models), bounded in size."""
+    upstream = await gw.pool.send(b"GET", b"/api/tags", None)
+    try:
+        body = await upstream.read_body(MAX_TAGS_BYTES)
+    finally:
+        upstream.release()
+    if upstream.status != 200:
+        raise UpstreamUnavailable(f"Ollama answered /api/tags with HTTP {upstream.status}")
+    return body

@@ -1,0 +1,241 @@
+"""Model control for the admin port: hot load/unload, model details, upstream reachability.
+
+Theory of operation
+-------------------
+Admin work talks to Ollama over its own small ``UpstreamPool``, separate from the user
+path's: a model load may legitimately take minutes (``gateway.model_load_timeout`` bounds
+the wait), and admin calls must neither hold nor disturb user connections.
+
+A hot load is check, warm, switch. ``/api/show`` says whether Ollama has the model (404
+otherwise, with nothing changed); an empty ``/api/generate`` with ``keep_alive`` makes
+Ollama load it, so the first user request does not pay for the load; only then is
+``LiveState.model`` assigned. That one assignment is the switch: chat reads the default
+per request, so requests already running keep the model they started with, and every
+request after it gets the new one. Loads are serialised by a lock, so the default is the
+model of the load that finished last, and a failed load changes nothing. Model names are
+checked with ``parse_model_name`` first: a name, never a host or URL, so an admin call
+cannot make Ollama fetch from anywhere (RELIABILITY 3, SSRF).
+
+Model details for /stats (``/api/show`` and ``/api/ps``) are cached for
+``DETAILS_TTL_S`` per default model, so a UI polling /stats does not poll Ollama.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from clawproxy.app.chat import upstream_status_error
+from clawproxy.errors import GatewayError, InvalidRequest, NotFound, UpstreamUnavailable
+from clawproxy.ollama.upstream import UpstreamPool
+from clawproxy.openai.mapping import parse_json_body, parse_model_name
+from clawproxy.units import parse_endpoint
+
+if TYPE_CHECKING:
+    from clawproxy.gateway import Gateway
+
+# /api/show carries the modelfile, template and license text: tens of KiB; 4 MiB is ample.
+MAX_SHOW_BYTES = 4 * 1024 * 1024
+# /api/ps and /api/generate's load reply are a few KiB.
+MAX_REPLY_BYTES = 1024 * 1024
+# The health check's question to Ollama: short, so a hung Ollama cannot hang /health.
+HEALTH_TIMEOUT_S = 2.0
+# How long /stats reuses Ollama's model details.
+DETAILS_TTL_S = 30.0
+# Idle admin connections kept to Ollama; admin traffic is one operator at a time.
+ADMIN_POOL_IDLE = 2
+
+
+def keep_alive_value(seconds: float | None) -> float | int:
+    """Ollama's ``keep_alive`` in seconds; -1 (negative) means "keep until unloaded"."""
+    if seconds is None:
+        return -1
+    return int(seconds) if seconds == int(seconds) else seconds
+
+
+class ModelControl:
+    """Admin-side Ollama calls of one gateway."""
+
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        self._pool: UpstreamPool | None = None
+        self._lock = asyncio.Lock()
+        # (default model, loop time it expires, details) for /stats.
+        self._details: tuple[str, float, dict[str, Any]] | None = None
+
+    @property
+    def pool(self) -> UpstreamPool:
+        if self._pool is None:
+            config = self.gw.config
+            host, port = parse_endpoint(config.model.endpoint)
+            self._pool = UpstreamPool(
+                host,
+                port,
+                connect_timeout=config.upstream.connect_timeout,
+                io_timeout=config.gateway.model_load_timeout,
+                max_idle=ADMIN_POOL_IDLE,
+                loop=self.gw.loop,
+            )
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+
+    async def call(
+        self, method: bytes, target: bytes, body: object, limit: int
+    ) -> tuple[int, bytes]:
+        """One exchange with Ollama: status and the whole (bounded) body."""
+        payload = None if body is None else orjson.dumps(body)
+        upstream = await self.pool.send(method, target, payload)
+        try:
+            data = await upstream.read_body(limit)
+        finally:
+            upstream.release()
+        return upstream.status, data
+
+    # -- health -----------------------------------------------------------------------------
+
+    async def upstream_health(self, timeout: float = HEALTH_TIMEOUT_S) -> dict[str, Any]:
+        """Ask ``/api/version``: reachable, version and latency, or why not."""
+        loop = self.gw.loop
+        started = loop.time()
+        try:
+            async with asyncio.timeout(timeout):
+                status, body = await self.call(b"GET", b"/api/version", None, MAX_REPLY_BYTES)
+        except TimeoutError:
+            return {"reachable": False, "error": f"no answer within {timeout:g}s"}
+        except GatewayError as exc:
+            return {"reachable": False, "error": exc.message}
+        latency_ms = round((loop.time() - started) * 1000, 1)
+        if status != 200:
+            return {"reachable": False, "error": f"HTTP {status}", "latency_ms": latency_ms}
+        try:
+            version = _json_object(body).get("version")
+        except UpstreamUnavailable as exc:
+            return {"reachable": False, "error": exc.message, "latency_ms": latency_ms}
+        return {
+            "reachable": True,
+            "version": version if isinstance(version, str) else None,
+            "latency_ms": latency_ms,
+        }
+
+    # -- hot load / unload ------------------------------------------------------------------
+
+    async def load(self, raw_name: object) -> dict[str, Any]:
+        """Check, warm and switch the default model; raise a GatewayError on any failure."""
+        name = parse_model_name(raw_name)
+        # The same allow-list as chat requests (model.allowed, else Ollama's installed models).
+        await self.gw.catalog.check(name)
+        loop = self.gw.loop
+        async with self._lock:
+            started = loop.time()
+            await self._call_ok(name, b"/api/show", {"model": name}, MAX_SHOW_BYTES)
+            keep_alive = keep_alive_value(self.gw.config.gateway.model_keep_alive)
+            warm = {"model": name, "prompt": "", "stream": False, "keep_alive": keep_alive}
+            await self._call_ok(name, b"/api/generate", warm, MAX_REPLY_BYTES)
+            state = self.gw.state
+            previous, state.model = state.model, name
+            self._details = None
+        return {
+            "status": "loaded",
+            "model": name,
+            "previous_model": previous,
+            "keep_alive": keep_alive,
+            "load_ms": round((loop.time() - started) * 1000, 1),
+        }
+
+    async def _call_ok(self, name: str, path: bytes, payload: dict[str, Any], limit: int) -> bytes:
+        """POST to Ollama; 404 means the model is not installed, other errors map as chat's."""
+        status, body = await self.call(b"POST", path, payload, limit)
+        if status == 404:
+            raise NotFound(
+                f"model '{name}' is not installed in Ollama", param="model", code="model_not_found"
+            )
+        if status != 200:
+            raise upstream_status_error(status, body)
+        return body
+
+    async def unload(self, raw_name: object) -> dict[str, Any]:
+        """Ask Ollama to unload a model (the default one if none is named)."""
+        name = self.gw.state.model if raw_name is None else parse_model_name(raw_name)
+        async with self._lock:
+            request = {"model": name, "keep_alive": 0}
+            await self._call_ok(name, b"/api/generate", request, MAX_REPLY_BYTES)
+            self._details = None
+        return {"status": "unloaded", "model": name, "default_model": self.gw.state.model}
+
+    # -- details for /stats -----------------------------------------------------------------
+
+    async def details(self) -> dict[str, Any]:
+        """The default model's details and what Ollama has loaded (cached DETAILS_TTL_S)."""
+        loop = self.gw.loop
+        model = self.gw.state.model
+        cached = self._details
+        if cached is not None and cached[0] == model and cached[1] > loop.time():
+            return cached[2]
+        out: dict[str, Any] = {"name": model}
+        try:
+            async with asyncio.timeout(HEALTH_TIMEOUT_S):
+                show_status, show = await self.call(
+                    b"POST", b"/api/show", {"model": model}, MAX_SHOW_BYTES
+                )
+                ps_status, ps = await self.call(b"GET", b"/api/ps", None, MAX_REPLY_BYTES)
+            if show_status == 200:
+                out.update(_show_summary(_json_object(show)))
+            else:
+                out["error"] = f"/api/show answered HTTP {show_status}"
+            out["loaded"] = _ps_summary(_json_object(ps)) if ps_status == 200 else None
+        except TimeoutError:
+            out["error"] = f"Ollama did not answer within {HEALTH_TIMEOUT_S:g}s"
+        except GatewayError as exc:
+            out["error"] = exc.message
+        self._details = (model, loop.time() + DETAILS_TTL_S, out)
+        return out
+
+
+def parse_admin_body(body: bytes, *, required: bool) -> object:
+    """The ``model`` field of an admin JSON body (None when absent and not required)."""
+    if not body.strip():
+        if required:
+            raise InvalidRequest("the body must be a JSON object with a 'model' field")
+        return None
+    parsed = parse_json_body(body)
+    if not isinstance(parsed, dict):
+        raise InvalidRequest("the body must be a JSON object with a 'model' field")
+    model = parsed.get("model")
+    if model is None and required:
+        raise InvalidRequest("'model' is required", param="model")
+    return model
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise UpstreamUnavailable("Ollama sent unreadable JSON") from None
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def _show_summary(show: dict[str, Any]) -> dict[str, Any]:
+    """The few /api/show fields an operator wants; never the template or license."""
+    info = show.get("model_info")
+    info = info if isinstance(info, dict) else {}
+    arch = info.get("general.architecture")
+    return {
+        "details": show.get("details"),
+        "capabilities": show.get("capabilities"),
+        "context_length": info.get(f"{arch}.context_length") if isinstance(arch, str) else None,
+        "parameter_count": info.get("general.parameter_count"),
+        "modified_at": show.get("modified_at"),
+    }
+
+
+def _ps_summary(ps: dict[str, Any]) -> list[dict[str, Any]]:
+    models = ps.get("models")
+    keys = ("name", "size", "size_vram", "context_length", "expires_at")
+    if not isinstance(models, list):
+        return []
+    return [{key: m.get(key) for key in keys} for m in models if isinstance(m, dict)]

@@ -1,0 +1,163 @@
+"""Prometheus text exposition (format 0.0.4) of the live state, written by hand.
+
+Theory of operation: ``LiveState`` owns every number; this module only renders. ``render()``
+walks the state once per scrape and writes ``# HELP``/``# TYPE`` lines and samples. The
+only data structure defined here is ``Histogram``: cumulative-on-render bucket counts, a
+sum and a count, updated in O(log buckets) once per finished request, never per token.
+
+Naming follows Prometheus conventions: a ``clawproxy_`` prefix, base units (seconds,
+bytes), ``_total`` on counters, ratios in 0..1. Label values are escaped as the format
+requires (backslash, double quote, newline), so a model name cannot break the output.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from clawproxy.telemetry.state import LiveState
+
+CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+
+# Time to first token: a warm model answers in tens of milliseconds, a cold load of a large
+# model takes minutes (the same span as server.timeout's default up to model load times).
+TTFT_BUCKETS_S: tuple[float, ...] = (
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+)  # fmt: skip
+# Whole requests: from a /v1/models call (milliseconds) to a long generation (minutes).
+DURATION_BUCKETS_S: tuple[float, ...] = (
+    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+)  # fmt: skip
+
+
+class Histogram:
+    """Bucket counts (non-cumulative while recording), sum and count of observations."""
+
+    __slots__ = ("bounds", "count", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        # bisect_left: a value equal to a bound belongs to that bucket (le = less or equal).
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+        self.count += 1
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        out = []
+        running = 0
+        for bound, count in zip((*map(_number, self.bounds), "+Inf"), self.counts, strict=True):
+            running += count
+            out.append((bound, running))
+        return out
+
+
+def escape_label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _number(value: float) -> str:
+    # repr() is the shortest text that reads back as the same float; ints stay exact.
+    return str(value) if isinstance(value, int) else repr(float(value))
+
+
+def _labels(pairs: Iterable[tuple[str, str]]) -> str:
+    inner = ",".join(f'{name}="{escape_label(value)}"' for name, value in pairs)
+    return "{" + inner + "}" if inner else ""
+
+
+class _Writer:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def family(self, name: str, kind: str, help_text: str) -> None:
+        self.lines.append(f"# HELP {name} {help_text}")
+        self.lines.append(f"# TYPE {name} {kind}")
+
+    def sample(self, name: str, labels: Iterable[tuple[str, str]], value: float) -> None:
+        self.lines.append(f"{name}{_labels(labels)} {_number(value)}")
+
+    def histogram(self, name: str, labels: tuple[tuple[str, str], ...], hist: Histogram) -> None:
+        for bound, running in hist.cumulative():
+            self.lines.append(f"{name}_bucket{_labels((*labels, ('le', bound)))} {running}")
+        self.sample(f"{name}_sum", labels, hist.sum)
+        self.sample(f"{name}_count", labels, hist.count)
+
+
+def render(state: LiveState, now: float, *, draining: bool, version: str) -> bytes:
+    """The whole exposition for one scrape."""
+    w = _Writer()
+    w.family("clawproxy_info", "gauge", "Build and configuration of this gateway (value 1).")
+    w.sample("clawproxy_info", (("version", version), ("default_model", state.model)), 1)
+    w.family("clawproxy_uptime_seconds", "gauge", "Seconds since the gateway started.")
+    w.sample("clawproxy_uptime_seconds", (), round(state.uptime(now), 3))
+    w.family("clawproxy_draining", "gauge", "1 while the gateway drains for shutdown.")
+    w.sample("clawproxy_draining", (), int(draining))
+
+    w.family("clawproxy_requests_total", "counter", "Finished requests by endpoint, model, status.")
+    for (endpoint, model, status), count in sorted(state.requests.items()):
+        labels = (("endpoint", endpoint), ("model", model), ("status", str(status)))
+        w.sample("clawproxy_requests_total", labels, count)
+    w.family("clawproxy_tokens_streamed_total", "counter", "Completion tokens sent, by model.")
+    for model, count in sorted(state.tokens_by_model.items()):
+        w.sample("clawproxy_tokens_streamed_total", (("model", model),), count)
+    w.family(
+        "clawproxy_time_to_first_token_seconds",
+        "histogram",
+        "From the request's arrival to its first token, by model.",
+    )
+    for model, hist in sorted(state.ttft.items()):
+        w.histogram("clawproxy_time_to_first_token_seconds", (("model", model),), hist)
+    w.family(
+        "clawproxy_request_duration_seconds",
+        "histogram",
+        "From the request's arrival to its end, by endpoint and model.",
+    )
+    for (endpoint, model), hist in sorted(state.duration.items()):
+        pair = (("endpoint", endpoint), ("model", model))
+        w.histogram("clawproxy_request_duration_seconds", pair, hist)
+
+    adm = state.admission
+    w.family("clawproxy_active_requests", "gauge", "Requests holding a slot with Ollama.")
+    w.sample("clawproxy_active_requests", (), adm.active)
+    w.family("clawproxy_queued_requests", "gauge", "Requests waiting for a slot.")
+    w.sample("clawproxy_queued_requests", (), adm.waiting)
+    w.family("clawproxy_max_concurrent", "gauge", "Slots with Ollama (gateway.max_concurrent).")
+    w.sample("clawproxy_max_concurrent", (), adm.max_concurrent)
+    w.family("clawproxy_open_connections", "gauge", "Open client connections.")
+    w.sample("clawproxy_open_connections", (), state.connections)
+    w.family("clawproxy_rejections_total", "counter", "Requests or connections turned away.")
+    for reason, count in sorted(state.rejections().items()):
+        w.sample("clawproxy_rejections_total", (("reason", reason),), count)
+    w.family("clawproxy_upstream_errors_total", "counter", "Failures talking to Ollama, by kind.")
+    for kind, count in sorted(state.upstream_errors.items()):
+        w.sample("clawproxy_upstream_errors_total", (("kind", kind),), count)
+    w.family("clawproxy_alerts_total", "counter", "Alerts raised, and webhook deliveries.")
+    for event, count in sorted(state.alerts.items()):
+        w.sample("clawproxy_alerts_total", (("event", event),), count)
+
+    _render_gpu(w, state)
+    w.lines.append("")
+    return "\n".join(w.lines).encode()
+
+
+def _render_gpu(w: _Writer, state: LiveState) -> None:
+    sample = state.gpu
+    w.family("clawproxy_gpu_available", "gauge", "1 when NVML reports GPUs, else 0.")
+    w.sample("clawproxy_gpu_available", (), int(sample.available))
+    w.family("clawproxy_gpu_memory_used_bytes", "gauge", "GPU memory in use, per GPU.")
+    for gpu in sample.gpus:
+        w.sample("clawproxy_gpu_memory_used_bytes", gpu.labels(), gpu.memory_used_bytes)
+    w.family("clawproxy_gpu_memory_total_bytes", "gauge", "GPU memory installed, per GPU.")
+    for gpu in sample.gpus:
+        w.sample("clawproxy_gpu_memory_total_bytes", gpu.labels(), gpu.memory_total_bytes)
+    w.family("clawproxy_gpu_utilization_ratio", "gauge", "GPU busy fraction (0-1), per GPU.")
+    for gpu in sample.gpus:
+        if gpu.utilization_percent is not None:
+            w.sample("clawproxy_gpu_utilization_ratio", gpu.labels(), gpu.utilization_percent / 100)
