@@ -55,11 +55,11 @@ sys.path.insert(0, str(REPO))
 
 from bench.services import MAX_CONNECTIONS  # noqa: E402
 from clawproxy import gateway as gateway_module  # noqa: E402
-from clawproxy.app import chat  # noqa: E402
-from clawproxy.config.loading import config_from_mapping  # noqa: E402
+from clawproxy.app import chat, relay  # noqa: E402
+from clawproxy.config import config_from_mapping  # noqa: E402
 from clawproxy.gateway import Gateway  # noqa: E402
 from clawproxy.http import server  # noqa: E402
-from clawproxy.ollama import upstream  # noqa: E402
+from clawproxy.ollama.connection import UpstreamConnection  # noqa: E402
 from clawproxy.telemetry.logs import setup_logging  # noqa: E402
 
 Stamp = tuple[str, int]
@@ -160,11 +160,11 @@ WRAPPED: tuple[tuple[Any, str, str, Keyer], ...] = (
     (server.HttpConnection, "_dispatch", "dispatch", _own),
     (server.HttpConnection, "_run", "handler task", _handler),
     (chat, "plan_request", "plan (JSON, mapping)", _in_handler),
-    (upstream.UpstreamConnection, "begin", "request to Ollama", _upstream_begin),
-    (upstream.UpstreamConnection, "data_received", "Ollama's bytes", _upstream),
-    (upstream.UpstreamConnection, "_on_head", "Ollama's head parsed (h11)", _upstream),
-    (chat.SseRelay, "start", "relay start (inside Ollama's read)", _relay),
-    (chat.SseRelay, "run", "relay task", _relay),
+    (UpstreamConnection, "begin", "request to Ollama", _upstream_begin),
+    (UpstreamConnection, "data_received", "Ollama's bytes", _upstream),
+    (UpstreamConnection, "_on_head", "Ollama's head parsed (h11)", _upstream),
+    (relay.SseRelay, "on_head", "relay start (inside Ollama's read)", _relay),
+    (relay.SseRelay, "run", "relay task", _relay),
     (server.HttpConnection, "write", "client write", _own),
     (server.HttpConnection, "end_stream", "client end", _own),
     (gateway_module.Gateway, "request_finished", "metrics and access line", _in_handler),

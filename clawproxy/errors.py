@@ -109,6 +109,18 @@ class Overloaded(GatewayError):
     default_code = "server_overloaded"
 
 
+# Seconds a refused client should wait before retrying. A queue that is full now drains in
+# about one generation; one second keeps polite clients from hammering without stalling them.
+RETRY_AFTER_SECONDS = 1
+
+
+def overloaded(message: str, code: str) -> Overloaded:
+    """A 503 worth retrying, with ``Retry-After`` (a full queue, a busy Ollama, a drain)."""
+    return Overloaded(
+        message, code=code, headers=((b"retry-after", str(RETRY_AFTER_SECONDS).encode()),)
+    )
+
+
 class UpstreamUnavailable(GatewayError):
     """Ollama refused the connection, reset it, or sent something unusable (502)."""
 

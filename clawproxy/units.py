@@ -1,4 +1,4 @@
-"""Quantities and addresses in the config: durations, byte sizes, http endpoints.
+"""Quantities in the config: durations and byte sizes (addresses are ``net``'s).
 
 Pure parsers that raise ``ValueError`` with a message fit for a config error; the loader
 (``config``) names the key. Durations and sizes are exact (``Fraction``), so ``500ms`` is
@@ -7,7 +7,6 @@ exactly 0.5 and ``1.5KiB`` exactly 1536.
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import re
 from collections.abc import Mapping
@@ -116,81 +115,3 @@ def parse_size(value: object) -> int:
     if size.denominator != 1:
         raise ValueError(f"size {value!r} is not a whole number of bytes")
     return int(size)
-
-
-_HOST_NAME = re.compile(r"[A-Za-z0-9_.-]+")
-
-
-def parse_endpoint(url: str) -> tuple[str, int]:
-    """``(host, port)`` from ``http://host[:port][/]``; the port defaults to 80.
-
-    The host may be a name, an IPv4 address or a bracketed IPv6 address (returned without
-    brackets, as socket calls want it). Raises ValueError for anything else: https, userinfo,
-    a path other than "/", a query, a fragment, an empty host or a bad port.
-    """
-    if not isinstance(url, str):
-        raise ValueError(f"expected an http:// URL string, got {show_value(url)}")
-    scheme, sep, rest = url.partition("://")
-    if scheme.lower() == "https":
-        raise ValueError(
-            "https is not supported: clawproxy speaks plain HTTP to Ollama, "
-            "which must sit on a trusted network"
-        )
-    if not sep or scheme.lower() != "http":
-        raise ValueError("the URL must start with http://")
-    if "?" in rest or "#" in rest:
-        raise ValueError("a query or fragment is not allowed")
-    authority, slash, path = rest.partition("/")
-    if slash and path:
-        raise ValueError("a path is not allowed (the gateway adds /api/chat itself)")
-    if "@" in authority:
-        raise ValueError("user info (user@host) is not allowed")
-    return _split_authority(authority)
-
-
-def parse_http_url(url: str) -> tuple[str, int, str]:
-    """``(host, port, target)`` from ``http://host[:port][/path][?query]`` (alert webhooks).
-
-    Like ``parse_endpoint`` (http only, no user info, IPv6 in brackets) but a path and a
-    query are kept as the request target ("/" when absent); a fragment is refused.
-    """
-    if not isinstance(url, str):
-        raise ValueError(f"expected an http:// URL string, got {show_value(url)}")
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme.lower() != "http":
-        raise ValueError("the URL must start with http:// (https is not supported)")
-    if "#" in rest:
-        raise ValueError("a fragment is not allowed")
-    cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
-    authority, target = rest[:cut], rest[cut:]
-    if "@" in authority:
-        raise ValueError("user info (user@host) is not allowed")
-    if any(c <= " " or c == "\x7f" for c in target):
-        raise ValueError("the path must not contain spaces or control characters")
-    host, port = _split_authority(authority)
-    return host, port, "/" + target if target.startswith("?") or not target else target
-
-
-def _split_authority(authority: str) -> tuple[str, int]:
-    if authority.startswith("["):
-        host, bracket, port_text = authority[1:].partition("]")
-        if not bracket or (port_text and not port_text.startswith(":")):
-            raise ValueError("malformed [IPv6] host")
-        port_text = port_text[1:]
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValueError(f"{host!r} is not an IPv6 address") from None
-    elif authority.count(":") > 1:
-        raise ValueError("an IPv6 host must be in brackets, as in http://[::1]:11434")
-    else:
-        host, _, port_text = authority.partition(":")
-        if not host:
-            raise ValueError("the host is empty")
-        if not _HOST_NAME.fullmatch(host):
-            raise ValueError(f"{host!r} is not a host name or IPv4 address")
-    if not port_text:
-        return host, 80
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-        raise ValueError(f"port {port_text!r} is not a number from 1 to 65535")
-    return host, int(port_text)

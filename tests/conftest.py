@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+# The shared helpers assert too: rewrite their asserts as pytest does a test module's.
+pytest.register_assert_rewrite("harness", "sse_helpers", "contrib_helpers")
 
-from harness import Harness
+from harness import Harness  # noqa: E402
 
 LOOP_KINDS = ["uvloop", "asyncio"]
 # Messages that mean a task or callback failed where nobody was looking.

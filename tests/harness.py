@@ -15,11 +15,14 @@ import socket
 import threading
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from concurrent.futures import Future
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from clawproxy.config.loading import config_from_mapping
+from clawproxy.config import config_from_mapping
 from clawproxy.gateway import Gateway
 from clawproxy.simulator import OllamaSimulator
+
+if TYPE_CHECKING:
+    import openai
 
 T = TypeVar("T")
 
@@ -206,3 +209,115 @@ def offline_gateway(
     finally:
         loop.run_until_complete(gw.stop(drain_timeout=0))
         loop.close()
+
+
+# --- helpers shared by the end-to-end tests ------------------------------------------------
+
+# A minimal chat request body, and the same body asking for a stream.
+HELLO = {"messages": [{"role": "user", "content": "hi"}]}
+STREAM_REQUEST = json.dumps({**HELLO, "stream": True}).encode()
+
+
+def client(h: Harness) -> openai.OpenAI:
+    result: openai.OpenAI = h.openai_client()
+    return result
+
+
+def ask(h: Harness, **kwargs: Any) -> Any:
+    params: dict[str, Any] = {"model": "qwen3:32b", "messages": [{"role": "user", "content": "hi"}]}
+    params.update(kwargs)
+    return client(h).chat.completions.create(**params)
+
+
+def content_of(chunks: list[Any]) -> str:
+    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+
+def error_of(body: bytes) -> dict[str, Any]:
+    parsed = json.loads(body)
+    assert set(parsed) == {"error"}
+    err: dict[str, Any] = parsed["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    assert isinstance(err["message"], str) and err["message"]
+    return err
+
+
+def open_stream(h: Harness, rcvbuf: int | None = None) -> socket.socket:
+    """Send a streaming chat request on a raw socket and return the socket unread."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf is not None:
+        # Before connect, so the kernel cannot auto-tune it back up (RELIABILITY 1.4).
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", h.port))
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+        % (len(STREAM_REQUEST), STREAM_REQUEST)
+    )
+    return sock
+
+
+# --- raw sockets and fake transports ---------------------------------------------------------
+
+
+def connect(h: Harness) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", h.port), timeout=10)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def trickle(sock: socket.socket, piece: bytes, between: Callable[[], None] = lambda: None) -> bytes:
+    """Send ``piece`` every 50 ms until the server answers and closes; return the answer.
+    ``between`` runs at each pause (a check that must hold while the client trickles)."""
+    sock.settimeout(0.05)
+    data = b""
+    for _ in range(200):
+        try:
+            sock.sendall(piece)
+            chunk = sock.recv(4096)
+        except TimeoutError:
+            between()
+            continue
+        except (BrokenPipeError, ConnectionResetError):
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def status_of(response: bytes) -> int:
+    return int(response.split(b" ", 2)[1])
+
+
+class FakeTransport:
+    """Records writes; enough of asyncio.Transport for HttpConnection."""
+
+    def __init__(self) -> None:
+        self.written = bytearray()
+        self.closed = False
+        self.paused = False
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 40000) if name == "peername" else default

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from clawproxy.config.loading import LoggingConfig
+from clawproxy.config import LoggingConfig
 from clawproxy.telemetry import logs
 from clawproxy.telemetry.logs import (
     access_enabled,

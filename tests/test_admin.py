@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from harness import CALL_TIMEOUT, Harness, post_json, request
 
-from clawproxy.app.admin import allowed_hosts, host_of, origin_host
+from clawproxy.policy.adminaccess import allowed_hosts, host_of, origin_host
 from clawproxy.simulator import Reply
 
 ADMIN_PATHS = ["/metrics", "/stats", "/v1/model/load", "/v1/model/unload"]

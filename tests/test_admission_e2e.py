@@ -10,28 +10,11 @@ from typing import Any
 
 import openai
 import pytest
-from harness import Harness, request
-from test_chat_e2e import client
+from harness import Harness, client, open_stream, request
 
 from clawproxy.simulator import Fault, Reply
 
 HELLO = [{"role": "user", "content": "hi"}]
-STREAM_REQUEST = json.dumps({"messages": HELLO, "stream": True}).encode()
-
-
-def open_stream(h: Harness, rcvbuf: int | None = None) -> socket.socket:
-    """Send a streaming chat request on a raw socket and return the socket unread."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    if rcvbuf is not None:
-        # Before connect, so the kernel cannot auto-tune it back up (RELIABILITY 1.4).
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    sock.settimeout(10)
-    sock.connect(("127.0.0.1", h.port))
-    sock.sendall(
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
-        % (len(STREAM_REQUEST), STREAM_REQUEST)
-    )
-    return sock
 
 
 def test_burst_gets_whole_answers_or_fast_503s() -> None:
@@ -170,13 +153,13 @@ def test_slow_reader_pauses_the_upstream_and_bounds_memory(gw: Harness) -> None:
     try:
 
         def upstream_paused() -> bool:
-            conns = list(gw.gateway._connections)
+            conns = gw.gateway.connections.live()
             return bool(conns) and conns[0].flow.client_paused
 
         assert gw.call(lambda: gw.wait_until(upstream_paused, timeout=10))
         written = gw.sim.streams[-1].bytes_written
         buffered = gw.read(
-            lambda: next(iter(gw.gateway._connections)).transport.get_write_buffer_size()
+            lambda: gw.gateway.connections.live()[0].transport.get_write_buffer_size()
         )
         # Bounded by the high-water mark plus one upstream read, whatever the client does.
         assert buffered < 64 * 1024 + 256 * 1024
@@ -202,10 +185,10 @@ def test_a_trickling_reader_stays_bounded_and_keeps_the_upstream_paused(gw: Harn
     try:
 
         def server_side() -> Any:
-            return next(iter(gw.gateway._connections))
+            return gw.gateway.connections.live()[0]
 
         def paused() -> bool:
-            conns = list(gw.gateway._connections)
+            conns = gw.gateway.connections.live()
             return bool(conns) and conns[0].flow.client_paused
 
         assert gw.call(lambda: gw.wait_until(paused, timeout=10))

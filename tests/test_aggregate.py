@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_reframe import (
+from sse_helpers import (
     CID,
     CREATED,
     MODEL,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from clawproxy.config.loading import AuthConfig, ConfigError
+from clawproxy.config import AuthConfig, ConfigError
 from clawproxy.errors import AuthenticationFailed
 from clawproxy.policy import auth
 from clawproxy.policy.auth import (

@@ -6,8 +6,7 @@ import dataclasses
 
 import openai
 import pytest
-from harness import Harness
-from test_chat_e2e import ask
+from harness import Harness, ask
 
 from clawproxy.ollama import catalog
 from clawproxy.ollama.catalog import canonical

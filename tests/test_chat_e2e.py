@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import openai
 import pytest
-from harness import Harness, post_json
+from harness import Harness, ask, client, content_of, post_json
 
 from clawproxy.simulator import Fault, Reply, tool_call
 
@@ -27,23 +26,8 @@ TRICKY_TOKENS = [
 ]
 
 
-def client(h: Harness) -> openai.OpenAI:
-    result: openai.OpenAI = h.openai_client()
-    return result
-
-
-def ask(h: Harness, **kwargs: Any) -> Any:
-    params: dict[str, Any] = {"model": "qwen3:32b", "messages": [{"role": "user", "content": "hi"}]}
-    params.update(kwargs)
-    return client(h).chat.completions.create(**params)
-
-
 def stream_chunks(h: Harness, **kwargs: Any) -> list[Any]:
     return list(ask(h, stream=True, **kwargs))
-
-
-def content_of(chunks: list[Any]) -> str:
-    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
 
 
 def test_stream_content_is_exactly_what_ollama_generated(gw: Harness) -> None:

@@ -121,8 +121,8 @@ NOT_AT_IDLE = (
 # count before serving>", then "LOADED <heavy modules loaded>" and "FROZEN <count>".
 PROBE = """
 import asyncio, gc, sys
-from clawproxy.process import cli
 from clawproxy.gateway import Gateway
+from clawproxy.process import cli, runner
 
 def report_when_serving(config):
     gateway = Gateway(config)
@@ -146,7 +146,7 @@ args = cli.build_parser().parse_args(["--config", sys.argv[1]])
 config = cli.load_config(args.config, overrides=cli.overrides_from(args))
 cli.setup_logging(config.logging)
 print("BEFORE", gc.get_freeze_count(), flush=True)
-cli.run(cli.serve(config, make_gateway=report_when_serving))
+runner.run(runner.serve(config, make_gateway=report_when_serving))
 """
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from clawproxy.config.loading import (
+from clawproxy.config import (
     CONFIG_ENV_VAR,
     ITEM_RULES,
     RULES,
@@ -30,7 +30,8 @@ from clawproxy.config.loading import (
     load_config,
     queue_timeout_s,
 )
-from clawproxy.units import parse_duration, parse_endpoint, parse_http_url, parse_size
+from clawproxy.net import parse_endpoint, parse_http_url
+from clawproxy.units import parse_duration, parse_size
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "contrib" / "config.example.yaml"
 

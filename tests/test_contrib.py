@@ -3,41 +3,14 @@ tool (systemd-analyze verify, logrotate -d, nginx -t) and for the settings it pr
 
 from __future__ import annotations
 
-import grp
-import os
-import pwd
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from contrib_helpers import LOGROTATE, NGINX_SITE, UNIT, logrotate_for, need, nginx_main_conf, run
 
-from clawproxy.config.loading import ServerConfig
-
-CONTRIB = Path(__file__).resolve().parent.parent / "contrib"
-UNIT = CONTRIB / "clawproxy.service"
-LOGROTATE = CONTRIB / "clawproxy.logrotate"
-NGINX_SITE = CONTRIB / "nginx" / "clawproxy.conf"
-TOOL_TIMEOUT_S = 60
-
-
-def need(tool: str) -> str:
-    """The tool's path; a missing tool skips on a workstation but fails in CI, where
-    scripts/test installs it."""
-    path = shutil.which(tool) or next(
-        (p for p in (f"/usr/sbin/{tool}", f"/sbin/{tool}") if os.access(p, os.X_OK)), None
-    )
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{tool} is not installed (scripts/test installs it)")
-        pytest.skip(f"{tool} is not installed; scripts/test installs it")
-    return path
-
-
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, capture_output=True, text=True, timeout=TOOL_TIMEOUT_S, check=False)
+from clawproxy.config import ServerConfig
 
 
 def directives(text: str) -> dict[str, list[str]]:
@@ -100,22 +73,6 @@ def test_systemd_analyze_catches_a_broken_unit(tmp_path: Path) -> None:
 # --- logrotate -------------------------------------------------------------------------------
 
 
-def logrotate_for(log_dir: Path, postrotate: str | None = None) -> str:
-    """The contrib file for a test: logs in ``log_dir``, owned by whoever runs the tests."""
-    user = pwd.getpwuid(os.getuid()).pw_name
-    group = grp.getgrgid(os.getgid()).gr_name
-    text = LOGROTATE.read_text()
-    assert "/var/log/clawproxy/*.log" in text
-    text = text.replace("/var/log/clawproxy/*.log", f"{log_dir}/*.log")
-    text = text.replace("clawproxy clawproxy", f"{user} {group}")
-    if postrotate is not None:
-        text = re.sub(
-            r"postrotate\n.*?endscript", f"postrotate\n        {postrotate}\n    endscript", text,
-            flags=re.S,
-        )  # fmt: skip
-    return text
-
-
 def test_logrotate_settings() -> None:
     text = LOGROTATE.read_text()
     code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
@@ -141,29 +98,6 @@ def test_logrotate_debug_run_is_clean(tmp_path: Path) -> None:
 
 
 # --- nginx -----------------------------------------------------------------------------------
-
-
-def nginx_main_conf(prefix: Path, site: str) -> str:
-    """A minimal main config around a site file, everything under ``prefix``."""
-    for name in ("logs", "tmp"):
-        (prefix / name).mkdir(exist_ok=True)
-    (prefix / "site.conf").write_text(site)
-    return f"""
-daemon off;
-master_process off;
-pid {prefix}/nginx.pid;
-error_log {prefix}/logs/error.log info;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    client_body_temp_path {prefix}/tmp/body;
-    proxy_temp_path {prefix}/tmp/proxy;
-    fastcgi_temp_path {prefix}/tmp/fastcgi;
-    uwsgi_temp_path {prefix}/tmp/uwsgi;
-    scgi_temp_path {prefix}/tmp/scgi;
-    include {prefix}/site.conf;
-}}
-"""
 
 
 def nginx_test(tool: str, prefix: Path, site: str) -> subprocess.CompletedProcess[str]:

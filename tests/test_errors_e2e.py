@@ -8,22 +8,11 @@ from typing import Any
 
 import openai
 import pytest
-from harness import Harness, post_json, request
-from test_chat_e2e import ask, client, content_of
+from harness import HELLO, Harness, ask, client, content_of, error_of, post_json, request
 
 from clawproxy.simulator import Fault, Reply
 
 CHAT = "/v1/chat/completions"
-HELLO = {"messages": [{"role": "user", "content": "hi"}]}
-
-
-def error_of(body: bytes) -> dict[str, Any]:
-    parsed = json.loads(body)
-    assert set(parsed) == {"error"}
-    err: dict[str, Any] = parsed["error"]
-    assert set(err) == {"message", "type", "param", "code"}
-    assert isinstance(err["message"], str) and err["message"]
-    return err
 
 
 def test_invalid_json_is_400(gw: Harness) -> None:
@@ -177,7 +166,7 @@ def test_health_answers_without_asking_ollama(gw: Harness) -> None:
     assert isinstance(health["uptime_seconds"], int)
     # Lazy: nothing at all was asked of Ollama, not even a connection.
     assert len(gw.sim.requests) == 0
-    assert gw.read(lambda: gw.gateway.pool_if_started) is None
+    assert gw.read(lambda: gw.gateway.pool.connects) == 0
 
 
 def test_gateway_starts_and_serves_health_with_ollama_down() -> None:

@@ -17,7 +17,8 @@ import pytest
 from harness import CALL_TIMEOUT, Harness
 
 from clawproxy.telemetry.alerts import GpuAlerts, Hysteresis, WebhookError, post_json
-from clawproxy.telemetry.gpu import GpuSample, NvmlApi, NvmlReader
+from clawproxy.telemetry.gpu import NvmlApi, NvmlReader
+from clawproxy.telemetry.gpusample import GpuSample
 
 GIB = 1024**3
 

@@ -6,13 +6,21 @@ import asyncio
 import json
 import time
 from collections.abc import Iterator
-from typing import Any, cast
+from typing import cast
 
 import pytest
-from harness import Harness, offline_gateway, post_json, read_until_closed
+from harness import (
+    FakeTransport,
+    Harness,
+    connect,
+    offline_gateway,
+    post_json,
+    read_until_closed,
+    status_of,
+    trickle,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_http_server import connect, status_of, trickle
 
 from clawproxy.gateway import Gateway
 from clawproxy.http.server import HttpConnection
@@ -136,7 +144,7 @@ def test_flood_behind_a_request_does_not_grow_memory(gw: Harness) -> None:
                 time.sleep(0.005)
 
         def paused() -> bool:
-            return any(c._reading_paused for c in gw.gateway._connections)
+            return any(c._reading_paused for c in gw.gateway.connections.live())
 
         # The gateway stopped reading at 64 KiB; the rest sits in kernel buffers.
         assert gw.read(paused)
@@ -150,39 +158,6 @@ def test_flood_behind_a_request_does_not_grow_memory(gw: Harness) -> None:
 
 
 # -- fuzzing the request parser in-process -------------------------------------------------
-
-
-class FakeTransport:
-    """Records writes; enough of asyncio.Transport for HttpConnection."""
-
-    def __init__(self) -> None:
-        self.written = bytearray()
-        self.closed = False
-        self.paused = False
-
-    def write(self, data: bytes) -> None:
-        self.written += data
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.closed = True
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def pause_reading(self) -> None:
-        self.paused = True
-
-    def resume_reading(self) -> None:
-        self.paused = False
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        pass
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return ("127.0.0.1", 40000) if name == "peername" else default
 
 
 @pytest.fixture(scope="module")
@@ -211,7 +186,7 @@ def test_fuzzed_requests_parse_or_get_a_4xx(
 ) -> None:
     loop, gw = fuzz_gateway
     transport = FakeTransport()
-    conn = HttpConnection(gw, gw.public)
+    conn = HttpConnection(gw.connections, gw.public)
     errors: list[BaseException] = []
 
     async def drive() -> None:

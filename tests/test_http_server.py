@@ -5,54 +5,22 @@ from __future__ import annotations
 import http.client
 import json
 import re
-import socket
 import time
-from collections.abc import Callable
 
 import h11
 import pytest
-from harness import Harness, read_until_closed
+from harness import Harness, connect, read_until_closed, status_of, trickle
 
-from clawproxy.http.server import SPARE_PARSERS, ParserStock
+from clawproxy.http.parsers import SPARE_PARSERS, ParserStock
 from clawproxy.simulator import Reply
 
 BODY = json.dumps({"messages": [{"role": "user", "content": "hi"}]}).encode()
-
-
-def connect(h: Harness) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", h.port), timeout=10)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
 
 
 def exchange(h: Harness, raw: bytes) -> bytes:
     with connect(h) as sock:
         sock.sendall(raw)
         return read_until_closed(sock)
-
-
-def trickle(sock: socket.socket, piece: bytes, between: Callable[[], None] = lambda: None) -> bytes:
-    """Send ``piece`` every 50 ms until the server answers and closes; return the answer.
-    ``between`` runs at each pause (a check that must hold while the client trickles)."""
-    sock.settimeout(0.05)
-    data = b""
-    for _ in range(200):
-        try:
-            sock.sendall(piece)
-            chunk = sock.recv(4096)
-        except TimeoutError:
-            between()
-            continue
-        except (BrokenPipeError, ConnectionResetError):
-            break
-        if not chunk:
-            break
-        data += chunk
-    return data
-
-
-def status_of(response: bytes) -> int:
-    return int(response.split(b" ", 2)[1])
 
 
 def chat_post(body: bytes = BODY, extra: bytes = b"") -> bytes:
@@ -261,7 +229,7 @@ def test_parsers_for_new_connections_are_built_between_requests(gw: Harness) -> 
     fresh, and the stock never grows past its size."""
 
     def stock() -> list[h11.Connection]:
-        return list(gw.gateway.parsers._spare)
+        return list(gw.gateway.connections.parsers._spare)
 
     before = gw.read(stock)
     for _ in range(3):

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clawproxy.config.loading import ModelConfig
+from clawproxy.config import ModelConfig
 from clawproxy.errors import InvalidRequest
 from clawproxy.openai.mapping import (
     MAX_TOKENS_LIMIT,

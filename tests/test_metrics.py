@@ -11,11 +11,12 @@ import pytest
 from harness import CALL_TIMEOUT, Harness, post_json, request
 from prometheus_client.parser import text_string_to_metric_families
 
-from clawproxy.config.loading import Config
-from clawproxy.http.server import Request
+from clawproxy.config import Config
+from clawproxy.http.request import Request
 from clawproxy.simulator import Fault, Reply
-from clawproxy.telemetry.gpu import GpuReading, GpuSample
-from clawproxy.telemetry.metrics import Histogram, escape_label, render
+from clawproxy.telemetry.gpusample import GpuReading, GpuSample
+from clawproxy.telemetry.histogram import Histogram
+from clawproxy.telemetry.metrics import escape_label, render
 from clawproxy.telemetry.state import (
     MAX_MODEL_LABELS,
     LiveState,

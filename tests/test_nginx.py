@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from contrib_helpers import NGINX_SITE, need, nginx_main_conf
 from harness import CALL_TIMEOUT, Harness
-from test_contrib import NGINX_SITE, need, nginx_main_conf
 
 from clawproxy.simulator import Fault, Reply
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from contrib_helpers import logrotate_for, need
 from harness import CALL_TIMEOUT, Harness, request
-from test_contrib import logrotate_for, need
 
 from clawproxy.process import signals
 

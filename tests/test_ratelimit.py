@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from clawproxy.config.loading import RateLimitConfig
+from clawproxy.config import RateLimitConfig
 from clawproxy.errors import RateLimited
 from clawproxy.policy.clientaddr import (
     MAX_FORWARDED_HOPS,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_reframe import chat_line, cut, done_line, line_st, new, parse_sse
+from sse_helpers import chat_line, cut, done_line, line_st, new, parse_sse
 
 from clawproxy.http.chunked import ChunkedDecoder, ChunkedError
 

@@ -8,10 +8,17 @@ from typing import Any
 
 import openai
 import pytest
-from harness import Harness, post_json, request
-from test_admission_e2e import open_stream
-from test_chat_e2e import ask, client, content_of
-from test_errors_e2e import HELLO, error_of
+from harness import (
+    HELLO,
+    Harness,
+    ask,
+    client,
+    content_of,
+    error_of,
+    open_stream,
+    post_json,
+    request,
+)
 
 from clawproxy.simulator import Fault, Reply
 

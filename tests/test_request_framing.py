@@ -1,7 +1,9 @@
 """Request bodies split anywhere: h11 parses the head, the server counts Content-Length bodies.
 
 A property test over the server's own body reader: whatever the cut points, every request
-of a pipelined sequence is dispatched once, in order, with exactly its body.
+of a pipelined sequence is dispatched once, in order, with exactly its body. The connection
+is the real one, behind a real ``Listener``, with a route table whose handlers record what
+they were given: no gateway, no Ollama, only the transport is fake.
 """
 
 from __future__ import annotations
@@ -11,30 +13,47 @@ from collections.abc import Iterator
 from typing import cast
 
 import pytest
-from harness import offline_gateway
+from harness import FakeTransport
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_hostile import FakeTransport
 
-from clawproxy.gateway import Gateway
-from clawproxy.http.server import HttpConnection, Request
+from clawproxy.config import config_from_mapping
+from clawproxy.http.listener import Listener
+from clawproxy.http.request import Request
+from clawproxy.http.router import Router
+from clawproxy.http.server import HttpConnection
+
+PATHS = (b"/a", b"/b", b"/c")
 
 
-class RecordingConnection(HttpConnection):
-    """Answers every request with 200 and its body length; keeps what it was given."""
+class Recorder:
+    """The listener's events and the handlers' record of what reached them."""
 
-    seen: list[tuple[bytes, bytes, bytes]]
+    def __init__(self) -> None:
+        self.seen: list[tuple[bytes, bytes, bytes]] = []
+        self.finished = 0
+        self.refused: list[str] = []
 
-    async def _run(self, request: Request) -> None:
+    async def handle(self, request: Request, conn: HttpConnection) -> None:
+        """Answers every request with 200 and its body length."""
         self.seen.append((request.method, request.path, request.body))
-        self.send(request, 200, b"%d" % len(request.body))
-        self._response_finished()
+        conn.send(request, 200, b"%d" % len(request.body))
+
+    def request_finished(self, request: Request) -> None:
+        self.finished += 1
+
+    def request_refused(self, client: str, status: int, reason: str) -> None:
+        self.refused.append(reason)
+
+    def connections_changed(self, count: int) -> None:
+        pass
 
 
 @pytest.fixture(scope="module")
-def gateway() -> Iterator[tuple[asyncio.AbstractEventLoop, Gateway]]:
-    with offline_gateway() as made:
-        yield made
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
 
 
 def post(path: bytes, body: bytes, chunked: bool) -> bytes:
@@ -48,7 +67,7 @@ def post(path: bytes, body: bytes, chunked: bool) -> bytes:
 
 
 requests = st.lists(
-    st.tuples(st.sampled_from([b"/a", b"/b", b"/c"]), st.binary(max_size=200), st.booleans()),
+    st.tuples(st.sampled_from(PATHS), st.binary(max_size=200), st.booleans()),
     min_size=1,
     max_size=4,
 )
@@ -57,15 +76,16 @@ requests = st.lists(
 @settings(max_examples=200, deadline=None)
 @given(sequence=requests, cuts=st.lists(st.integers(min_value=1, max_value=40), max_size=30))
 def test_pipelined_bodies_split_anywhere_arrive_whole_and_in_order(
-    gateway: tuple[asyncio.AbstractEventLoop, Gateway],
+    loop: asyncio.AbstractEventLoop,
     sequence: list[tuple[bytes, bytes, bool]],
     cuts: list[int],
 ) -> None:
-    loop, gw = gateway
     wire = b"".join(post(path, body, chunked) for path, body, chunked in sequence)
     transport = FakeTransport()
-    conn = RecordingConnection(gw, gw.public)
-    conn.seen = []
+    recorder = Recorder()
+    listener = Listener(config_from_mapping({}).server, loop, recorder)
+    router = Router({path: {b"POST": recorder.handle} for path in PATHS})
+    conn = HttpConnection(listener, router)
 
     async def drive() -> None:
         conn.connection_made(cast(asyncio.Transport, transport))
@@ -82,7 +102,9 @@ def test_pipelined_bodies_split_anywhere_arrive_whole_and_in_order(
         conn.connection_lost(None)
 
     loop.run_until_complete(drive())
-    assert conn.seen == [(b"POST", path, body) for path, body, _ in sequence]
+    assert recorder.seen == [(b"POST", path, body) for path, body, _ in sequence]
+    assert recorder.finished == len(sequence)
+    assert recorder.refused == []
     answers = bytes(transport.written).split(b"HTTP/1.1 200 OK\r\n")[1:]
     assert [a.rpartition(b"\r\n\r\n")[2] for a in answers] == [
         b"%d" % len(body) for _, body, _ in sequence

@@ -22,7 +22,7 @@ from harness import Harness, post_json
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from clawproxy.simulator import Reply
-from clawproxy.telemetry.gpu import GpuReading, GpuSample
+from clawproxy.telemetry.gpusample import GpuReading, GpuSample
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

@@ -12,11 +12,9 @@ import socket
 from typing import Any
 
 import pytest
-from harness import Harness
-from test_admission_e2e import open_stream
-from test_chat_e2e import ask, content_of
+from harness import Harness, ask, content_of, open_stream
 
-from clawproxy.app.chat import SseRelay
+from clawproxy.app.relay import SseRelay
 from clawproxy.http.server import HttpConnection
 from clawproxy.simulator import Fault, Reply
 
@@ -109,7 +107,7 @@ def test_both_hops_disable_nagle(gw: Harness) -> None:
     def nodelay() -> tuple[list[int], list[int]]:
         clients = [
             c.transport.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
-            for c in gw.gateway._connections
+            for c in gw.gateway.connections.live()
             if c.transport is not None
         ]
         upstream = [

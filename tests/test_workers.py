@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from clawproxy.config.loading import Config, ConfigError, config_from_mapping
+from clawproxy.config import Config, ConfigError, config_from_mapping
 from clawproxy.process.workers import check_workers, share, worker_config
 
 REPO = Path(__file__).resolve().parent.parent

@@ -22,7 +22,7 @@ Data: ``/ui/api/stats`` is the admin ``/stats`` snapshot on the public port (liv
 rate windows, recent requests without prompt text or client addresses, GPUs, model
 details) plus ``upstream``: Ollama's ``/api/version`` answer, cached ``UPSTREAM_TTL_S`` so
 any number of open dashboards ask Ollama at most that often. It goes through
-``guard.check_client``, so it needs an API key when keys are configured, like ``/v1``.
+``ClientGuard.check``, so it needs an API key when keys are configured, like ``/v1``.
 
 UI requests are not user traffic: a dashboard polling every second must not chart itself or
 fill the recent-requests table, so they set ``Request.counted = False`` as admin-port
@@ -35,17 +35,18 @@ import asyncio
 import logging
 import re
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
 from clawproxy.app.admin import stats_body
-from clawproxy.policy.guard import check_client
-
-if TYPE_CHECKING:
-    from clawproxy.gateway import Gateway, Handler
-    from clawproxy.http.server import HttpConnection, Request
+from clawproxy.app.services import Services
+from clawproxy.http.request import Request
+from clawproxy.http.router import RouteTable
+from clawproxy.http.server import HttpConnection
+from clawproxy.ollama.modelctl import ModelControl
 
 log = logging.getLogger("clawproxy.ui")
 
@@ -108,7 +109,7 @@ class Asset:
     content_type: bytes
     cache_control: bytes
 
-    async def __call__(self, gw: Gateway, request: Request, conn: HttpConnection) -> None:
+    async def __call__(self, request: Request, conn: HttpConnection) -> None:
         request.counted = False
         headers = ((b"cache-control", self.cache_control), *SECURITY_HEADERS)
         conn.send(request, 200, self.body, content_type=self.content_type, headers=headers)
@@ -157,48 +158,47 @@ def build_manifest(root: Path) -> dict[bytes, Asset]:
 class UpstreamProbe:
     """Ollama's reachability for the dashboard's indicator, asked at most every TTL."""
 
-    def __init__(self) -> None:
+    def __init__(self, models: ModelControl, loop: asyncio.AbstractEventLoop) -> None:
+        self._models = models
+        self._loop = loop
         self._cached: tuple[float, dict[str, Any]] | None = None
         # One question in flight: the dashboards that arrive meanwhile wait for its answer.
         self._lock = asyncio.Lock()
 
-    async def status(self, gw: Gateway) -> dict[str, Any]:
+    async def status(self) -> dict[str, Any]:
         async with self._lock:
             cached = self._cached
-            if cached is not None and cached[0] > gw.loop.time():
+            if cached is not None and cached[0] > self._loop.time():
                 return cached[1]
-            answer = await gw.models.upstream_health(UPSTREAM_TIMEOUT_S)
-            self._cached = (gw.loop.time() + UPSTREAM_TTL_S, answer)
+            answer = await self._models.upstream_health(UPSTREAM_TIMEOUT_S)
+            self._cached = (self._loop.time() + UPSTREAM_TTL_S, answer)
             return answer
 
 
-async def snapshot(gw: Gateway, probe: UpstreamProbe) -> dict[str, Any]:
+async def snapshot(svc: Services, probe: UpstreamProbe) -> dict[str, Any]:
     """The admin ``/stats`` body plus ``upstream``; no prompt text, no client addresses."""
-    body = stats_body(gw)
+    body = stats_body(svc)
     # Both ask Ollama (each bounded by its own short timeout): side by side, not in turn.
     body["model_details"], body["upstream"] = await asyncio.gather(
-        gw.models.details(), probe.status(gw)
+        svc.models.details(), probe.status()
     )
     return body
 
 
-def stats_handler(probe: UpstreamProbe) -> Handler:
-    async def ui_stats(gw: Gateway, request: Request, conn: HttpConnection) -> None:
-        request.counted = False
-        check_client(gw, request)
-        body = orjson.dumps(await snapshot(gw, probe))
-        headers = ((b"cache-control", CACHE_SNAPSHOT), *SECURITY_HEADERS)
-        conn.send(request, 200, body, headers=headers)
+async def ui_stats(
+    svc: Services, probe: UpstreamProbe, request: Request, conn: HttpConnection
+) -> None:
+    request.counted = False
+    svc.guard.check(request)
+    body = orjson.dumps(await snapshot(svc, probe))
+    headers = ((b"cache-control", CACHE_SNAPSHOT), *SECURITY_HEADERS)
+    conn.send(request, 200, body, headers=headers)
 
-    return ui_stats
 
-
-def ui_routes(root: Path | None = None) -> dict[bytes, dict[bytes, Handler]]:
+def ui_routes(svc: Services, root: Path | None = None) -> RouteTable:
     """The UI's part of the public route table (one per gateway: it holds the probe cache)."""
     manifest = build_manifest(STATIC_ROOT if root is None else root)
-    table: dict[bytes, dict[bytes, Handler]] = {
-        path: {b"GET": asset, b"HEAD": asset} for path, asset in manifest.items()
-    }
-    stats = stats_handler(UpstreamProbe())
-    table[STATS_PATH] = {b"GET": stats}
+    table: RouteTable = {path: {b"GET": asset, b"HEAD": asset} for path, asset in manifest.items()}
+    probe = UpstreamProbe(svc.models, svc.loop)
+    table[STATS_PATH] = {b"GET": partial(ui_stats, svc, probe)}
     return table

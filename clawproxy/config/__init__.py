@@ -1,1 +1,63 @@
-"""The configuration layer: the schema (typed sections with defaults), the rules, the loader."""
+"""The configuration layer: the schema (typed sections with defaults), the rules, the loader.
+
+Import order, bottom first: ``errors`` (ConfigError), ``schema`` (the dataclasses),
+``rules`` (what each key accepts), ``loading`` (coercion, overrides, the file);
+``yamlfile`` (PyYAML) is imported by ``load_config`` only when there is a file to read.
+"""
+
+from clawproxy.config.errors import ConfigError
+from clawproxy.config.loading import CONFIG_ENV_VAR, config_from_mapping, config_keys, load_config
+from clawproxy.config.rules import (
+    ITEM_RULES,
+    MAX_API_KEY_BYTES,
+    RULES,
+    SECRET_KEYS,
+    Rule,
+    check_api_key,
+    check_key_label,
+)
+from clawproxy.config.schema import (
+    DURATION,
+    SIZE,
+    AlertsConfig,
+    AuthConfig,
+    Config,
+    GatewayConfig,
+    GpuConfig,
+    LoggingConfig,
+    ModelConfig,
+    RateLimitConfig,
+    ServerConfig,
+    UiConfig,
+    UpstreamConfig,
+    queue_timeout_s,
+)
+
+__all__ = [
+    "CONFIG_ENV_VAR",
+    "DURATION",
+    "ITEM_RULES",
+    "MAX_API_KEY_BYTES",
+    "RULES",
+    "SECRET_KEYS",
+    "SIZE",
+    "AlertsConfig",
+    "AuthConfig",
+    "Config",
+    "ConfigError",
+    "GatewayConfig",
+    "GpuConfig",
+    "LoggingConfig",
+    "ModelConfig",
+    "RateLimitConfig",
+    "Rule",
+    "ServerConfig",
+    "UiConfig",
+    "UpstreamConfig",
+    "check_api_key",
+    "check_key_label",
+    "config_from_mapping",
+    "config_keys",
+    "load_config",
+    "queue_timeout_s",
+]

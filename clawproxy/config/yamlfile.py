@@ -1,6 +1,6 @@
 """Reading the YAML config file: strict (duplicate keys are errors) and safe (no objects).
 
-Kept apart from ``config`` so that PyYAML is imported only when there is a file to read.
+Kept apart from ``config.loading`` so that PyYAML is imported only when there is a file to read.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from clawproxy.config.loading import ConfigError
+from clawproxy.config.errors import ConfigError
 
 
 class _StrictLoader(yaml.SafeLoader):

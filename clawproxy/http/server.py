@@ -36,27 +36,24 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
-from typing import TYPE_CHECKING, cast
+from typing import Protocol, cast
 
 import h11
 
+from clawproxy.config import ServerConfig
 from clawproxy.errors import GatewayError, Overloaded, error_body
 from clawproxy.http.flow import WRITE_HIGH_WATER_BYTES, WRITE_LOW_WATER_BYTES, FlowControl
-from clawproxy.http.heads import header_list, header_value
-
-if TYPE_CHECKING:
-    from clawproxy.app.public import Router
-    from clawproxy.gateway import Gateway
+from clawproxy.http.heads import header_list
+from clawproxy.http.limits import Refusal, body_too_large, check_head
+from clawproxy.http.parsers import ParserStock
+from clawproxy.http.request import Request
 
 log = logging.getLogger("clawproxy.server")
 
 # Pipelined bytes we hold while a request runs before we stop reading the socket.
 PIPELINE_BUFFER_BYTES = 64 * 1024
-# Parsers kept built ahead for new connections (see ParserStock): a burst of new
-# connections beyond this builds its own, as before.
-SPARE_PARSERS = 8
 SERVER_HEADER = (b"server", b"clawproxy")
 
 REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
@@ -65,75 +62,68 @@ REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 LAST_CHUNK = b"0\r\n\r\n"
 
 
-def asks_to_close(value: bytes) -> bool:
-    """Whether a ``Connection`` header value holds the ``close`` option."""
-    return b"close" in (t.strip().lower() for t in value.split(b","))
-
-
 class Phase(enum.Enum):
+    """Where the connection is in reading a request (each phase owns one timer)."""
+
     IDLE = "idle"
     HEAD = "head"
     BODY = "body"
     HANDLING = "handling"
 
 
-@dataclass(slots=True)
-class Request:
-    """A complete, validated request, plus what the access log reports about it."""
+class Reply(enum.Enum):
+    """Where the response to the current request is: one owner for what used to be three
+    flags (started, chunked, complete)."""
 
-    method: bytes
-    path: bytes
-    headers: list[tuple[bytes, bytes]]
-    body: bytes
-    client: str
-    http_version: bytes
-    started: float
-    status: int = 0
-    model: str = "-"
-    first_token_at: float | None = None
-    tokens: int = 0
-    outcome: str = ""
-    # False for dashboards and scrapes (admin port, UI data): not counted as traffic.
-    counted: bool = True
-    extra: dict[str, str] = field(default_factory=dict)
-
-    def header(self, name: bytes) -> bytes | None:
-        return header_value(self.headers, name)
+    NONE = "none"  # nothing written or rendered yet: an error can still get its status
+    STREAM = "stream"  # a stream's head is rendered; chunks follow
+    STREAM_UNTIL_CLOSE = "stream_until_close"  # HTTP/1.0: the body ends with the connection
+    ERROR = "error"  # a raw error reply went out; the connection closes
+    COMPLETE = "complete"  # the whole response was written
 
 
-class ParserStock:
-    """Server-side h11 parsers, built ahead between requests.
+# The per-token check in write(), as one global load instead of two attribute loads.
+_STREAM = Reply.STREAM
 
-    A new connection needs one for its first bytes; building it (h11's connection state,
-    receive buffer and readers) is tens of microseconds on a cold CPU, on the way to the
-    first token. Each connection refills the stock after a request instead (``_run``)."""
+Handler = Callable[[Request, "HttpConnection"], Awaitable[None]]
 
-    def __init__(self, max_header_bytes: int, keep: int = SPARE_PARSERS) -> None:
-        self._max_header_bytes = max_header_bytes
-        self._keep = keep
-        self._spare: list[h11.Connection] = []
 
-    def take(self) -> h11.Connection:
-        spare = self._spare
-        return spare.pop() if spare else self._build()
+class Routes(Protocol):
+    """A route table: the handler for a request, or a ``GatewayError`` (404, 405, ...)."""
 
-    def refill(self) -> None:
-        if len(self._spare) < self._keep:
-            self._spare.append(self._build())
+    def resolve(self, request: Request) -> Handler: ...
 
-    def _build(self) -> h11.Connection:
-        return h11.Connection(h11.SERVER, max_incomplete_event_size=self._max_header_bytes)
+
+class ConnectionHost(Protocol):
+    """What a connection needs from the listener that accepted it (``http.listener``)."""
+
+    config: ServerConfig
+    loop: asyncio.AbstractEventLoop
+    parsers: ParserStock
+
+    @property
+    def draining(self) -> bool: ...
+
+    def connection_opened(self, conn: HttpConnection) -> bool:
+        """False refuses the connection (over ``max_connections``, or draining)."""
+        ...
+
+    def connection_closed(self, conn: HttpConnection) -> None: ...
+
+    def request_finished(self, request: Request) -> None: ...
+
+    def request_refused(self, client: str, status: int, reason: str) -> None: ...
 
 
 class HttpConnection(asyncio.Protocol):
     """One client connection: parse, enforce limits, run handlers, write responses."""
 
-    def __init__(self, gateway: Gateway, router: Router) -> None:
-        self.gw = gateway
+    def __init__(self, host: ConnectionHost, router: Routes) -> None:
+        self.host = host
         self.router = router
-        self.cfg = gateway.config.server
-        self.loop = gateway.loop
-        self.h11 = gateway.parsers.take()
+        self.cfg = host.config
+        self.loop = host.loop
+        self.h11 = host.parsers.take()
         self.transport: asyncio.Transport | None = None
         self.client = "-"
         self.phase = Phase.IDLE
@@ -153,16 +143,23 @@ class HttpConnection(asyncio.Protocol):
         self._reading_paused = False
         self._served = 0
         self._counted = False
-        # Response state for the request being handled.
-        self.response_started = False
-        self._chunked = False
+        # The response to the request being handled, and whether the connection is kept
+        # for the next one (decided at dispatch, revised by the response).
+        self._reply = Reply.NONE
         self._keep_alive = True
-        self._response_complete = False
         # A stream's rendered head, waiting to go out with its first chunk.
         self._held_head = b""
 
     def __repr__(self) -> str:
-        return f"<HttpConnection {self.client} {self.phase.value} served={self._served}>"
+        return (
+            f"<HttpConnection {self.client} {self.phase.value} {self._reply.value}"
+            f" served={self._served}>"
+        )
+
+    @property
+    def response_started(self) -> bool:
+        """Whether a status went out (or is rendered): an error can then only travel in-band."""
+        return self._reply is not Reply.NONE
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
@@ -171,7 +168,7 @@ class HttpConnection(asyncio.Protocol):
         self.transport = transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.client = str(peer[0]) if isinstance(peer, tuple) else "-"
-        if not self.gw.connection_opened(self):
+        if not self.host.connection_opened(self):
             # Over max_connections: refuse cleanly and spend nothing more on it.
             self._write_raw_error(
                 503, "too many open connections; retry shortly", "too_many_connections"
@@ -219,8 +216,8 @@ class HttpConnection(asyncio.Protocol):
         self.flow.close()
         if self._counted:
             self._counted = False
-            self.gw.connection_closed(self)
-        if self._task is not None and not self._task.done() and not self._response_complete:
+            self.host.connection_closed(self)
+        if self._task is not None and not self._task.done() and self._reply is not Reply.COMPLETE:
             # A client that leaves after the whole answer (last chunk sent, Ollama's own end
             # still on its way) is no abort: the exchange finishes and its connection is reused.
             self._task.cancel()
@@ -255,7 +252,7 @@ class HttpConnection(asyncio.Protocol):
                 assert isinstance(event, h11.Data)
                 self._body += event.data
                 if len(self._body) > self.cfg.max_body_bytes:
-                    self._reject(413, self._body_limit_message(), "request_too_large")
+                    self._refuse(body_too_large(self.cfg))
                     return
             elif kind is h11.EndOfMessage:
                 # Whatever h11 holds past this request is the next one's.
@@ -266,52 +263,13 @@ class HttpConnection(asyncio.Protocol):
                 self._close()
                 return
 
-    def _body_limit_message(self) -> str:
-        return f"request body exceeds {self.cfg.max_body_bytes} bytes"
-
     def _accept_head(self, head: h11.Request) -> bool:
-        cfg = self.cfg
-        line_bytes = len(head.method) + len(head.target) + 10
-        if line_bytes > cfg.max_request_line_bytes:
-            self._reject(414, "request line too long", "request_line_too_long")
-            return False
         headers = header_list(head)
-        if len(headers) > cfg.max_headers:
-            self._reject(431, f"more than {cfg.max_headers} header fields", "too_many_headers")
+        verdict = check_head(head, headers, self.cfg)
+        if isinstance(verdict, Refusal):
+            self._refuse(verdict)
             return False
-        head_bytes = line_bytes
-        has_te = close_asked = False
-        length = None
-        for name, value in headers:
-            head_bytes += len(name) + len(value) + 4
-            if name == b"content-length":
-                # h11 validated the syntax and merged identical duplicates.
-                length = int(value)
-            elif name == b"transfer-encoding":
-                has_te = True
-            elif name == b"connection" and asks_to_close(value):
-                close_asked = True
-        if head_bytes > cfg.max_header_bytes:
-            self._reject(431, "request header block too large", "headers_too_large")
-            return False
-        if has_te and length is not None:
-            self._reject(400, "Content-Length together with Transfer-Encoding", "bad_framing")
-            return False
-        if has_te and head.http_version == b"1.0":
-            self._reject(400, "chunked request body in HTTP/1.0", "bad_framing")
-            return False
-        if head.method == b"CONNECT":
-            self._reject(
-                405, "CONNECT is not supported: this is not a forward proxy", "method_not_allowed"
-            )
-            return False
-        if not head.target.startswith(b"/"):
-            self._reject(400, "only origin-form request targets are accepted", "bad_request_target")
-            return False
-        if length is not None and length > cfg.max_body_bytes:
-            # Refused before a byte of it is read, and without a 100 Continue.
-            self._reject(413, self._body_limit_message(), "request_too_large")
-            return False
+        length, close_asked = verdict
         self._head = head
         self._headers = headers
         self._close_asked = close_asked
@@ -327,7 +285,7 @@ class HttpConnection(asyncio.Protocol):
         if self.phase is Phase.BODY:
             # Only a body still to come gets a deadline; one that came with its head (the
             # usual POST) was dispatched above without a timer to arm and cancel.
-            self._arm(cfg.body_timeout)
+            self._arm(self.cfg.body_timeout)
         return True
 
     def _take_body(self, data: bytes | bytearray) -> None:
@@ -367,8 +325,7 @@ class HttpConnection(asyncio.Protocol):
         )
         self._head = None
         self._body = bytearray()
-        self.response_started = False
-        self._response_complete = False
+        self._reply = Reply.NONE
         self._served += 1
         # HTTP/1.1 without "Connection: close" (h11's rule too: HTTP/1.0 always closes).
         self._keep_alive = (
@@ -380,33 +337,33 @@ class HttpConnection(asyncio.Protocol):
 
     async def _run(self, request: Request) -> None:
         try:
-            handler = self.router.resolve(self.gw, request)
-            await handler(self.gw, request, self)
+            handler = self.router.resolve(request)
+            await handler(request, self)
         except GatewayError as exc:
             self._fail(request, exc)
         except asyncio.CancelledError:
-            if self.gw.draining and not self.closed and not self.response_started:
+            if self.host.draining and not self.closed and self._reply is Reply.NONE:
                 # Cut by the drain deadline, not by the client: say so while we can.
                 self._fail(
                     request, Overloaded("the gateway is shutting down", code="shutting_down")
                 )
             request.outcome = request.outcome or "client_abort"
-            request.status = request.status if self.response_started else 499
+            request.status = request.status if self._reply is not Reply.NONE else 499
             raise
         except Exception:
             log.exception("unhandled error in %s %s", request.method.decode(), request.path)
             self._fail(request, GatewayError("internal error in the gateway"))
         finally:
-            self.gw.request_finished(request)
+            self.host.request_finished(request)
             # A request is done: build the next new connection's parser now, off any
             # request's way to its first token (ParserStock).
-            self.gw.parsers.refill()
+            self.host.parsers.refill()
             if not self.closed:
                 self._response_finished()
 
     def _fail(self, request: Request, exc: GatewayError) -> None:
         request.outcome = request.outcome or (exc.code or "error")
-        if self.response_started:
+        if self._reply is not Reply.NONE:
             self.cut_stream()
         else:
             self.send(request, exc.status, exc.body(), headers=exc.headers)
@@ -435,7 +392,7 @@ class HttpConnection(asyncio.Protocol):
         assert self.transport is not None
         # HEAD gets the headers GET would, and no body (RFC 9110 9.3.2).
         self.transport.write(head if request.method == b"HEAD" else head + body)
-        self._response_complete = True
+        self._reply = Reply.COMPLETE
 
     def start_stream(
         self, request: Request, status: int, headers: tuple[tuple[bytes, bytes], ...]
@@ -443,13 +400,15 @@ class HttpConnection(asyncio.Protocol):
         """Send a streaming head; chunks follow with ``write()``."""
         hdrs = [SERVER_HEADER, *headers]
         # HTTP/1.0 peers know no chunked encoding: their body ends when the connection does.
-        self._chunked = request.http_version == b"1.1"
-        if self._chunked:
+        if request.http_version == b"1.1":
             hdrs.append((b"transfer-encoding", b"chunked"))
+            reply = Reply.STREAM
         else:
             self._keep_alive = False
+            reply = Reply.STREAM_UNTIL_CLOSE
         # Held, not written: the first chunk (or flush()) takes it along in the same write.
         self._held_head = self._render_head(request, status, hdrs)
+        self._reply = reply
 
     def flush(self) -> None:
         """Send a held stream head now (no body bytes came with Ollama's head)."""
@@ -461,7 +420,7 @@ class HttpConnection(asyncio.Protocol):
         if self.closed:
             return
         assert self.transport is not None
-        out = b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data
+        out = b"%x\r\n%b\r\n" % (len(data), data) if self._reply is _STREAM else data
         # _send(out), inlined: this is the per-token path.
         if self._held_head:
             out = self._held_head + out
@@ -470,10 +429,11 @@ class HttpConnection(asyncio.Protocol):
 
     def end_stream(self, data: bytes = b"") -> None:
         """The stream's last bytes and its end, in one write; later calls do nothing."""
-        if self.closed or self._response_complete:
+        reply = self._reply
+        if self.closed or reply is Reply.COMPLETE:
             return
-        self._response_complete = True
-        if self._chunked:
+        self._reply = Reply.COMPLETE
+        if reply is Reply.STREAM:
             out = (b"%x\r\n%b\r\n" % (len(data), data) if data else b"") + LAST_CHUNK
         else:
             out = data
@@ -494,7 +454,7 @@ class HttpConnection(asyncio.Protocol):
         if task is None or task.done():
             self._close()
             return
-        if self.response_started and self._chunked:
+        if self._reply is Reply.STREAM:
             # A stream: tell the client why it ends, so it never looks complete.
             self.write(stream_event)
             self.cut_stream()
@@ -511,11 +471,10 @@ class HttpConnection(asyncio.Protocol):
         """The response head as bytes. Rendered here, not by h11: every header is ours and
         constant or already valid, and h11's per-send validation was a large share of the
         per-request cost (bench/RESULTS.md). h11 still parses every request."""
-        if not self._keep_alive or self.gw.draining:
+        if not self._keep_alive or self.host.draining:
             self._keep_alive = False
             headers.append((b"connection", b"close"))
         request.status = status
-        self.response_started = True
         lines = [b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, b""))]
         lines += [name + b": " + value + b"\r\n" for name, value in headers]
         lines.append(b"\r\n")
@@ -525,15 +484,14 @@ class HttpConnection(asyncio.Protocol):
         """After a response: keep the connection for the next request, or close it."""
         self.flow.close()
         self._task = None
-        if not self._keep_alive or self.gw.draining or not self._response_complete:
+        if not self._keep_alive or self.host.draining or self._reply is not Reply.COMPLETE:
             self._close()
             return
         # h11 parsed the request but did not write the response, so it is not at a cycle
         # boundary: the next request gets a fresh parser, fed what was pipelined so far.
         held, self._held_input = self._held_input, bytearray()
-        self.h11 = self.gw.parsers.take()
-        self.response_started = False
-        self._chunked = False
+        self.h11 = self.host.parsers.take()
+        self._reply = Reply.NONE
         if held:
             self.h11.receive_data(bytes(held))
             self.phase = Phase.HEAD
@@ -549,15 +507,18 @@ class HttpConnection(asyncio.Protocol):
 
     # -- refusals, deadlines, closing ---------------------------------------------------------
 
+    def _refuse(self, refusal: Refusal) -> None:
+        self._reject(refusal.status, refusal.message, refusal.code)
+
     def _reject(self, status: int, message: str, code: str) -> None:
         """Refuse a request we will not read further: error response, then close."""
         self._write_raw_error(status, message, code)
-        self.gw.request_refused(self.client, status, code)
+        self.host.request_refused(self.client, status, code)
         self._close()
 
     def _write_raw_error(self, status: int, message: str, code: str) -> None:
         # Raw bytes, not h11: after a protocol error h11 may not let us send a response.
-        if self.transport is None or self.response_started:
+        if self.transport is None or self._reply is not Reply.NONE:
             return
         err_type = "invalid_request_error" if status < 500 else "api_error"
         body = error_body(message, err_type, None, code)
@@ -566,7 +527,7 @@ class HttpConnection(asyncio.Protocol):
             b"content-length: %d\r\nconnection: close\r\n\r\n"
             % (status, REASONS.get(status, b"Error"), len(body))
         )
-        self.response_started = True
+        self._reply = Reply.ERROR
         self.transport.write(head + body)
 
     def _arm(self, delay: float) -> None:
@@ -586,12 +547,12 @@ class HttpConnection(asyncio.Protocol):
             self._reject(408, "request body not received in time", "body_timeout")
         elif self.phase is Phase.IDLE:
             if self._served == 0:
-                self.gw.request_refused(self.client, 0, "idle_connection")
+                self.host.request_refused(self.client, 0, "idle_connection")
             self._close()
 
     def _send_stalled(self) -> None:
         # The client accepted no bytes for send_timeout: free the slot and the upstream.
-        self.gw.request_refused(self.client, 0, "client_write_timeout")
+        self.host.request_refused(self.client, 0, "client_write_timeout")
         if self.transport is not None:
             self.transport.abort()
 

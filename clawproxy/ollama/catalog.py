@@ -11,14 +11,11 @@ one fetch. Names compare as Ollama compares them: case-insensitive, ``:latest`` 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
-
-import orjson
+from collections.abc import Callable, Iterable
 
 from clawproxy.errors import NotFound, UpstreamUnavailable
-
-if TYPE_CHECKING:
-    from clawproxy.gateway import Gateway
+from clawproxy.ollama.pool import UpstreamPool
+from clawproxy.ollama.tags import parse_tags
 
 TAGS_TTL_S = 30.0
 MISS_REFRESH_S = 1.0
@@ -32,20 +29,15 @@ def canonical(name: str) -> str:
     return name if ":" in base else name + ":latest"
 
 
-def parse_tags(body: bytes) -> frozenset[str]:
-    try:
-        models = orjson.loads(body)["models"] or []
-        return frozenset(canonical(str(m["name"])) for m in models)
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        raise UpstreamUnavailable("Ollama sent an unreadable model list") from None
-
-
 class ModelCatalog:
     """The set of model names a request may use, cached from Ollama when not configured."""
 
-    def __init__(self, gw: Gateway) -> None:
-        self._gw = gw
-        self._static = frozenset(canonical(n) for n in gw.config.model.allowed)
+    def __init__(
+        self, pool: UpstreamPool, clock: Callable[[], float], allowed: Iterable[str] = ()
+    ) -> None:
+        self._pool = pool
+        self._clock = clock
+        self._static = frozenset(canonical(n) for n in allowed)
         self._names: frozenset[str] = frozenset()
         self._fetched_at = -1e18
         self._inflight: asyncio.Future[frozenset[str]] | None = None
@@ -66,7 +58,7 @@ class ModelCatalog:
             )
 
     def _stale(self, ttl: float) -> bool:
-        return self._gw.loop.time() - self._fetched_at >= ttl
+        return self._clock() - self._fetched_at >= ttl
 
     async def _refresh(self) -> frozenset[str]:
         if self._inflight is None:
@@ -78,15 +70,16 @@ class ModelCatalog:
         self._inflight = None
         if not fut.cancelled() and fut.exception() is None:
             self._names = fut.result()
-            self._fetched_at = self._gw.loop.time()
+            self._fetched_at = self._clock()
 
     async def _fetch(self) -> frozenset[str]:
-        return parse_tags(await fetch_tags(self._gw))
+        models = parse_tags(await fetch_tags(self._pool))
+        return frozenset(canonical(str(m["name"])) for m in models)
 
 
-async def fetch_tags(gw: Gateway) -> bytes:
+async def fetch_tags(pool: UpstreamPool) -> bytes:
     """Ollama's ``/api/tags`` body (the installed models), bounded in size."""
-    upstream = await gw.pool.send(b"GET", b"/api/tags", None)
+    upstream = await pool.send(b"GET", b"/api/tags", None)
     try:
         body = await upstream.read_body(MAX_TAGS_BYTES)
     finally:

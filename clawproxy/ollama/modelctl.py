@@ -23,18 +23,15 @@ Model details for /stats (``/api/show`` and ``/api/ps``) are cached for
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import orjson
 
-from clawproxy.app.chat import upstream_status_error
-from clawproxy.errors import GatewayError, InvalidRequest, NotFound, UpstreamUnavailable
-from clawproxy.ollama.upstream import UpstreamPool
-from clawproxy.openai.mapping import parse_json_body, parse_model_name
-from clawproxy.units import parse_endpoint
-
-if TYPE_CHECKING:
-    from clawproxy.gateway import Gateway
+from clawproxy.errors import GatewayError, NotFound, UpstreamUnavailable
+from clawproxy.ollama.catalog import ModelCatalog
+from clawproxy.ollama.errors import upstream_status_error
+from clawproxy.ollama.pool import UpstreamPool
 
 # /api/show carries the modelfile, template and license text: tens of KiB; 4 MiB is ample.
 MAX_SHOW_BYTES = 4 * 1024 * 1024
@@ -55,34 +52,40 @@ def keep_alive_value(seconds: float | None) -> float | int:
     return int(seconds) if seconds == int(seconds) else seconds
 
 
-class ModelControl:
-    """Admin-side Ollama calls of one gateway."""
+class DefaultModel(Protocol):
+    """Where the default model lives (``LiveState``): read per request, set by a load."""
 
-    def __init__(self, gw: Gateway) -> None:
-        self.gw = gw
-        self._pool: UpstreamPool | None = None
+    model: str
+
+
+class ModelControl:
+    """Admin-side Ollama calls of one gateway.
+
+    ``pool`` is its own (``io_timeout`` = ``gateway.model_load_timeout``, ``ADMIN_POOL_IDLE``
+    idle connections), never the user path's; ``catalog`` is the chat path's allow-list;
+    ``default`` holds the model a load switches; ``keep_alive`` is
+    ``gateway.model_keep_alive``."""
+
+    def __init__(
+        self,
+        pool: UpstreamPool,
+        catalog: ModelCatalog,
+        default: DefaultModel,
+        *,
+        keep_alive: float | None,
+        clock: Callable[[], float],
+    ) -> None:
+        self.pool = pool
+        self._catalog = catalog
+        self._default = default
+        self._keep_alive = keep_alive
+        self._clock = clock
         self._lock = asyncio.Lock()
         # (default model, loop time it expires, details) for /stats.
         self._details: tuple[str, float, dict[str, Any]] | None = None
 
-    @property
-    def pool(self) -> UpstreamPool:
-        if self._pool is None:
-            config = self.gw.config
-            host, port = parse_endpoint(config.model.endpoint)
-            self._pool = UpstreamPool(
-                host,
-                port,
-                connect_timeout=config.upstream.connect_timeout,
-                io_timeout=config.gateway.model_load_timeout,
-                max_idle=ADMIN_POOL_IDLE,
-                loop=self.gw.loop,
-            )
-        return self._pool
-
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.close()
+        self.pool.close()
 
     async def call(
         self, method: bytes, target: bytes, body: object, limit: int
@@ -100,8 +103,8 @@ class ModelControl:
 
     async def upstream_health(self, timeout: float = HEALTH_TIMEOUT_S) -> dict[str, Any]:
         """Ask ``/api/version``: reachable, version and latency, or why not."""
-        loop = self.gw.loop
-        started = loop.time()
+        clock = self._clock
+        started = clock()
         try:
             async with asyncio.timeout(timeout):
                 status, body = await self.call(b"GET", b"/api/version", None, MAX_REPLY_BYTES)
@@ -109,7 +112,7 @@ class ModelControl:
             return {"reachable": False, "error": f"no answer within {timeout:g}s"}
         except GatewayError as exc:
             return {"reachable": False, "error": exc.message}
-        latency_ms = round((loop.time() - started) * 1000, 1)
+        latency_ms = round((clock() - started) * 1000, 1)
         if status != 200:
             return {"reachable": False, "error": f"HTTP {status}", "latency_ms": latency_ms}
         try:
@@ -124,27 +127,28 @@ class ModelControl:
 
     # -- hot load / unload ------------------------------------------------------------------
 
-    async def load(self, raw_name: object) -> dict[str, Any]:
-        """Check, warm and switch the default model; raise a GatewayError on any failure."""
-        name = parse_model_name(raw_name)
+    async def load(self, name: str) -> dict[str, Any]:
+        """Check, warm and switch the default model; raise a GatewayError on any failure.
+
+        ``name`` was checked to be a model name (``openai.mapping.parse_model_name``)."""
         # The same allow-list as chat requests (model.allowed, else Ollama's installed models).
-        await self.gw.catalog.check(name)
-        loop = self.gw.loop
+        await self._catalog.check(name)
+        clock = self._clock
         async with self._lock:
-            started = loop.time()
+            started = clock()
             await self._call_ok(name, b"/api/show", {"model": name}, MAX_SHOW_BYTES)
-            keep_alive = keep_alive_value(self.gw.config.gateway.model_keep_alive)
+            keep_alive = keep_alive_value(self._keep_alive)
             warm = {"model": name, "prompt": "", "stream": False, "keep_alive": keep_alive}
             await self._call_ok(name, b"/api/generate", warm, MAX_REPLY_BYTES)
-            state = self.gw.state
-            previous, state.model = state.model, name
+            default = self._default
+            previous, default.model = default.model, name
             self._details = None
         return {
             "status": "loaded",
             "model": name,
             "previous_model": previous,
             "keep_alive": keep_alive,
-            "load_ms": round((loop.time() - started) * 1000, 1),
+            "load_ms": round((clock() - started) * 1000, 1),
         }
 
     async def _call_ok(self, name: str, path: bytes, payload: dict[str, Any], limit: int) -> bytes:
@@ -158,23 +162,23 @@ class ModelControl:
             raise upstream_status_error(status, body)
         return body
 
-    async def unload(self, raw_name: object) -> dict[str, Any]:
+    async def unload(self, name: str | None) -> dict[str, Any]:
         """Ask Ollama to unload a model (the default one if none is named)."""
-        name = self.gw.state.model if raw_name is None else parse_model_name(raw_name)
+        name = self._default.model if name is None else name
         async with self._lock:
             request = {"model": name, "keep_alive": 0}
             await self._call_ok(name, b"/api/generate", request, MAX_REPLY_BYTES)
             self._details = None
-        return {"status": "unloaded", "model": name, "default_model": self.gw.state.model}
+        return {"status": "unloaded", "model": name, "default_model": self._default.model}
 
     # -- details for /stats -----------------------------------------------------------------
 
     async def details(self) -> dict[str, Any]:
         """The default model's details and what Ollama has loaded (cached DETAILS_TTL_S)."""
-        loop = self.gw.loop
-        model = self.gw.state.model
+        clock = self._clock
+        model = self._default.model
         cached = self._details
-        if cached is not None and cached[0] == model and cached[1] > loop.time():
+        if cached is not None and cached[0] == model and cached[1] > clock():
             return cached[2]
         out: dict[str, Any] = {"name": model}
         try:
@@ -192,23 +196,8 @@ class ModelControl:
             out["error"] = f"Ollama did not answer within {HEALTH_TIMEOUT_S:g}s"
         except GatewayError as exc:
             out["error"] = exc.message
-        self._details = (model, loop.time() + DETAILS_TTL_S, out)
+        self._details = (model, clock() + DETAILS_TTL_S, out)
         return out
-
-
-def parse_admin_body(body: bytes, *, required: bool) -> object:
-    """The ``model`` field of an admin JSON body (None when absent and not required)."""
-    if not body.strip():
-        if required:
-            raise InvalidRequest("the body must be a JSON object with a 'model' field")
-        return None
-    parsed = parse_json_body(body)
-    if not isinstance(parsed, dict):
-        raise InvalidRequest("the body must be a JSON object with a 'model' field")
-    model = parsed.get("model")
-    if model is None and required:
-        raise InvalidRequest("'model' is required", param="model")
-    return model
 
 
 def _json_object(body: bytes) -> dict[str, Any]:

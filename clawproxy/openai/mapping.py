@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from clawproxy.config.loading import ModelConfig
+from clawproxy.config import ModelConfig
 from clawproxy.errors import InvalidRequest
 from clawproxy.openai.messages import (
     copy_json_object,

@@ -22,7 +22,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from typing import Protocol
 
-from clawproxy.errors import Overloaded
+from clawproxy.errors import overloaded
 
 
 class Cancellable(Protocol):
@@ -33,10 +33,6 @@ class Cancellable(Protocol):
 Schedule = Callable[
     [float, Callable[[asyncio.Future[None]], None], asyncio.Future[None]], Cancellable
 ]
-
-# Seconds a refused client should wait before retrying. A queue that is full now drains in
-# about one generation; one second keeps polite clients from hammering without stalling them.
-RETRY_AFTER_SECONDS = 1
 
 
 class Decision(enum.Enum):
@@ -52,12 +48,6 @@ def decide(active: int, waiting: int, max_concurrent: int, queue_size: int) -> D
     if waiting < queue_size:
         return Decision.QUEUE
     return Decision.REJECT
-
-
-def overloaded(message: str, code: str) -> Overloaded:
-    return Overloaded(
-        message, code=code, headers=((b"retry-after", str(RETRY_AFTER_SECONDS).encode()),)
-    )
 
 
 class Admission:

@@ -36,7 +36,7 @@ import stat
 from collections.abc import Iterable
 from typing import Final
 
-from clawproxy.config.loading import AuthConfig, ConfigError, check_api_key, check_key_label
+from clawproxy.config import AuthConfig, ConfigError, check_api_key, check_key_label
 from clawproxy.errors import AuthenticationFailed
 from clawproxy.units import KIB, MIB
 

@@ -10,31 +10,48 @@ client address (``X-Forwarded-For`` counts only from ``server.trusted_proxies``)
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections import Counter
 
 from clawproxy.errors import AuthenticationFailed, RateLimited
-from clawproxy.policy.ratelimit import rate_identity
+from clawproxy.http.request import Request
+from clawproxy.policy.auth import KeyStore
+from clawproxy.policy.clientaddr import TrustedProxies
+from clawproxy.policy.ratelimit import RateLimiter, rate_identity
 
-if TYPE_CHECKING:
-    from clawproxy.gateway import Gateway
-    from clawproxy.http.server import Request
 
+class ClientGuard:
+    """The key and rate checks of one gateway; refusals count in ``refused`` by reason."""
 
-def check_client(gw: Gateway, request: Request) -> None:
-    """Raise 401 for a missing or wrong key, 429 over the rate limit; else return."""
-    label: str | None = None
-    if gw.keys.enabled:
-        try:
-            label = gw.keys.check_headers(request.headers)
-        except AuthenticationFailed:
-            gw.state.refused["auth_failed"] += 1
-            raise
-        # The label (a configured name or a short hash), never the key, goes to the log.
-        request.extra["key"] = label
-    limiter = gw.limiter
-    if limiter is not None:
-        try:
-            limiter.check(rate_identity(label, request.client, request.headers, gw.trusted))
-        except RateLimited:
-            gw.state.refused["rate_limited"] += 1
-            raise
+    __slots__ = ("keys", "limiter", "refused", "trusted")
+
+    def __init__(
+        self,
+        keys: KeyStore,
+        limiter: RateLimiter | None,
+        trusted: TrustedProxies,
+        refused: Counter[str],
+    ) -> None:
+        self.keys = keys
+        self.limiter = limiter
+        self.trusted = trusted
+        self.refused = refused
+
+    def check(self, request: Request) -> None:
+        """Raise 401 for a missing or wrong key, 429 over the rate limit; else return."""
+        label: str | None = None
+        keys = self.keys
+        if keys.enabled:
+            try:
+                label = keys.check_headers(request.headers)
+            except AuthenticationFailed:
+                self.refused["auth_failed"] += 1
+                raise
+            # The label (a configured name or a short hash), never the key, goes to the log.
+            request.extra["key"] = label
+        limiter = self.limiter
+        if limiter is not None:
+            try:
+                limiter.check(rate_identity(label, request.client, request.headers, self.trusted))
+            except RateLimited:
+                self.refused["rate_limited"] += 1
+                raise

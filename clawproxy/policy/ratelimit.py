@@ -43,7 +43,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Final
 
-from clawproxy.config.loading import RateLimitConfig
+from clawproxy.config import RateLimitConfig
 from clawproxy.errors import RateLimited
 from clawproxy.policy.clientaddr import PARSE_CACHE_SIZE, IPAddress, TrustedProxies, client_address
 

@@ -2,7 +2,7 @@
 
 Theory of operation: handlers run on the event loop (``loop.add_signal_handler``), so they
 may touch gateway state directly and never race a request. SIGTERM or SIGINT sets the stop
-event once; ``cli.serve`` then calls ``Gateway.stop()``, which closes the listeners and
+event once; ``runner.serve`` then calls ``Gateway.stop()``, which closes the listeners and
 lets running streams finish for up to ``server.drain_timeout`` before it cuts the rest, and
 the process exits 0. A second SIGTERM/SIGINT while draining means "now": exit 1 at once.
 
@@ -18,13 +18,10 @@ import asyncio
 import logging
 import os
 import signal
-from typing import TYPE_CHECKING
 
+from clawproxy.gateway import Gateway
 from clawproxy.policy.auth import KeyFileError
 from clawproxy.telemetry.logs import reopen_log_files
-
-if TYPE_CHECKING:
-    from clawproxy.gateway import Gateway
 
 log = logging.getLogger("clawproxy")
 

@@ -7,7 +7,7 @@ reserves the public port, forks N workers, then waits for signals synchronously:
 signals it cares about are blocked and collected with ``sigtimedwait``, so no handler can
 interrupt the fork and reap bookkeeping half-way.
 
-Each worker is a whole gateway (``cli.serve``) whose public listener sets ``SO_REUSEPORT``:
+Each worker is a whole gateway (``runner.serve``) whose public listener sets ``SO_REUSEPORT``:
 the kernel spreads new connections over the workers' listening sockets by a hash of the
 address pair. The supervisor's reservation socket is bound with ``SO_REUSEPORT`` too but
 never listens, so it is never handed a connection. It keeps the port ours while a worker
@@ -50,17 +50,15 @@ import signal
 import socket
 import sys
 import time
-from typing import TYPE_CHECKING, NoReturn
+from typing import NoReturn
 
-from clawproxy.config.loading import Config, ConfigError
+from clawproxy.config import Config, ConfigError
 from clawproxy.gateway import Gateway
-
-if TYPE_CHECKING:
-    pass
+from clawproxy.process.runner import run, serve
 
 log = logging.getLogger("clawproxy.workers")
 
-# Exit statuses, as cli.py uses them.
+# Exit statuses, as runner.py uses them.
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
@@ -308,7 +306,6 @@ def _worker_main(sup: Supervisor, index: int, parent: int, old_mask: _SigSet) ->
         _die_with_parent(parent)
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         config = worker_config(sup.config, index, len(sup.slots), sup.port)
-        from clawproxy.process.cli import run, serve
 
         def make_gateway(cfg: Config) -> Gateway:
             return Gateway(cfg, reuse_port=True)

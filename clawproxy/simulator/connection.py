@@ -23,15 +23,36 @@ import logging
 import socket
 import struct
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from typing import Protocol, cast
 
 import h11
 
-if TYPE_CHECKING:
-    from .records import RecordedRequest, StreamRecord
-    from .server import OllamaSimulator
+from .records import RecordedRequest, StreamRecord
 
-__all__ = ["ParsedRequest", "SimConnection"]
+__all__ = ["ParsedRequest", "SimConnection", "SimHost"]
+
+
+class SimHost(Protocol):
+    """What a connection needs from the simulator that accepted it (``OllamaSimulator``);
+    a Protocol, so this module does not import the server that imports it."""
+
+    @property
+    def closing(self) -> bool: ...
+
+    def _connection_opened(self, conn: SimConnection) -> None: ...
+
+    def _connection_closed(self, conn: SimConnection) -> None: ...
+
+    def _finish_stream(self, record: StreamRecord, outcome: str) -> None: ...
+
+    def _record_request(self, conn: SimConnection, request: ParsedRequest) -> RecordedRequest: ...
+
+    def _track(self, task: asyncio.Task[None]) -> None: ...
+
+    async def _dispatch(
+        self, conn: SimConnection, request: ParsedRequest, recorded: RecordedRequest
+    ) -> tuple[bool, float | None]: ...
+
 
 _log = logging.getLogger(__name__)
 
@@ -60,7 +81,7 @@ class ParsedRequest:
 class SimConnection(asyncio.Protocol):
     """The protocol object for one accepted socket."""
 
-    def __init__(self, sim: OllamaSimulator, connection_id: int) -> None:
+    def __init__(self, sim: SimHost, connection_id: int) -> None:
         self._sim = sim
         self.id = connection_id
         self._h11 = h11.Connection(h11.SERVER)

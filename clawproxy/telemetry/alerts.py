@@ -29,11 +29,11 @@ from typing import TYPE_CHECKING, Any
 import h11
 import orjson
 
-from clawproxy.units import parse_http_url
+from clawproxy.net import parse_http_url
 
 if TYPE_CHECKING:
-    from clawproxy.config.loading import AlertsConfig
-    from clawproxy.telemetry.gpu import GpuSample
+    from clawproxy.config import AlertsConfig
+    from clawproxy.telemetry.gpusample import GpuSample
     from clawproxy.telemetry.state import LiveState
 
 log = logging.getLogger("clawproxy.alerts")

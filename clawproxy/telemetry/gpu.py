@@ -28,73 +28,15 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import Any, Protocol, cast
 
-if TYPE_CHECKING:
-    from clawproxy.config.loading import GpuConfig
-    from clawproxy.telemetry.alerts import GpuAlerts
-    from clawproxy.telemetry.state import LiveState
+from clawproxy.config import GpuConfig
+from clawproxy.telemetry.gpusample import GpuReading, GpuSample
 
 log = logging.getLogger("clawproxy.gpu")
 
 # After NVML failed to start, try again this often (a driver may finish loading after boot).
 NVML_RETRY_S = 60.0
-
-
-@dataclass(frozen=True, slots=True)
-class GpuReading:
-    """One GPU at one moment."""
-
-    index: int
-    name: str
-    memory_used_bytes: int
-    memory_total_bytes: int
-    # None where the GPU does not report it (NVML's NotSupported).
-    utilization_percent: int | None
-
-    @property
-    def memory_percent(self) -> float:
-        if self.memory_total_bytes <= 0:
-            return 0.0
-        return 100.0 * self.memory_used_bytes / self.memory_total_bytes
-
-    def labels(self) -> tuple[tuple[str, str], ...]:
-        return (("gpu", str(self.index)), ("name", self.name))
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "index": self.index,
-            "name": self.name,
-            "memory_used_bytes": self.memory_used_bytes,
-            "memory_total_bytes": self.memory_total_bytes,
-            "memory_percent": round(self.memory_percent, 1),
-            "utilization_percent": self.utilization_percent,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class GpuSample:
-    """Every GPU at one moment, or why there is nothing to report."""
-
-    available: bool
-    reason: str | None = None
-    gpus: tuple[GpuReading, ...] = ()
-    # Wall-clock time of the sample (for display only).
-    sampled_at: float | None = None
-
-    @classmethod
-    def unavailable(cls, reason: str) -> GpuSample:
-        return cls(available=False, reason=reason)
-
-    def as_dict(self) -> dict[str, Any]:
-        if not self.available:
-            return {"available": False, "reason": self.reason}
-        return {
-            "available": True,
-            "sampled_at": self.sampled_at,
-            "gpus": [gpu.as_dict() for gpu in self.gpus],
-        }
 
 
 class NvmlApi(Protocol):
@@ -207,15 +149,29 @@ class NvmlReader:
                 self._api.nvmlShutdown()
 
 
+class SampleHolder(Protocol):
+    """Where the latest sample lives for readers (``LiveState``)."""
+
+    gpu: GpuSample
+
+
+class SampleObserver(Protocol):
+    """Who is told of every sample (``GpuAlerts``), and closed with the sampler."""
+
+    def observe(self, sample: GpuSample) -> None: ...
+
+    async def close(self) -> None: ...
+
+
 class GpuSampler:
     """Runs ``reader.read()`` every ``interval`` seconds on its own thread; see module doc."""
 
     def __init__(
         self,
         config: GpuConfig,
-        state: LiveState,
+        state: SampleHolder,
         loop: asyncio.AbstractEventLoop,
-        alerts: GpuAlerts | None = None,
+        alerts: SampleObserver | None = None,
         reader: NvmlReader | None = None,
     ) -> None:
         self.config = config

@@ -15,7 +15,7 @@ import sys
 import time
 import typing
 
-from clawproxy.config.loading import LoggingConfig
+from clawproxy.config import LoggingConfig
 
 ACCESS = logging.getLogger("clawproxy.access")
 _NO_LOCK = contextlib.nullcontext()

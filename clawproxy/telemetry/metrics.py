@@ -1,9 +1,8 @@
 """Prometheus text exposition (format 0.0.4) of the live state, written by hand.
 
 Theory of operation: ``LiveState`` owns every number; this module only renders. ``render()``
-walks the state once per scrape and writes ``# HELP``/``# TYPE`` lines and samples. The
-only data structure defined here is ``Histogram``: cumulative-on-render bucket counts, a
-sum and a count, updated in O(log buckets) once per finished request, never per token.
+walks the state once per scrape and writes ``# HELP``/``# TYPE`` lines and samples; the
+state's histograms (``histogram``) are made cumulative here, on render.
 
 Naming follows Prometheus conventions: a ``clawproxy_`` prefix, base units (seconds,
 bytes), ``_total`` on counters, ratios in 0..1. Label values are escaped as the format
@@ -12,59 +11,16 @@ requires (backslash, double quote, newline), so a model name cannot break the ou
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from clawproxy.telemetry.state import LiveState
+from clawproxy.telemetry.histogram import Histogram, prom_number
+from clawproxy.telemetry.state import LiveState
 
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
-
-# Time to first token: a warm model answers in tens of milliseconds, a cold load of a large
-# model takes minutes (the same span as server.timeout's default up to model load times).
-TTFT_BUCKETS_S: tuple[float, ...] = (
-    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
-)  # fmt: skip
-# Whole requests: from a /v1/models call (milliseconds) to a long generation (minutes).
-DURATION_BUCKETS_S: tuple[float, ...] = (
-    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
-)  # fmt: skip
-
-
-class Histogram:
-    """Bucket counts (non-cumulative while recording), sum and count of observations."""
-
-    __slots__ = ("bounds", "count", "counts", "sum")
-
-    def __init__(self, bounds: tuple[float, ...]) -> None:
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
-        self.sum = 0.0
-        self.count = 0
-
-    def observe(self, value: float) -> None:
-        # bisect_left: a value equal to a bound belongs to that bucket (le = less or equal).
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
-        self.sum += value
-        self.count += 1
-
-    def cumulative(self) -> list[tuple[str, int]]:
-        out = []
-        running = 0
-        for bound, count in zip((*map(_number, self.bounds), "+Inf"), self.counts, strict=True):
-            running += count
-            out.append((bound, running))
-        return out
 
 
 def escape_label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _number(value: float) -> str:
-    # repr() is the shortest text that reads back as the same float; ints stay exact.
-    return str(value) if isinstance(value, int) else repr(float(value))
 
 
 def _labels(pairs: Iterable[tuple[str, str]]) -> str:
@@ -81,7 +37,7 @@ class _Writer:
         self.lines.append(f"# TYPE {name} {kind}")
 
     def sample(self, name: str, labels: Iterable[tuple[str, str]], value: float) -> None:
-        self.lines.append(f"{name}{_labels(labels)} {_number(value)}")
+        self.lines.append(f"{name}{_labels(labels)} {prom_number(value)}")
 
     def histogram(self, name: str, labels: tuple[tuple[str, str], ...], hist: Histogram) -> None:
         for bound, running in hist.cumulative():

@@ -21,15 +21,13 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter, deque
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from clawproxy.config.loading import Config
+from clawproxy.config import Config
+from clawproxy.http.request import Request
 from clawproxy.policy.admission import Admission
-from clawproxy.telemetry.gpu import GpuSample
-from clawproxy.telemetry.metrics import DURATION_BUCKETS_S, TTFT_BUCKETS_S, Histogram
-
-if TYPE_CHECKING:
-    from clawproxy.http.server import Request
+from clawproxy.telemetry.gpusample import GpuSample
+from clawproxy.telemetry.histogram import DURATION_BUCKETS_S, TTFT_BUCKETS_S, Histogram
 
 # Distinct model label values kept for metrics; the rest are "other". Real deployments
 # serve a handful; the cap only matters against clients inventing names.

@@ -1,43 +1,51 @@
-"""The upstream client: HTTP/1.1 to Ollama over asyncio, h11 parsing, a keep-alive pool.
+"""One HTTP/1.1 connection to Ollama: h11 for heads, our decoder for chunked bodies.
 
 Theory of operation
 -------------------
-``UpstreamPool.send()`` takes an idle keep-alive connection (or opens one), writes one
-request, and returns the ``UpstreamConnection`` once the response head has arrived. The
-caller then either reads the whole (bounded) body with ``read_body()``, or installs a body
-sink with ``stream_body()``: from then on every upstream read is decoded (h11 for heads
-and unchunked bodies, ``ChunkedDecoder`` for Ollama's chunked streams) and handed to the
-sink synchronously inside ``data_received``, joined into one bytes object, so the gateway
-does one client write per upstream read and no task switch per token. A streaming caller
-installs its sink in ``send()``'s ``on_head`` hook, which runs inside the read that brings
-a 200 head: what came with the head (usually the first token) is relayed in that same
-callback instead of a loop pass later, when the caller's task wakes.
+A connection carries one exchange at a time. ``begin()`` writes a request and returns a
+future that resolves with the response head; the body then goes to one listener object
+(``ExchangeListener``), called synchronously inside ``data_received``: ``on_head`` when a
+200 head arrives, ``on_raw``/``on_data`` for body reads, and exactly one of ``on_end`` (the
+body ended cleanly) or ``on_error`` (cut, silence, a protocol error, or the listener's own
+failure). So there is one place where an exchange ends, and the gateway does one client
+write per upstream read with no task switch per token.
+
+A listener is installed in one of two ways. Offered to ``begin()`` (``UpstreamPool.send``),
+it is installed inside the read that brings a 200 head, right after its ``on_head``: what
+came with the head (usually Ollama's first token) reaches it in that same callback, not a
+loop pass later when the caller's task wakes. Or given to ``listen()`` after the head, for
+any status (error bodies, ``/api/tags``, non-streaming replies): what arrived in between was
+kept, and is replayed in order, then the end or the failure that came after it.
+``BodyReader`` is that second kind with a future: ``await reader.done`` is how every whole
+body is awaited.
 
 h11 frames a response only after it was "sent" the request: it is told about a stand-in
 with the same method and target (``_tell_h11``), and for the next exchange already when a
 connection goes idle, so that work is off the next request's way to Ollama.
 
 A connection goes ``CONNECTING -> ACTIVE -> IDLE -> ACTIVE ... -> CLOSED``. It returns to
-the pool only when both h11 sides reached ``DONE`` and the caller called ``release()``;
-anything else (an abandoned response, a timeout, a protocol error, bytes after the end)
-closes it, because a half-read Ollama response would corrupt the next exchange and an open
-socket keeps Ollama generating for nobody.
+its owner's idle list only when both h11 sides reached ``DONE`` and the caller called
+``release()``; anything else (an abandoned response, a timeout, a protocol error, bytes
+after the end) closes it, because a half-read Ollama response would corrupt the next
+exchange and an open socket keeps Ollama generating for nobody. ``release()`` and
+``abort()`` drop the listener without calling it: the caller who ends an exchange knows.
 
 Deadlines: one watchdog timer per exchange. ``io_timeout`` (``server.timeout``) bounds the
 wait for the response head and any silence between body reads; a healthy long stream is
 never cut, because every read moves the deadline. Time spent paused by our own
 backpressure does not count as upstream silence.
+
+The connection knows its owner (``UpstreamPool``) only as a ``ConnectionOwner``: this module
+never imports the pool.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import logging
-from collections import deque
 from collections.abc import Callable
-from typing import cast
+from typing import ClassVar, Protocol, cast
 
 import h11
 
@@ -50,14 +58,6 @@ log = logging.getLogger("clawproxy.upstream")
 # h11's default cap on an incomplete response head; Ollama's heads are a few hundred bytes.
 MAX_RESPONSE_HEAD_BYTES = 64 * 1024
 USER_AGENT = b"clawproxy"
-# Distinct (method, target) pairs whose stand-in request is kept (there are a handful).
-MAX_STAND_INS = 32
-
-BodySink = Callable[[bytes], None]
-# Called with the connection inside the read that completed a 200 head (see ``begin``).
-HeadHook = Callable[["UpstreamConnection"], None]
-# Offered a raw chunked read at a chunk boundary; True when it consumed the whole read.
-RawSink = Callable[[bytes], bool]
 END_OF_MESSAGE = h11.EndOfMessage()
 
 
@@ -68,12 +68,87 @@ class ConnState(enum.Enum):
     CLOSED = "closed"
 
 
+class ExchangeListener(Protocol):
+    """Who receives one exchange's response body, inside the reads that bring it.
+
+    Exactly one of ``on_end``/``on_error`` is called, once, for every exchange a listener
+    was installed on, unless the caller ends the exchange first (``release``/``abort``).
+    An exception from ``on_head``, ``on_raw`` or ``on_data`` fails the exchange: a
+    ``GatewayError`` as itself, anything else logged and reported as ``UpstreamFailed``.
+    """
+
+    def on_head(self, conn: UpstreamConnection) -> None:
+        """A 200 head arrived (offered listeners only): runs inside the read that brought
+        it, before the rest of that read. If it raises, the listener is not installed and
+        ``send()`` raises instead."""
+
+    @property
+    def on_raw(self) -> Callable[[bytes], bool] | None:
+        """Offered each chunked read that starts at a chunk boundary, undecoded; returns
+        True when it consumed the read (the one-token path: ``SseReframer.feed_chunk``).
+        None: every read is decoded and goes to ``on_data``."""
+
+    def on_data(self, data: bytes) -> None:
+        """Decoded body bytes (one call per read, possibly several chunks joined)."""
+
+    def on_end(self) -> None:
+        """The body ended cleanly."""
+
+    def on_error(self, exc: GatewayError) -> None:
+        """The exchange failed; the connection is closed already."""
+
+
+class ConnectionOwner(Protocol):
+    """What a connection needs from the pool that opened it."""
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+
+    @property
+    def io_timeout(self) -> float: ...
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        """The connection closed: drop it from every list."""
+
+    def put_idle(self, conn: UpstreamConnection) -> None:
+        """The exchange ended cleanly: keep the connection for the next one."""
+
+    def stand_in(self, method: bytes, target: bytes) -> h11.Request:
+        """The request h11 is told about for ``method`` and ``target`` (see ``begin``)."""
+
+
+class BodyReader:
+    """A listener for a whole body: reads go to ``on_data``; ``done`` resolves at the end,
+    or raises the exchange's ``GatewayError``. Install it with ``listen()``."""
+
+    __slots__ = ("done", "on_data")
+
+    # Every read is decoded: a whole body has no use for the one-token path.
+    on_raw: ClassVar[None] = None
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_data: Callable[[bytes], None]):
+        self.on_data = on_data
+        self.done: asyncio.Future[None] = loop.create_future()
+
+    def on_head(self, conn: UpstreamConnection) -> None:
+        """Nothing to prepare: the caller awaits ``done``."""
+
+    def on_end(self) -> None:
+        # The awaiting task may have been cancelled, and the future with it.
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def on_error(self, exc: GatewayError) -> None:
+        if not self.done.done():
+            self.done.set_exception(exc)
+
+
 class UpstreamConnection(asyncio.Protocol):
     """One TCP connection to Ollama, carrying one exchange at a time."""
 
-    def __init__(self, pool: UpstreamPool) -> None:
-        self._pool = pool
-        self._loop = pool.loop
+    def __init__(self, owner: ConnectionOwner) -> None:
+        self._owner = owner
+        self._loop = owner.loop
         self._h11 = self._new_parser()
         self.transport: asyncio.Transport | None = None
         self.state = ConnState.CONNECTING
@@ -81,19 +156,25 @@ class UpstreamConnection(asyncio.Protocol):
         self.status = 0
         # Set when any response byte arrived for the current exchange: a retry is then unsafe.
         self.got_response_bytes = False
+        # The body ended cleanly on the wire.
         self.complete = False
         self._head: asyncio.Future[None] | None = None
-        self._done: asyncio.Future[None] | None = None
-        self._sink: BodySink | None = None
-        self._raw_sink: RawSink | None = None
+        # Offered to begin(); installed at a 200 head.
+        self._offered: ExchangeListener | None = None
+        # The installed listener and its two per-read methods, looked up once per exchange.
+        self._listener: ExchangeListener | None = None
+        self._on_raw: Callable[[bytes], bool] | None = None
+        self._on_data: Callable[[bytes], None] | None = None
+        # Body bytes that arrived before a listener, and how the exchange failed, if it did:
+        # both kept for listen().
         self._early: list[bytes] = []
-        self._head_hook: HeadHook | None = None
+        self._failure: GatewayError | None = None
         self._chunks: ChunkedDecoder | None = None
         # The exchange h11 was last told about, and whether it was told already (primed).
         self._exchange_key: tuple[bytes, bytes] = (b"", b"")
         self._primed = False
         self._paused = False
-        self._timeout = pool.io_timeout
+        self._timeout = owner.io_timeout
         self._last_rx = 0.0
         self._watchdog: asyncio.TimerHandle | None = None
 
@@ -116,15 +197,15 @@ class UpstreamConnection(asyncio.Protocol):
         chunks = self._chunks
         if chunks is not None:
             # The hot path: a chunked body, decoded without h11's event machinery. A read
-            # that starts at a chunk boundary is first offered undecoded to the raw sink
+            # that starts at a chunk boundary is first offered undecoded to the listener
             # (the one-token read: see SseReframer.feed_chunk); what it declines is decoded.
-            raw_sink = self._raw_sink
-            if raw_sink is not None and chunks.at_boundary:
+            on_raw = self._on_raw
+            if on_raw is not None and chunks.at_boundary:
                 try:
-                    if raw_sink(data):
+                    if on_raw(data):
                         return
-                except Exception as exc:  # any failure is the sink's: _sink_raised
-                    self._sink_raised(exc)
+                except Exception as exc:  # any failure is the listener's: _listener_raised
+                    self._listener_raised(exc)
                     return
             try:
                 payload = chunks.feed(data)
@@ -155,6 +236,8 @@ class UpstreamConnection(asyncio.Protocol):
                     break
                 elif kind is h11.Response:
                     self._on_head(event)  # type: ignore[arg-type]
+                    if self.state is not ConnState.ACTIVE:
+                        return  # the listener's on_head failed the exchange
                     if self._chunks is not None:
                         # Hand the rest of this read to the chunked decoder.
                         rest, _ = conn.trailing_data
@@ -184,7 +267,7 @@ class UpstreamConnection(asyncio.Protocol):
         was_active = self.state is ConnState.ACTIVE
         self.state = ConnState.CLOSED
         self._cancel_watchdog()
-        self._pool.forget(self)
+        self._owner.forget(self)
         if was_active and not self.complete:
             # h11 turns a close into a clean end only for EOF-delimited bodies; Ollama never
             # sends those, so any close before the end of the body is a cut response.
@@ -213,27 +296,25 @@ class UpstreamConnection(asyncio.Protocol):
         target: bytes,
         host: bytes,
         body: bytes | None,
-        on_head: HeadHook | None = None,
+        listener: ExchangeListener | None = None,
     ) -> asyncio.Future[None]:
         """Write one request; the future it returns resolves with the response head.
 
-        ``on_head``, if given, runs inside the read that completes a 200 head, before the
-        rest of that read is handled: a caller that installs its body sink there relays
-        the bytes that came with the head at once, not a loop pass later when its task
-        wakes (the first token on a stream usually shares Ollama's first write).
+        ``listener``, if given, is installed inside the read that completes a 200 head,
+        after its ``on_head`` and before the rest of that read is handled (see the module's
+        theory). On any other head it is dropped unused: read the body with ``listen()``.
         """
         assert self.transport is not None
         self.state = ConnState.ACTIVE
         self.status = 0
         self.got_response_bytes = False
         self.complete = False
-        self._sink = None
-        self._raw_sink = None
+        self._detach()
+        self._offered = listener
         self._early = []
-        self._head_hook = on_head
+        self._failure = None
         self._chunks = None
         self._head = head = self._loop.create_future()
-        self._done = self._loop.create_future()
         # h11 parses the response only after it has "sent" a request: it is given a
         # validated stand-in with the same method and target (all it frames a response
         # by), while the bytes on the wire are rendered here, as the server renders its
@@ -253,19 +334,23 @@ class UpstreamConnection(asyncio.Protocol):
         self._arm_watchdog(self._timeout)
         return head
 
-    def stream_body(self, sink: BodySink, raw_sink: RawSink | None = None) -> asyncio.Future[None]:
-        """Hand every body read to ``sink``; the future resolves at the end of the body.
+    def listen(self, listener: ExchangeListener) -> None:
+        """Install ``listener`` for this exchange's body, after the head (any status).
 
-        ``raw_sink``, for chunked bodies, may take a read whole before it is decoded.
-        The future raises a ``GatewayError`` if the body is cut, times out or the sink fails.
+        What arrived already is replayed to it now, in order, then the end or the failure
+        if one came: the listener sees the same calls however the reads fell.
         """
-        assert self._done is not None
-        self._sink = sink
-        self._raw_sink = raw_sink
+        assert self._listener is None, "the exchange has a listener already"
         early, self._early = self._early, []
+        self._install(listener)
         for part in early:
             self._deliver(part)
-        return self._done
+            if self._listener is not listener:
+                return  # its on_data failed the exchange, and it was told
+        if self._failure is not None:
+            self._report(listener, self._failure)
+        elif self.complete:
+            self._report(listener, None)
 
     async def read_body(self, limit: int) -> bytes:
         """Read the whole body (error replies, /api/tags); more than ``limit`` bytes is an error."""
@@ -276,13 +361,14 @@ class UpstreamConnection(asyncio.Protocol):
             if len(buf) > limit:
                 raise UpstreamUnavailable(f"Ollama's reply exceeded {limit} bytes")
 
-        await self.stream_body(collect)
+        reader = BodyReader(self._loop, collect)
+        self.listen(reader)
+        await reader.done
         return bytes(buf)
 
     def release(self) -> None:
         """End of the exchange: back to the pool when clean, otherwise closed."""
-        self._sink = None
-        self._raw_sink = None
+        self._detach()
         self._cancel_watchdog()
         if self.state is not ConnState.ACTIVE:
             return
@@ -298,6 +384,10 @@ class UpstreamConnection(asyncio.Protocol):
             # h11 never saw this body; a fresh parser for the next exchange on this socket.
             self._h11 = self._new_parser()
         else:
+            if self._h11.trailing_data[0]:
+                # The same for a body h11 framed: it would parse them as the next response.
+                self._close()
+                return
             try:
                 self._h11.start_next_cycle()
             except h11.LocalProtocolError:
@@ -312,12 +402,11 @@ class UpstreamConnection(asyncio.Protocol):
             self.resume_reading()
         self.state = ConnState.IDLE
         self.reused = True
-        self._pool.put_idle(self)
+        self._owner.put_idle(self)
 
     def abort(self) -> None:
         """Drop the connection now (client left, or the exchange failed)."""
-        self._sink = None
-        self._raw_sink = None
+        self._detach()
         self._close()
 
     # -- flow control (called only by the FlowControl object) ---------------------------------
@@ -342,7 +431,7 @@ class UpstreamConnection(asyncio.Protocol):
     def _tell_h11(self) -> None:
         """Put h11 where sending ``_exchange_key``'s request would (see ``begin``)."""
         conn = self._h11
-        conn.send(self._pool.stand_in(*self._exchange_key))
+        conn.send(self._owner.stand_in(*self._exchange_key))
         conn.send(END_OF_MESSAGE)
 
     def _on_head(self, event: h11.Response) -> None:
@@ -350,64 +439,88 @@ class UpstreamConnection(asyncio.Protocol):
         if is_chunked(event):
             # h11 validated the head and the framing headers; the body is ours to decode.
             self._chunks = ChunkedDecoder()
-        hook, self._head_hook = self._head_hook, None
-        if hook is not None and self.status == 200:
+        offered, self._offered = self._offered, None
+        if offered is not None and self.status == 200:
             try:
-                hook(self)
-            except Exception as exc:  # any failure is the caller's, as a sink's would be
-                self._sink_raised(exc)
+                offered.on_head(self)
+            except Exception as exc:  # any failure is the listener's, as its on_data's would be
+                self._listener_raised(exc)
                 return
+            self._install(offered)
         if self._head is not None and not self._head.done():
             self._head.set_result(None)
 
+    def _install(self, listener: ExchangeListener) -> None:
+        self._listener = listener
+        # Bound once here, not looked up on every read.
+        self._on_raw = listener.on_raw
+        self._on_data = listener.on_data
+
+    def _detach(self) -> None:
+        self._offered = None
+        self._listener = None
+        self._on_raw = None
+        self._on_data = None
+
     def _deliver(self, data: bytes) -> None:
-        sink = self._sink
-        if sink is None:
+        on_data = self._on_data
+        if on_data is None:
             self._early.append(bytes(data))
             return
         try:
-            sink(data)
-        except Exception as exc:  # any failure is the sink's: _sink_raised
-            self._sink_raised(exc)
+            on_data(data)
+        except Exception as exc:  # any failure is the listener's: _listener_raised
+            self._listener_raised(exc)
 
-    def _sink_raised(self, exc: Exception) -> None:
+    def _listener_raised(self, exc: Exception) -> None:
         if isinstance(exc, GatewayError):
-            self._sink_failed(exc)
+            self._fail(exc)
             return
-        # A bug in a sink must not kill the event loop callback.
-        log.error("body sink failed", exc_info=exc)
+        # A bug in a listener must not kill the event loop callback.
+        log.error("exchange listener failed", exc_info=exc)
         name = type(exc).__name__
-        self._sink_failed(UpstreamFailed(f"internal error while relaying the reply: {name}"))
-
-    def _sink_failed(self, exc: GatewayError) -> None:
-        done = self._done
-        if done is not None and done.done() and not done.cancelled() and not done.exception():
-            # The whole body had arrived before the sink saw it (a short reply buffered with
-            # the head): the exchange "completed", but what it carried is a failure.
-            self._done = self._loop.create_future()
-            self.complete = False
-        self._fail(exc)
+        self._fail(UpstreamFailed(f"internal error while relaying the reply: {name}"))
 
     def _finish_exchange(self) -> None:
+        """The body ended cleanly: ``on_end`` now, or in ``listen()``."""
         self._cancel_watchdog()
         if self._head is not None and not self._head.done():
             self._head.set_exception(UpstreamUnavailable("Ollama ended the response early"))
-        if self._done is not None and not self._done.done():
-            self._done.set_result(None)
+        listener = self._listener
+        if listener is not None and self._failure is None:
+            self._report(listener, None)
 
     def _fail(self, exc: GatewayError) -> None:
-        for fut in (self._head, self._done):
-            if fut is not None and not fut.done():
-                fut.set_exception(exc)
-                # The head future may have no awaiter left; mark it retrieved.
-                fut.exception()
+        """The exchange failed: close, then ``on_error`` now, or in ``listen()``."""
+        if self._failure is None:
+            self._failure = exc
+        head = self._head
+        if head is not None and not head.done():
+            head.set_exception(exc)
+            # The head future may have no awaiter left; mark it retrieved.
+            head.exception()
         self._close()
+        listener = self._listener
+        if listener is not None:
+            self._report(listener, exc)
+
+    def _report(self, listener: ExchangeListener, exc: GatewayError | None) -> None:
+        """The one end of an exchange for its listener, which is detached first: once."""
+        self._detach()
+        try:
+            if exc is None:
+                listener.on_end()
+            else:
+                listener.on_error(exc)
+        except Exception:
+            log.exception("exchange listener failed at the end of the body")
+            self._close()
 
     def _close(self) -> None:
         self._cancel_watchdog()
         if self.state is not ConnState.CLOSED:
             self.state = ConnState.CLOSED
-            self._pool.forget(self)
+            self._owner.forget(self)
         if self.transport is not None and not self.transport.is_closing():
             # abort() sends RST-free close without flushing: nothing of ours is pending, and
             # Ollama must notice at once to stop generating.
@@ -439,144 +552,6 @@ class UpstreamConnection(asyncio.Protocol):
         else:
             msg = f"Ollama went silent for {self._timeout:g}s mid-response"
         self._fail(UpstreamTimeout(msg))
-
-
-class UpstreamPool:
-    """Keep-alive connections to one Ollama endpoint, owned by one event loop."""
-
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        *,
-        connect_timeout: float,
-        io_timeout: float,
-        max_idle: int,
-        loop: asyncio.AbstractEventLoop | None = None,
-    ) -> None:
-        self.host = host
-        self.port = port
-        self.loop = loop or asyncio.get_running_loop()
-        self.connect_timeout = connect_timeout
-        self.io_timeout = io_timeout
-        self.max_idle = max_idle
-        self._host_header = (f"[{host}]" if ":" in host else host).encode() + f":{port}".encode()
-        self._idle: deque[UpstreamConnection] = deque()
-        self._stand_ins: dict[tuple[bytes, bytes], h11.Request] = {}
-        self._all: set[UpstreamConnection] = set()
-        self.connects = 0  # connections opened (tests check reuse with it)
-
-    def __repr__(self) -> str:
-        return (
-            f"<UpstreamPool {self.host}:{self.port} open={len(self._all)} idle={len(self._idle)}>"
-        )
-
-    @property
-    def open_connections(self) -> int:
-        return len(self._all)
-
-    async def send(
-        self,
-        method: bytes,
-        target: bytes,
-        body: bytes | None,
-        meanwhile: Callable[[], None] | None = None,
-        on_head: HeadHook | None = None,
-    ) -> UpstreamConnection:
-        """Send one request and wait for the response head.
-
-        ``meanwhile`` runs once, right after the request is written: set-up the caller needs
-        only once the head is in, done while Ollama works instead of on the first token's
-        path. ``on_head`` runs inside the read that brings a 200 head (``begin``).
-
-        A reused keep-alive connection that fails before any response byte arrives is
-        retried once on a fresh connection: Ollama closed it while idle, so the request
-        never started a generation. Nothing else is ever retried.
-        """
-        conn = self._take_idle()
-        if conn is not None:
-            try:
-                return await self._exchange(conn, method, target, body, meanwhile, on_head)
-            except UpstreamUnavailable:
-                if conn.got_response_bytes:
-                    raise
-                log.debug("stale keep-alive connection to Ollama; retrying once")
-                meanwhile = None
-        conn = await self._connect()
-        return await self._exchange(conn, method, target, body, meanwhile, on_head)
-
-    def put_idle(self, conn: UpstreamConnection) -> None:
-        if len(self._idle) >= self.max_idle:
-            conn.abort()
-            return
-        self._idle.append(conn)
-
-    def forget(self, conn: UpstreamConnection) -> None:
-        self._all.discard(conn)
-        with contextlib.suppress(ValueError):
-            self._idle.remove(conn)
-
-    def close(self) -> None:
-        for conn in list(self._all):
-            conn.abort()
-        self._idle.clear()
-
-    async def _exchange(
-        self,
-        conn: UpstreamConnection,
-        method: bytes,
-        target: bytes,
-        body: bytes | None,
-        meanwhile: Callable[[], None] | None,
-        on_head: HeadHook | None,
-    ) -> UpstreamConnection:
-        try:
-            head = conn.begin(method, target, self._host_header, body, on_head)
-            if meanwhile is not None:
-                meanwhile()
-            await head
-        except BaseException:
-            conn.abort()
-            raise
-        return conn
-
-    def stand_in(self, method: bytes, target: bytes) -> h11.Request:
-        """The request h11 is told about (see ``UpstreamConnection.begin``), built once."""
-        key = (method, target)
-        event = self._stand_ins.get(key)
-        if event is None:
-            headers = [(b"Host", self._host_header), (b"Content-Length", b"0")]
-            event = h11.Request(method=method, target=target, headers=headers)
-            if len(self._stand_ins) < MAX_STAND_INS:
-                self._stand_ins[key] = event
-        return event
-
-    def _take_idle(self) -> UpstreamConnection | None:
-        while self._idle:
-            # Most recently used first: it is the least likely to have been closed by Ollama.
-            conn = self._idle.pop()
-            if conn.state is ConnState.IDLE and conn.transport and not conn.transport.is_closing():
-                return conn
-        return None
-
-    async def _connect(self) -> UpstreamConnection:
-        def factory() -> UpstreamConnection:
-            return UpstreamConnection(self)
-
-        where = f"{self.host}:{self.port}"
-        try:
-            async with asyncio.timeout(self.connect_timeout):
-                _, proto = await self.loop.create_connection(factory, self.host, self.port)
-        except TimeoutError:
-            raise UpstreamTimeout(
-                f"could not connect to Ollama at {where} within {self.connect_timeout:g}s"
-            ) from None
-        except OSError as exc:
-            reason = exc.strerror or type(exc).__name__
-            raise UpstreamUnavailable(f"cannot connect to Ollama at {where}: {reason}") from None
-        self.connects += 1
-        self._all.add(proto)
-        return proto
 
 
 def render_request(method: bytes, target: bytes, host: bytes, body: bytes | None) -> bytes:

@@ -1,0 +1,319 @@
+"""The chat relay: one admitted request's exchange with Ollama, re-framed for the client.
+
+Theory of operation
+-------------------
+Ollama is always asked to stream: the silence deadline then protects non-streaming clients
+too, and one code path reads every reply. Streaming clients: the SSE head goes out once
+Ollama's 200 arrives; from then on each upstream read is re-framed and written inside the
+upstream's ``data_received`` callback (one write per read, no task switch per token), with
+heartbeats until Ollama's head. Non-streaming clients: the reads are accumulated and one
+``chat.completion`` is sent at the end.
+
+Success is reported only after Ollama's ``done`` line. Any failure after the head is an SSE
+error event and a cut stream without ``[DONE]``. Errors before it get their status. Whatever
+happens, ``finish_exchange`` releases the upstream connection, closing it unless the
+exchange ended cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+
+import orjson
+
+from clawproxy.app.services import Services
+from clawproxy.errors import (
+    GatewayError,
+    UpstreamFailed,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from clawproxy.http.request import Request
+from clawproxy.http.server import HttpConnection
+from clawproxy.ollama.connection import (
+    BodyReader,
+    ConnState,
+    ExchangeListener,
+    UpstreamConnection,
+)
+from clawproxy.ollama.errors import MAX_ERROR_BODY_BYTES, upstream_status_error
+from clawproxy.openai.aggregate import ChatAccumulator
+from clawproxy.openai.heartbeat import Heartbeat
+from clawproxy.openai.mapping import ChatPlan
+from clawproxy.openai.reframe import SseReframer, error_event
+
+SSE_HEADERS = (
+    (b"content-type", b"text/event-stream"),
+    (b"cache-control", b"no-cache"),
+    # nginx buffers proxied responses unless told not to (PROTOCOL 5.7).
+    (b"x-accel-buffering", b"no"),
+)
+UPSTREAM_ERRORS = (UpstreamUnavailable, UpstreamTimeout, UpstreamFailed)
+
+
+async def open_upstream(
+    svc: Services,
+    plan: ChatPlan,
+    meanwhile: Callable[[], None] | None = None,
+    listener: ExchangeListener | None = None,
+) -> UpstreamConnection:
+    """Send the chat request; return the connection once Ollama answered 200."""
+    try:
+        payload = orjson.dumps(plan.payload)
+        upstream = await svc.pool.send(b"POST", b"/api/chat", payload, meanwhile, listener)
+        if upstream.status != 200:
+            try:
+                body = await upstream.read_body(MAX_ERROR_BODY_BYTES)
+            finally:
+                upstream.abort()
+            raise upstream_status_error(upstream.status, body)
+    except UPSTREAM_ERRORS as exc:
+        svc.state.upstream_errors[exc.code or "upstream_error"] += 1
+        raise
+    return upstream
+
+
+def finish_exchange(upstream: UpstreamConnection, clean: bool) -> None:
+    """Back to the pool after a clean end; otherwise close it, so Ollama stops generating
+    and a half-read connection is never reused."""
+    if clean:
+        upstream.release()
+    if upstream.state is ConnState.ACTIVE:
+        upstream.abort()
+
+
+async def relay_whole(
+    svc: Services, request: Request, conn: HttpConnection, plan: ChatPlan
+) -> None:
+    upstream = await open_upstream(svc, plan)
+    clean = False
+    try:
+        clean = await whole_reply(svc, request, conn, plan, upstream)
+    except UPSTREAM_ERRORS as exc:
+        svc.state.upstream_errors[exc.code or "upstream_error"] += 1
+        raise
+    finally:
+        finish_exchange(upstream, clean)
+
+
+async def relay_stream(
+    svc: Services, request: Request, conn: HttpConnection, plan: ChatPlan
+) -> None:
+    """Stream the reply as SSE, with heartbeats until Ollama's head."""
+    relay = SseRelay(svc, request, conn, plan)
+    relay.heartbeat.start()
+    try:
+        upstream = await open_upstream(svc, plan, relay.prepare, relay)
+    except GatewayError as exc:
+        if not conn.response_started:
+            raise
+        # A heartbeat already committed the 200: the error can only travel in-band.
+        request.outcome = exc.code or "upstream_error"
+        conn.write(error_event(exc.message, exc.code or "upstream_error"))
+        conn.cut_stream()
+        return
+    finally:
+        relay.heartbeat.stop()
+    await relay.run(upstream)
+
+
+class SseRelay:
+    """Ollama's NDJSON to one client as SSE: one re-frame and one write per upstream read.
+
+    The upstream connection's ``ExchangeListener`` for one streaming request. ``prepare()``
+    builds the re-framer and the two per-read calls, ``on_raw`` and ``on_data``; it runs
+    while Ollama works on the request (``send``'s ``meanwhile``), so the first token does
+    not wait for it. ``on_head()`` stops the heartbeats, sends our head and couples the
+    flow control; it runs inside the upstream read that brings Ollama's 200, so the bytes
+    that came with that head, often the first token, reach the client in the same
+    callback. ``on_end`` and ``on_error`` end the stream, whichever way Ollama's body ends:
+    ``_end`` is that one place. ``run()`` is what the handler's task does meanwhile: wait
+    for that end, and hand the upstream connection back.
+    """
+
+    __slots__ = (
+        "conn",
+        "done",
+        "heartbeat",
+        "on_data",
+        "on_raw",
+        "plan",
+        "reframer",
+        "request",
+        "svc",
+    )
+
+    # Closures built by prepare(), not methods: on the per-token path they read their
+    # collaborators from closure cells; methods reading them from self's slots measured
+    # about 30 ns a token slower (115 vs 145 ns a call, min of 15 runs, Python 3.11).
+    on_raw: Callable[[bytes], bool]
+    on_data: Callable[[bytes], None]
+
+    def __init__(self, svc: Services, request: Request, conn: HttpConnection, plan: ChatPlan):
+        self.svc = svc
+        self.request = request
+        self.conn = conn
+        self.plan = plan
+        self.reframer: SseReframer | None = None
+        interval = svc.config.server.heartbeat_interval
+        self.heartbeat = Heartbeat(svc.loop, interval, self.commit, conn.write)
+        # Whether the stream ended cleanly (the upstream connection may then be reused).
+        self.done: asyncio.Future[bool] = svc.loop.create_future()
+
+    def commit(self) -> None:
+        """Send the 200 and the SSE head (held by the connection until the first chunk)."""
+        if not self.conn.response_started:
+            self.conn.start_stream(self.request, 200, SSE_HEADERS)
+
+    def prepare(self) -> None:
+        if self.reframer is not None:
+            return
+        plan, request, conn = self.plan, self.request, self.conn
+        reframer = self.reframer = SseReframer(
+            completion_id=new_completion_id(),
+            created=int(time.time()),
+            model=plan.model,
+            include_usage=plan.include_usage,
+            max_line_bytes=self.svc.config.upstream.max_line_bytes,
+        )
+        write = conn.write
+        now = self.svc.loop.time
+
+        def on_data(data: bytes) -> None:
+            out = reframer.feed(data)
+            if out:
+                if reframer.done:
+                    # [DONE] and the last chunk in one write; the upstream's end is not awaited.
+                    conn.end_stream(out)
+                else:
+                    write(out)
+                if request.first_token_at is None and reframer.deltas:
+                    request.first_token_at = now()
+            if reframer.error is not None:
+                # An error line or a broken line: stop reading Ollama at once (on_error next).
+                raise UpstreamFailed(reframer.error)
+
+        feed_chunk = reframer.feed_chunk
+
+        def on_raw(data: bytes) -> bool:
+            # The one-token read, chunk framing and all (see SseReframer.feed_chunk).
+            out = feed_chunk(data)
+            if out is None:
+                return False
+            if out:
+                write(out)
+                if request.first_token_at is None:
+                    request.first_token_at = now()
+            return True
+
+        self.on_data = on_data
+        self.on_raw = on_raw
+
+    # -- ExchangeListener: called by the upstream connection inside its reads ----------------
+
+    def on_head(self, conn: UpstreamConnection) -> None:
+        """Ollama answered 200: our head, and every body read from now on, to the client."""
+        self.heartbeat.stop()
+        self.commit()
+        self.prepare()
+        self.conn.flow.attach(conn)
+
+    def on_end(self) -> None:
+        reframer = self.reframer
+        assert reframer is not None
+        tail = reframer.eof()
+        if reframer.error is not None:
+            # A clean end of the body without Ollama's done line: the answer was cut.
+            self.request.outcome = "upstream_unavailable"
+            self.svc.state.upstream_errors["upstream_unavailable"] += 1
+        self._end(tail)
+
+    def on_error(self, exc: GatewayError) -> None:
+        reframer = self.reframer
+        assert reframer is not None
+        code = exc.code or "upstream_error"
+        tail = reframer.fail(exc.message, code)
+        self.request.outcome = code
+        if isinstance(exc, UPSTREAM_ERRORS):
+            self.svc.state.upstream_errors[code] += 1
+        self._end(tail)
+
+    def _end(self, tail: bytes) -> None:
+        """Where the stream ends: the tail, then the last chunk, or a cut without it."""
+        reframer = self.reframer
+        assert reframer is not None
+        request, conn = self.request, self.conn
+        self._settle()
+        clean = reframer.done and not reframer.extra_after_done
+        if not self.done.done():
+            # Before the client writes: the task wakes ahead of a cut's connection_lost.
+            self.done.set_result(clean)
+        if tail:
+            conn.write(tail)
+        if reframer.done:
+            conn.end_stream()
+            return
+        request.outcome = request.outcome or "upstream_error"
+        conn.cut_stream()
+
+    def _settle(self) -> None:
+        """Uncouple the flow control and count the tokens (idempotent)."""
+        self.conn.flow.detach()
+        if self.reframer is not None:
+            self.request.tokens = self.reframer.deltas
+
+    # -- the handler task ----------------------------------------------------------------
+
+    async def run(self, upstream: UpstreamConnection) -> bool:
+        """Wait for the stream's end, then hand the upstream connection back (or close it).
+        Returns True when the stream ended cleanly.
+
+        ``on_head`` ran already, inside the read that brought Ollama's 200: ``send()``
+        returns a 200 connection only after it ran."""
+        clean = False
+        try:
+            # What came with Ollama's head was relayed with our head already; if nothing
+            # did, the head goes out alone now so the client sees its 200 at once.
+            self.conn.flush()
+            clean = await self.done
+        except asyncio.CancelledError:
+            # The client left (or the drain cut it): the stream just stops.
+            self._settle()
+            raise
+        finally:
+            finish_exchange(upstream, clean)
+        return clean
+
+
+def new_completion_id() -> str:
+    # OpenAI-shaped and unique (Ollama's own ids are 0-998 and collide: PROTOCOL 3.2).
+    # An id names a reply, it guards nothing: 96 bits from the random module (reseeded in
+    # every forked worker) instead of a getrandom() system call per request.
+    return f"chatcmpl-{random.getrandbits(96):024x}"
+
+
+async def whole_reply(
+    svc: Services,
+    request: Request,
+    conn: HttpConnection,
+    plan: ChatPlan,
+    upstream: UpstreamConnection,
+) -> bool:
+    """Accumulate the stream and answer with one ``chat.completion`` object."""
+    acc = ChatAccumulator(
+        completion_id=new_completion_id(),
+        created=int(time.time()),
+        model=plan.model,
+        max_line_bytes=svc.config.upstream.max_line_bytes,
+    )
+    reader = BodyReader(svc.loop, acc.feed)
+    upstream.listen(reader)
+    await reader.done
+    body = acc.result()
+    request.tokens = acc.completion_tokens
+    request.first_token_at = svc.loop.time()
+    conn.send(request, 200, body)
+    return not acc.extra_after_done

@@ -1,0 +1,189 @@
+"""Validation rules: one table, keyed by dotted key, checked after coercion.
+
+Each ``Rule`` in ``RULES`` says what is expected, a predicate, an optional normaliser; the
+loader (``config.loading``) applies it to the value once coerced to the field's type, and
+turns a failure into a ``ConfigError`` whose one line starts with the key. Ports may be 0,
+meaning "let the OS pick a free port" (tests and the demo rely on it).
+
+Lists get a rule per item too (``ITEM_RULES``), reported with the index (``key[2]``). Keys in
+``SECRET_KEYS`` hold API keys: their errors say what is wrong and where, never the value.
+``check_api_key`` and ``check_key_label`` are shared with the keys file (``policy.auth``),
+so a key is valid or not wherever it is written.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable
+from typing import Any, Final, NamedTuple
+
+from clawproxy.net import parse_endpoint, parse_http_url
+
+
+class Rule(NamedTuple):
+    """A check on one key. ``expect`` completes "expected ..."; ``check`` returns False or
+    raises ValueError (whose message is appended as the reason); ``normalize`` runs first."""
+
+    expect: str
+    check: Callable[[Any], bool]
+    normalize: Callable[[Any], Any] | None = None
+
+
+def _int_range(low: int, high: int) -> Rule:
+    return Rule(f"an integer from {low} to {high}", lambda v: low <= v <= high)
+
+
+def _int_at_least(low: int) -> Rule:
+    return Rule(f"an integer >= {low}", lambda v: v >= low)
+
+
+def _size_at_least(low: int) -> Rule:
+    return Rule(f"a size of at least {low} bytes", lambda v: v >= low)
+
+
+def _valid_endpoint(url: str) -> bool:
+    parse_endpoint(url)
+    return True
+
+
+def _valid_http_url(url: str) -> bool:
+    parse_http_url(url)
+    return True
+
+
+# A key is presented in one Authorization header, which clawproxy.auth caps at 4 KiB.
+MAX_API_KEY_BYTES: Final = 1024
+# Labels end up in logs and metrics: a conservative alphabet keeps them injection-free.
+_KEY_LABEL = re.compile(r"[A-Za-z0-9._@+-]{1,64}")
+
+
+def check_api_key(key: str) -> None:
+    """Raise ValueError unless ``key`` is 1..MAX_API_KEY_BYTES printable ASCII characters
+    with no whitespace. The message never contains the key."""
+    if not key:
+        raise ValueError("the key is empty")
+    if len(key) > MAX_API_KEY_BYTES:
+        raise ValueError(f"the key is longer than {MAX_API_KEY_BYTES} characters")
+    # "!" to "~": printable ASCII minus space, so no whitespace or control characters.
+    if not all("!" <= c <= "~" for c in key):
+        raise ValueError("the key has whitespace, control or non-ASCII characters")
+
+
+def check_key_label(label: str) -> None:
+    """Raise ValueError unless ``label`` is 1-64 of ``A-Z a-z 0-9 . _ @ + -``."""
+    if not _KEY_LABEL.fullmatch(label):
+        raise ValueError("a label is 1 to 64 of the characters A-Z a-z 0-9 . _ @ + -")
+
+
+def _valid_api_key(key: str) -> bool:
+    check_api_key(key)
+    return True
+
+
+def _distinct_keys(keys: tuple[str, ...]) -> bool:
+    first: dict[str, int] = {}
+    for index, key in enumerate(keys):
+        if key in first:
+            raise ValueError(f"entries [{first[key]}] and [{index}] are the same key")
+        first[key] = index
+    return True
+
+
+def _valid_network(text: str) -> bool:
+    try:
+        ipaddress.ip_network(text)
+    except ValueError:
+        try:
+            network = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            return False
+        raise ValueError(f"host bits are set; the network is {network}") from None
+    return True
+
+
+_PORT: Final = _int_range(0, 65535)  # 0 = let the OS pick a free port.
+_NON_EMPTY: Final = Rule("a non-empty string", lambda v: bool(v.strip()))
+_TIMEOUT: Final = Rule("a duration greater than 0, such as '30s'", lambda v: v > 0)
+_LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
+
+RULES: Final[dict[str, Rule]] = {
+    "server.host": _NON_EMPTY,
+    "server.port": _PORT,
+    "server.timeout": _TIMEOUT,
+    "server.max_body_bytes": _size_at_least(1),
+    "server.max_header_bytes": _size_at_least(1024),
+    # "POST /v1/chat/completions HTTP/1.1" is 34 bytes; below 64 no real client gets through.
+    "server.max_request_line_bytes": _size_at_least(64),
+    "server.max_headers": _int_at_least(1),
+    "server.keepalive_timeout": _TIMEOUT,
+    "server.max_requests_per_connection": _int_at_least(1),
+    "server.header_timeout": _TIMEOUT,
+    "server.body_timeout": _TIMEOUT,
+    "server.max_connections": _int_at_least(1),
+    "server.send_timeout": _TIMEOUT,
+    "server.drain_timeout": _TIMEOUT,
+    "model.name": _NON_EMPTY,
+    "model.endpoint": Rule("an http://host[:port] URL", _valid_endpoint),
+    "model.context_length": _int_at_least(1),
+    "model.temperature": Rule("a number from 0 to 2", lambda v: 0 <= v <= 2),
+    "model.top_p": Rule("a number greater than 0 and at most 1", lambda v: 0 < v <= 1),
+    "upstream.connect_timeout": _TIMEOUT,
+    "upstream.pool_size": _int_at_least(0),
+    "upstream.max_line_bytes": _size_at_least(1024),
+    "gateway.debug_port": _PORT,
+    "gateway.debug_host": _NON_EMPTY,
+    "gateway.max_concurrent": _int_at_least(1),
+    "gateway.queue_size": _int_at_least(0),
+    "server.heartbeat_interval": Rule("a duration, 0 to disable, such as '15s'", lambda v: v >= 0),
+    "gateway.queue_timeout": Rule("null or a duration greater than 0", lambda v: v > 0),
+    "logging.level": Rule(f"one of {', '.join(_LOG_LEVELS)}", _LOG_LEVELS.__contains__, str.lower),
+    "logging.file": Rule("null (stderr) or a non-empty path", lambda v: bool(v.strip())),
+    "gateway.rate_limit.requests_per_second": Rule("a number >= 0 (0 = off)", lambda v: v >= 0),
+    "gateway.rate_limit.burst": _int_at_least(1),
+    "auth.api_keys": Rule("a list of distinct keys", _distinct_keys),
+    "auth.api_keys_file": Rule("null or a non-empty path", lambda v: bool(v.strip())),
+    "gateway.admin_token": Rule(
+        f"null or 1 to {MAX_API_KEY_BYTES} printable ASCII characters without whitespace",
+        _valid_api_key,
+    ),
+    "gateway.model_keep_alive": Rule(
+        "null (keep loaded) or a duration greater than 0", lambda v: v > 0
+    ),
+    "gateway.model_load_timeout": _TIMEOUT,
+    "gpu.interval": Rule("a duration of at least 10ms", lambda v: v >= 0.01),
+    "alerts.gpu_memory_percent": Rule(
+        "null (off) or a number greater than 0 and at most 100", lambda v: 0 < v <= 100
+    ),
+    "alerts.hysteresis_percent": Rule("a number from 0 to 50", lambda v: 0 <= v <= 50),
+    "alerts.webhook_url": Rule("null or an http://host[:port][/path] URL", _valid_http_url),
+    "alerts.webhook_timeout": _TIMEOUT,
+}
+
+# Rules for each item of a list key, reported as ``key[index]``.
+ITEM_RULES: Final[dict[str, Rule]] = {
+    "server.trusted_proxies": Rule(
+        "an IP address or CIDR network such as '10.0.0.0/8'", _valid_network
+    ),
+    "auth.api_keys": Rule(
+        f"a non-empty string of printable ASCII without whitespace, at most "
+        f"{MAX_API_KEY_BYTES} characters",
+        _valid_api_key,
+    ),
+}
+
+# Keys (and everything under them) whose values may be API keys: errors never show a value.
+# "auth" itself is here because "auth: sk-..." is an easy mistake to make.
+SECRET_KEYS: Final = frozenset({"auth", "auth.api_keys", "gateway.admin_token"})
+
+
+def rule_for(key: str) -> Rule | None:
+    """The rule for a dotted key, or for an item of a list key (``key[2]``); None if none."""
+    if key.endswith("]"):
+        return ITEM_RULES.get(key.partition("[")[0])
+    return RULES.get(key)
+
+
+def is_secret(key: str) -> bool:
+    """Whether the value at this key (or an item under it) may be an API key."""
+    return key.partition("[")[0] in SECRET_KEYS

@@ -1,0 +1,160 @@
+"""The gateway's configuration schema: typed sections with a default for every key.
+
+The YAML layout of the original design is the contract (sections ``server``, ``model``,
+``gateway``, ``logging``); new keys extend it (``upstream``, ``auth``, and sections nested in
+sections, such as ``gateway.rate_limit``). Durations are stored as float seconds, sizes
+as int bytes.
+
+Theory of operation: the frozen dataclasses below *are* the schema. The loader
+(``config.loading``) walks them with ``dataclasses.fields`` and ``typing.get_type_hints``, so
+adding a section means adding a dataclass and a field on ``Config``, plus any rules in
+``config.rules.RULES``; the loader itself does not change. A field's annotation says how its
+value is coerced (``str``, ``int``, ``float``, ``bool``, ``X | None``, ``list[X]``,
+``tuple[X, ...]``, a nested section); its metadata kind says when the value is written with a
+unit instead (``DURATION``: ``"30s"`` -> 30.0; ``SIZE``: ``"1MiB"`` -> 1048576).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Final
+
+from clawproxy.units import KIB, MIB
+
+# Field metadata markers: the loader parses these fields with parse_duration / parse_size.
+DURATION: Final = {"kind": "duration"}
+SIZE: Final = {"kind": "size"}
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "0.0.0.0"
+    port: int = 8080
+    # Bounds the wait for Ollama's first byte and any silence between its chunks.
+    timeout: float = field(default=30.0, metadata=DURATION)
+    max_body_bytes: int = field(default=1 * MIB, metadata=SIZE)
+    # h11's own default and what nginx/Envoy/HAProxy use in the same range (RELIABILITY 1.1).
+    max_header_bytes: int = field(default=16 * KIB, metadata=SIZE)
+    max_request_line_bytes: int = field(default=8 * KIB, metadata=SIZE)
+    max_headers: int = 100
+    # Longer than nginx's upstream keepalive_timeout (60s), so nginx always closes first.
+    keepalive_timeout: float = field(default=75.0, metadata=DURATION)
+    max_requests_per_connection: int = 1000
+    # Absolute deadlines from the first byte of a request head / body (slowloris, slow POST).
+    header_timeout: float = field(default=10.0, metadata=DURATION)
+    body_timeout: float = field(default=30.0, metadata=DURATION)
+    max_connections: int = 2048
+    # A client that accepts no bytes for this long is dropped (nginx send_timeout).
+    send_timeout: float = field(default=60.0, metadata=DURATION)
+    drain_timeout: float = field(default=30.0, metadata=DURATION)
+    # Peers whose X-Forwarded-For is believed (IPs or CIDRs). Loopback by default: the usual
+    # deployment is nginx on the same host, where every peer is 127.0.0.1 and, without XFF,
+    # all clients would share one rate-limit bucket. Direct local clients are trusted anyway.
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
+    # While a stream waits for its first token (a model can take minutes to load), an SSE
+    # comment every this often keeps nginx's proxy_read_timeout from cutting it; 0 disables.
+    heartbeat_interval: float = field(default=15.0, metadata=DURATION)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    name: str = "qwen3:32b"
+    endpoint: str = "http://localhost:11434"
+    context_length: int = 4096
+    temperature: float = 0.7
+    top_p: float = 0.9
+    # When set, the only model names a request may use; empty means whatever Ollama has.
+    allowed: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConfig:
+    connect_timeout: float = field(default=5.0, metadata=DURATION)
+    # Idle keep-alive connections kept per endpoint; busy ones are bounded by admission.
+    pool_size: int = 8
+    # A single NDJSON line longer than this is a broken upstream, not a token.
+    max_line_bytes: int = field(default=1 * MIB, metadata=SIZE)
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitConfig:
+    # Sustained requests per second per client (API key label, else client IP); 0 = off.
+    requests_per_second: float = 0.0
+    # Requests a rested client may send at once before the sustained rate applies.
+    burst: int = 10
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    debug_port: int = 18789
+    debug_host: str = "127.0.0.1"
+    max_concurrent: int = 4
+    queue_size: int = 3
+    # None means "same as server.timeout".
+    queue_timeout: float | None = field(default=None, metadata=DURATION)
+    rate_limit: RateLimitConfig = field(default_factory=RateLimitConfig)
+    # Bearer token the admin port requires; None: no token (the port is loopback-only).
+    admin_token: str | None = None
+    # keep_alive sent with a hot load (POST /v1/model/load); None keeps it until unloaded.
+    model_keep_alive: float | None = field(default=300.0, metadata=DURATION)
+    # A hot load waits this long for Ollama: a large model takes minutes to read from disk.
+    model_load_timeout: float = field(default=300.0, metadata=DURATION)
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    level: str = "info"
+    # None logs to stderr.
+    file: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    # Accepted bearer keys. Auth is on when this or api_keys_file is set.
+    api_keys: tuple[str, ...] = ()
+    # One key a line ("KEY" or "LABEL KEY"); reread on SIGHUP. See clawproxy.auth.
+    api_keys_file: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GpuConfig:
+    # Sample NVIDIA GPUs through NVML; without a driver the sampler only reports why not.
+    enabled: bool = True
+    interval: float = field(default=5.0, metadata=DURATION)
+
+
+@dataclass(frozen=True, slots=True)
+class AlertsConfig:
+    # Alert when a GPU's memory use reaches this percentage; None turns the alert off.
+    gpu_memory_percent: float | None = 95.0
+    # Re-arm only once use falls this many points below the threshold (no flood at the line).
+    hysteresis_percent: float = 5.0
+    # http:// URL that receives each alert as a JSON POST; None: the log warning only.
+    webhook_url: str | None = None
+    webhook_timeout: float = field(default=3.0, metadata=DURATION)
+
+
+@dataclass(frozen=True, slots=True)
+class UiConfig:
+    # The built-in web UI on the public port (/ui, /ui/chat, /ui/internals, /ui/api/stats);
+    # false removes those routes, so they answer 404 like any unknown path.
+    enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    gpu: GpuConfig = field(default_factory=GpuConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    ui: UiConfig = field(default_factory=UiConfig)
+
+
+def queue_timeout_s(config: Config) -> float:
+    """How long a queued request may wait for a slot: ``gateway.queue_timeout`` or its fallback."""
+    queued = config.gateway.queue_timeout
+    return config.server.timeout if queued is None else queued

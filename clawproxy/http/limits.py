@@ -1,0 +1,85 @@
+"""What a request head may be: the limits and framing rules checked once it is complete.
+
+Pure: a parsed head in, a ``Refusal`` or the framing it declares out; the connection acts
+on the verdict (``http.server``). h11 caps only an incomplete head; the rest is ours:
+request-line length (414), header count and total header bytes (431), framing that h11
+tolerates but a proxy must not pass on (Content-Length with Transfer-Encoding, chunked in
+HTTP/1.0, targets other than origin-form: 400; RELIABILITY 1), CONNECT (405: not a
+forward proxy), and a declared body larger than ``max_body_bytes`` (413, before a byte of
+it is read and without a ``100 Continue``).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import h11
+
+from clawproxy.config import ServerConfig
+from clawproxy.http.heads import Headers
+
+# The request line's fixed part: two spaces, "HTTP/1.1" and CRLF, around method and target.
+REQUEST_LINE_OVERHEAD = 10
+# Each header field's ": " and CRLF.
+FIELD_OVERHEAD = 4
+
+
+class Refusal(NamedTuple):
+    """A request refused before any handler runs: status, message for the client, code."""
+
+    status: int
+    message: str
+    code: str
+
+
+class Framing(NamedTuple):
+    """What an accepted head declares: its Content-Length (None: chunked or no body) and
+    whether the client asked to close after this request."""
+
+    length: int | None
+    close_asked: bool
+
+
+def asks_to_close(value: bytes) -> bool:
+    """Whether a ``Connection`` header value holds the ``close`` option."""
+    return b"close" in (t.strip().lower() for t in value.split(b","))
+
+
+def body_too_large(cfg: ServerConfig) -> Refusal:
+    return Refusal(413, f"request body exceeds {cfg.max_body_bytes} bytes", "request_too_large")
+
+
+def check_head(head: h11.Request, headers: Headers, cfg: ServerConfig) -> Refusal | Framing:
+    """The verdict on a complete request head (``headers``: its lower-cased fields)."""
+    line_bytes = len(head.method) + len(head.target) + REQUEST_LINE_OVERHEAD
+    if line_bytes > cfg.max_request_line_bytes:
+        return Refusal(414, "request line too long", "request_line_too_long")
+    if len(headers) > cfg.max_headers:
+        return Refusal(431, f"more than {cfg.max_headers} header fields", "too_many_headers")
+    head_bytes = line_bytes
+    has_te = close_asked = False
+    length = None
+    for name, value in headers:
+        head_bytes += len(name) + len(value) + FIELD_OVERHEAD
+        if name == b"content-length":
+            # h11 validated the syntax and merged identical duplicates.
+            length = int(value)
+        elif name == b"transfer-encoding":
+            has_te = True
+        elif name == b"connection" and asks_to_close(value):
+            close_asked = True
+    if head_bytes > cfg.max_header_bytes:
+        return Refusal(431, "request header block too large", "headers_too_large")
+    if has_te and length is not None:
+        return Refusal(400, "Content-Length together with Transfer-Encoding", "bad_framing")
+    if has_te and head.http_version == b"1.0":
+        return Refusal(400, "chunked request body in HTTP/1.0", "bad_framing")
+    if head.method == b"CONNECT":
+        return Refusal(
+            405, "CONNECT is not supported: this is not a forward proxy", "method_not_allowed"
+        )
+    if not head.target.startswith(b"/"):
+        return Refusal(400, "only origin-form request targets are accepted", "bad_request_target")
+    if length is not None and length > cfg.max_body_bytes:
+        return body_too_large(cfg)
+    return Framing(length, close_asked)

@@ -1,0 +1,106 @@
+"""Running one gateway process: the event loop, start-up, signals, the drain.
+
+``serve()`` is one gateway's whole life on a running loop: the optional demo simulator,
+start (exit 2 when a port cannot be had), the start-up heap settled, signals installed,
+then wait for a stop and drain. ``run()`` runs it on uvloop where installed. The command
+line (``cli``) and each pre-forked worker (``workers``) both come here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import gc
+import logging
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from clawproxy.config import Config, ConfigError
+from clawproxy.gateway import Gateway
+from clawproxy.process import signals
+
+log = logging.getLogger("clawproxy")
+
+EXIT_CONFIG = 2
+
+
+def run(main_coro: Coroutine[Any, Any, None]) -> None:
+    """Run on uvloop where it is installed, on stock asyncio otherwise."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main_coro)
+        return
+    uvloop.run(main_coro)
+
+
+async def serve(
+    config: Config,
+    *,
+    demo: bool = False,
+    make_gateway: Callable[[Config], Gateway] = Gateway,
+) -> None:
+    simulator = None
+    if demo:
+        from clawproxy.simulator import OllamaSimulator
+
+        simulator = OllamaSimulator()
+        await simulator.start()
+        config = dataclasses.replace(
+            config, model=dataclasses.replace(config.model, endpoint=simulator.endpoint)
+        )
+    try:
+        gateway = make_gateway(config)
+    except ConfigError as exc:  # the API key file is read here
+        print(f"clawproxy: config error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
+    try:
+        port = await gateway.start()
+    except OSError as exc:
+        log.error(
+            "cannot listen on %s:%s: %s", config.server.host, config.server.port, exc.strerror
+        )
+        if simulator is not None:
+            await simulator.close()
+        sys.exit(EXIT_CONFIG)
+    settle_heap()
+    if demo:
+        print(demo_banner(port, config.model.name), file=sys.stderr, flush=True)
+    stop = asyncio.Event()
+    signals.install(gateway, stop)
+    await stop.wait()
+    log.info("shutting down: draining for up to %gs", config.server.drain_timeout)
+    await gateway.stop()
+    if simulator is not None:
+        await simulator.close()
+
+
+def settle_heap() -> None:
+    """Start-up is over: collect its garbage once, then hide what survived (modules,
+    configuration, routes: ~22,000 objects) from the cyclic collector for good.
+
+    Python's full collections otherwise walk all of it every few thousand requests, a
+    pause of 5 ms here on a warm CPU (more on a cold one) that every stream in flight
+    waits out. Objects made later are collected as usual."""
+    gc.collect()
+    gc.freeze()
+
+
+def demo_banner(port: int, model: str) -> str:
+    base = f"http://127.0.0.1:{port}"
+    return f"""
+clawproxy demo: gateway on {base}, talking to the built-in Ollama simulator.
+Try it in another terminal:
+
+  curl -N {base}/v1/chat/completions -H 'Content-Type: application/json' -d '{{
+    "model": "{model}", "stream": true,
+    "messages": [{{"role": "user", "content": "Hello!"}}]}}'
+
+  python -c "import openai; c = openai.OpenAI(base_url='{base}/v1', api_key='none'); \\
+[print(x.choices[0].delta.content or '', end='', flush=True) for x in \\
+c.chat.completions.create(model='{model}', stream=True, \\
+messages=[{{'role': 'user', 'content': 'Hello!'}}]) if x.choices]; print()"
+
+Press Ctrl+C to stop.
+"""
