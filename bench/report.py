@@ -580,6 +580,8 @@ def chart(combined: Sequence[Combined], out: Path) -> Path | None:
     lines = (
         ("nginx", "s-", "tab:blue"),
         ("gateway", "o-", "tab:orange"),
+        # --baseline: another checkout's gateway, drawn beside this one.
+        ("baseline", "x--", "tab:purple"),
         ("litellm", "^-", "tab:red"),
         ("go-reframe", "d-", "tab:green"),
     )

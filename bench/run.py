@@ -8,6 +8,8 @@ model, or unpaced), the three paths run in turns, one right after the other:
     direct   load generator -> simulator                  (Ollama's NDJSON)
     nginx    load generator -> nginx -> simulator         (NDJSON relayed unchanged)
     gateway  load generator -> clawproxy -> simulator     (re-framed into OpenAI SSE)
+    baseline load generator -> clawproxy from --baseline DIR -> simulator (the same, as
+             another checkout has it: the gateway before and after a change, side by side)
     litellm  load generator -> LiteLLM -> simulator       (--with-litellm, when installed)
     go-reframe  load generator -> Go proxy -> simulator   (--with-go, when Go is installed)
 
@@ -40,8 +42,9 @@ its own row and gets no probes. The probe window (first probe to last) is left o
 CPU per token figures, so the probes' requests do not count as the cost of tokens.
 
 After the main runs, each paced load that fits twice over under ``--max-total-rate`` runs
-paired (``run_pairs``): nginx and the gateway, each with N direct streams interleaved in
-the same run, probes included, for the gap and TTFT targets (why: ``paired``).
+paired (``run_pairs``): nginx and the gateway (and the baseline), each with N direct
+streams interleaved in the same run, probes included, for the gap and TTFT targets (why:
+``paired``).
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ from .services import (
     REPO,
     Service,
     ServiceError,
+    baseline_problem,
     build_goreframe,
     go_version,
     litellm_version,
@@ -88,8 +92,10 @@ PATHS = ("direct", "nginx", "gateway")
 FLOOR_PATHS = ("floor-scan", "floor-h11")
 # The comparator that re-frames in Go as Ollama's own OpenAI layer does (bench/goreframe).
 GO_PATH = "go-reframe"
+# The gateway of another checkout (--baseline DIR), started and measured as "gateway" is.
+BASELINE_PATH = "baseline"
 # The paths whose clients speak OpenAI's API (SSE streams).
-SSE_PATHS = frozenset({"gateway", "litellm", GO_PATH})
+SSE_PATHS = frozenset({"gateway", BASELINE_PATH, "litellm", GO_PATH})
 BIG_STREAMS = 5000
 # The short-request load starts streams at this rate: busy, yet under a core's worth of
 # request handling in every middle process.
@@ -152,6 +158,8 @@ class Settings:
     nice: int = 0
     # The built Go re-framing proxy of the optional comparator path (--with-go).
     goreframe: Path | None = None
+    # The checkout whose clawproxy the baseline path runs (--baseline).
+    baseline: Path | None = None
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -176,10 +184,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--tokens", type=int, default=200, help="tokens per stream")
     parser.add_argument(
         "--paths",
-        default=",".join(PATHS),
-        help=f"subset of {','.join(PATHS)}, and {' or '.join(FLOOR_PATHS)} (bench/README.md)",
+        help=f"subset of {','.join(PATHS)} (the default), and {' or '.join(FLOOR_PATHS)}, "
+        f"{BASELINE_PATH} (bench/README.md)",
     )
-    parser.add_argument("--workers", type=int, default=1, help="gateway --workers")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="DIR",
+        help=f"add {BASELINE_PATH}: the gateway run from the clawproxy package of the checkout "
+        "DIR, beside this one's (after gateway unless --paths says where)",
+    )
+    parser.add_argument("--workers", type=int, default=1, help="gateway (and baseline) --workers")
     parser.add_argument(
         "--harness-nice",
         type=int,
@@ -378,12 +393,16 @@ def start_middle(
     if path == GO_PATH:
         assert settings.goreframe is not None
         return start_goreframe(run_dir, settings.goreframe, sim.port)
+    if path == BASELINE_PATH:
+        assert settings.baseline is not None
+        return start_gateway(run_dir, sim.port, settings.workers, source=settings.baseline)
     return start_gateway(run_dir, sim.port, settings.workers)
 
 
 def wire_format(path: str) -> str:
-    """What the load generator speaks on ``path``: OpenAI's SSE through the gateway and
-    LiteLLM, Ollama's NDJSON straight to the simulator and through nginx."""
+    """What the load generator speaks on ``path``: OpenAI's SSE through the gateway (and
+    the baseline), LiteLLM and go-reframe, Ollama's NDJSON straight to the simulator and
+    through nginx."""
     return "sse" if path in SSE_PATHS else "ndjson"
 
 
@@ -525,9 +544,9 @@ def run_pairs(
 ) -> list[paired.PairedRun]:
     """The paired runs: each pairable paced load, each middle path, ``--repeat`` times
     (in turns, like the main runs)."""
-    # nginx is the reference, the floor proxies a yardstick when named; LiteLLM's gaps are
-    # not a target, and its runs are slow.
-    middles = [p for p in paths if p in ("nginx", *FLOOR_PATHS, GO_PATH, "gateway")]
+    # nginx is the reference, the floor proxies a yardstick when named, the baseline the
+    # gateway's own before; LiteLLM's gaps are not a target, and its runs are slow.
+    middles = [p for p in paths if p in ("nginx", *FLOOR_PATHS, GO_PATH, "gateway", BASELINE_PATH)]
     loads = [
         load
         for load in plan(args)
@@ -561,8 +580,8 @@ def _version(module: str) -> str:
         return "not installed"
 
 
-def _git(*args: str) -> str:
-    done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False)
+def _git(*args: str, cwd: Path = REPO) -> str:
+    done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=False)
     return done.stdout.strip()
 
 
@@ -576,11 +595,14 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def revision() -> str:
+def revision(checkout: Path = REPO) -> str:
     """The commit measured, ``(with uncommitted changes)`` where the tree differs from it.
-    Read when the run starts: by its end the run has written its own chart into the tree."""
-    dirty = " (with uncommitted changes)" if _git("status", "--porcelain") else ""
-    return (_git("rev-parse", "--short", "HEAD") or "?") + dirty
+    Read when the run starts: by its end the run has written its own chart into the tree.
+    ``checkout``: another one (``--baseline``); "no git checkout" where it is none."""
+    if checkout != REPO and not (checkout / ".git").exists():
+        return "no git checkout"
+    dirty = " (with uncommitted changes)" if _git("status", "--porcelain", cwd=checkout) else ""
+    return (_git("rev-parse", "--short", "HEAD", cwd=checkout) or "?") + dirty
 
 
 def header(
@@ -590,9 +612,11 @@ def header(
     measured: str,
     litellm: str | None = None,
     go: str | None = None,
+    baseline: tuple[Path, str] | None = None,
 ) -> str:
     """``measured``: ``revision()`` at the start of the run; ``litellm``, ``go``: the
-    executables of the optional comparator paths, when they ran."""
+    executables of the optional comparator paths, when they ran; ``baseline``: the
+    checkout of the baseline path and its revision, when it ran."""
     cpu_source = (
         "schedstat (ns)" if schedstat_available() else "/proc/<pid>/stat utime+stime (ticks)"
     )
@@ -630,6 +654,11 @@ def header(
     if go:
         comparators += (
             f"\n- {GO_PATH}: bench/goreframe built with Go {go_version(go)}, `GOMAXPROCS=1`"
+        )
+    if baseline:
+        comparators += (
+            f"\n- {BASELINE_PATH}: the gateway as above, its clawproxy package from "
+            f"{baseline[0]} ({baseline[1]})"
         )
     pairing = (
         "every paced load whose doubled token rate fits the cap also ran paired:\n  N "
@@ -690,10 +719,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return limits.main(args)
     raise_fd_limit()
-    paths = [p for p in args.paths.split(",") if p]
-    unknown = sorted(set(paths) - {*PATHS, *FLOOR_PATHS, "litellm", GO_PATH})
+    paths = [p for p in (",".join(PATHS) if args.paths is None else args.paths).split(",") if p]
+    unknown = sorted(set(paths) - {*PATHS, *FLOOR_PATHS, "litellm", GO_PATH, BASELINE_PATH})
     if unknown:
         print(f"unknown --paths: {', '.join(unknown)} (see --help)", file=sys.stderr)
+        return 2
+    baseline = None
+    if args.baseline is not None:
+        baseline = args.baseline.resolve()
+        problem = baseline_problem(baseline)
+        if problem:
+            print(problem, file=sys.stderr)
+            return 2
+        if args.paths is None:
+            # Right after the gateway, so the two run one after the other in every turn.
+            at = paths.index("gateway") + 1 if "gateway" in paths else len(paths)
+            paths.insert(at, BASELINE_PATH)
+        elif BASELINE_PATH not in paths:
+            print(f"--paths does not name {BASELINE_PATH}: --baseline {baseline} is not run")
+            baseline = None
+    elif BASELINE_PATH in paths:
+        print(f"--paths names {BASELINE_PATH} but no --baseline DIR is given", file=sys.stderr)
         return 2
     if "nginx" in paths and nginx_path() is None:
         print("nginx is not installed: the nginx path is skipped (apt-get install nginx)")
@@ -732,10 +778,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         litellm,
         args.harness_nice,
         goreframe,
+        baseline,
     )
     settings.out.mkdir(parents=True, exist_ok=True)
     load_before = _loadavg()
     measured = revision()
+    baseline_at = None if baseline is None else (baseline, revision(baseline))
     results: list[RunResult] = []
     for load in plan(args):
         # In turns, repeat after repeat: neighbouring runs share the machine's state, and
@@ -783,7 +831,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report.write_results(
         args.results,
         combined,
-        header(args, argv, load_before, measured, settings.litellm, go),
+        header(args, argv, load_before, measured, settings.litellm, go, baseline_at),
         profile_md,
         chart,
         paired.markdown(pair_rows) if pair_rows else None,

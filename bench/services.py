@@ -1,5 +1,6 @@
 """Starting and stopping the processes of a benchmark run: simulator, nginx, gateway
-(and LiteLLM, the optional comparator, and the floor proxies of ``bench/floor.py``).
+(and LiteLLM, the optional comparator, and the floor proxies of ``bench/floor.py``); the
+gateway either from this checkout or, for ``--baseline DIR``, from another one.
 
 Theory of operation: every run starts its processes afresh on new loopback ports and
 stops them afterwards, so no run inherits another's memory, connections or caches, and a
@@ -278,15 +279,34 @@ logging:
 """
 
 
+def baseline_problem(source: Path) -> str | None:
+    """Why ``source`` cannot be a ``--baseline`` checkout, or None when it can: the
+    ``clawproxy`` package must sit at its root (``python -m clawproxy`` run there)."""
+    if not (source / "clawproxy" / "__init__.py").is_file():
+        return (
+            f"--baseline {source}: no clawproxy/__init__.py there "
+            "(give the root of a clawproxy checkout)"
+        )
+    return None
+
+
 def start_gateway(
     run_dir: Path,
     upstream_port: int,
     workers: int = 1,
     max_concurrent: int = MAX_CONNECTIONS,
     queue_size: int = 0,
+    source: Path | None = None,
 ) -> Service:
-    """``python -m clawproxy --config ... --workers N``, ready when all N workers listen."""
+    """``python -m clawproxy --config ... --workers N``, ready when all N workers listen.
+
+    ``source``: another checkout to run the ``clawproxy`` package from (``--baseline``):
+    the same command and config, run in that directory with only it on ``PYTHONPATH``
+    (``python -m`` puts the working directory first on ``sys.path``, ahead of this
+    repository's editable install); every path handed to it is absolute.
+    """
     port = free_port()
+    run_dir = run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     config = run_dir / "gateway.yaml"
     config.write_text(gateway_config(run_dir, port, upstream_port, max_concurrent, queue_size))
@@ -295,7 +315,12 @@ def start_gateway(
     log = run_dir / "gateway.stderr.log"
     cmd = [sys.executable, "-m", "clawproxy", "--config", str(config), "--port", str(port)]
     cmd += ["--workers", str(workers)]
-    service = Service("gateway", _spawn(cmd, log), port, log)
+    if source is None:
+        service = Service("gateway", _spawn(cmd, log), port, log)
+    else:
+        source = source.resolve()
+        proc = _spawn(cmd, log, cwd=source, env={"PYTHONPATH": str(source)})
+        service = Service("baseline", proc, port, log)
     _wait_port(service)
     _wait_workers(service, run_dir / "gateway.log", workers)
     return service
@@ -310,10 +335,12 @@ def _wait_workers(service: Service, log: Path, workers: int) -> None:
         if text.count("listening on http") >= workers:
             return
         if service.proc.poll() is not None:
-            raise ServiceError(f"gateway exited with {service.proc.returncode}; see {log}")
+            raise ServiceError(f"{service.name} exited with {service.proc.returncode}; see {log}")
         time.sleep(POLL_S)
     service.stop()
-    raise ServiceError(f"gateway workers did not all listen within {START_TIMEOUT_S}s; see {log}")
+    raise ServiceError(
+        f"{service.name} workers did not all listen within {START_TIMEOUT_S}s; see {log}"
+    )
 
 
 # LiteLLM imports for seconds before it listens.

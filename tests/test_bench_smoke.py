@@ -389,3 +389,45 @@ def test_litellm_comparator_config_points_its_ollama_provider_at_the_simulator()
         "api_base": "http://127.0.0.1:40123",
     }
     assert config["litellm_settings"]["telemetry"] is False
+
+
+def test_baseline_runs_another_checkouts_gateway_beside_this_one(tmp_path: Path) -> None:
+    """``--baseline DIR`` (here this checkout itself, so the test needs no other): a
+    ``baseline`` path right after ``gateway`` in every turn, measured as the gateway is
+    (OpenAI SSE, probes, its own rows, paired with direct); the budget stays the gateway's."""
+    extra = ("--unpaced", "", "--short", "0", "--burst", "0")
+    out = tmp_path / "out"
+    done = run_python("-m", "bench", "--quick", "--out", str(out), "--baseline", str(REPO), *extra)
+    summary = json.loads((out / "results.json").read_text())
+    runs = summary["runs"]
+    paths = [r["path"] for r in runs]
+    assert paths == [p for p in ("direct", "nginx", "gateway", "baseline") if p in paths], paths
+    assert {"direct", "gateway", "baseline"} <= set(paths), paths
+    for r in runs:
+        assert r["tokens"] == r["expected_tokens"] > 0, r
+        assert (r["completed"], r["out_of_order"]) == (r["streams"], 0), r
+        assert r["probes_completed"] == r["probes"] > 0, r
+    (base,) = [r for r in runs if r["path"] == "baseline"]
+    assert base["mid_cpu_us"] is not None and base["rss_idle_mib"] is not None, base
+    assert (out / "3x10-baseline" / "gateway.yaml").is_file()
+    # Its own combined row, with the figures relative to direct like the gateway's.
+    (row,) = [c for c in summary["combined"] if c["path"] == "baseline"]
+    assert row["spread"]["probe_p50_added"] is not None, row
+    pairs = summary["paired"]["runs"]
+    assert {"gateway", "baseline"} <= {p["path"] for p in pairs}, pairs
+    assert all(p["tokens"] == p["direct_tokens"] == p["expected_tokens"] > 0 for p in pairs)
+    text = (out / "RESULTS.md").read_text()
+    assert "| 3 @ 10/s | baseline |" in text and "| 3 @ 10/s | gateway |" in text
+    assert f"- baseline: the gateway as above, its clawproxy package from {REPO}" in text
+    budget = text.split("## Budget (issue #6)")[1].split("![")[0]
+    assert "baseline" not in budget, done.stdout
+    # A directory without the package is refused before anything runs.
+    bad = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--baseline", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+        check=False,
+    )
+    assert bad.returncode == 2 and "no clawproxy/__init__.py" in bad.stderr, bad.stderr
