@@ -7,11 +7,27 @@ these at the module boundary where they occur, never passed through.
 
 The body shape is what the official ``openai`` client parses:
 ``{"error": {"message": ..., "type": ..., "param": ..., "code": ...}}``.
+
+Retries: the official clients (Python and Node) retry 408, 409, 429 and every 5xx twice
+by default, unless the response says ``x-should-retry: false``. An error that will fail
+the same way again (a bad request, an unknown model, a body too large, an Ollama that
+refuses connections or rejects the request) says so, so a client does not hit a failing
+Ollama three times; the ones worth retrying (``RETRYABLE_STATUSES``: a full queue, a
+rate limit, a timeout) do not, and 503/429 carry ``Retry-After``.
 """
 
 from __future__ import annotations
 
 import orjson
+
+# Statuses a retry may fix: the client's wait, our queue, its rate or Ollama's speed.
+RETRYABLE_STATUSES = frozenset({408, 409, 429, 503, 504})
+NO_RETRY_HEADER = (b"x-should-retry", b"false")
+
+
+def retry_headers(status: int) -> tuple[tuple[bytes, bytes], ...]:
+    """``x-should-retry: false`` for an error status no retry can fix; else nothing."""
+    return () if status < 400 or status in RETRYABLE_STATUSES else (NO_RETRY_HEADER,)
 
 
 def error_body(
@@ -50,6 +66,10 @@ class GatewayError(Exception):
 
     def body(self) -> bytes:
         return error_body(self.message, self.err_type, self.param, self.code)
+
+    def response_headers(self) -> tuple[tuple[bytes, bytes], ...]:
+        """The extra headers of this error's response, the retry advice included."""
+        return self.headers + retry_headers(self.status)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(status={self.status}, code={self.code!r}, {self.message!r})"

@@ -43,7 +43,7 @@ from typing import Protocol, cast
 import h11
 
 from clawproxy.config import ServerConfig
-from clawproxy.errors import GatewayError, Overloaded, error_body
+from clawproxy.errors import GatewayError, Overloaded, error_body, retry_headers
 from clawproxy.http.flow import WRITE_HIGH_WATER_BYTES, WRITE_LOW_WATER_BYTES, FlowControl
 from clawproxy.http.heads import header_list
 from clawproxy.http.limits import Refusal, body_too_large, check_head
@@ -366,7 +366,7 @@ class HttpConnection(asyncio.Protocol):
         if self._reply is not Reply.NONE:
             self.cut_stream()
         else:
-            self.send(request, exc.status, exc.body(), headers=exc.headers)
+            self.send(request, exc.status, exc.body(), headers=exc.response_headers())
 
     # -- responses (used by handlers) -------------------------------------------------------
 
@@ -522,10 +522,11 @@ class HttpConnection(asyncio.Protocol):
             return
         err_type = "invalid_request_error" if status < 500 else "api_error"
         body = error_body(message, err_type, None, code)
+        advice = b"".join(b"%s: %s\r\n" % pair for pair in retry_headers(status))
         head = (
             b"HTTP/1.1 %d %s\r\nserver: clawproxy\r\ncontent-type: application/json\r\n"
-            b"content-length: %d\r\nconnection: close\r\n\r\n"
-            % (status, REASONS.get(status, b"Error"), len(body))
+            b"content-length: %d\r\n%sconnection: close\r\n\r\n"
+            % (status, REASONS.get(status, b"Error"), len(body), advice)
         )
         self._reply = Reply.ERROR
         self.transport.write(head + body)
