@@ -11,6 +11,7 @@ it is read and without a ``100 Continue``).
 
 from __future__ import annotations
 
+import re
 from typing import NamedTuple
 
 import h11
@@ -38,6 +39,17 @@ class Framing(NamedTuple):
 
     length: int | None
     close_asked: bool
+
+
+# Where h11 starts quoting the request's own bytes in a parse error ("illegal header line:
+# bytearray(b'Authorization: Bearer sk-...')"): everything from there on is cut.
+_QUOTED_BYTES = re.compile(r"""[:\s]*(?:bytearray\(|b'|b")""")
+
+
+def parse_error_reason(exc: Exception) -> str:
+    """What was wrong with a request h11 refused, without the bytes it quotes: a key or a
+    prompt in a malformed header must never be echoed to the client or written to a log."""
+    return _QUOTED_BYTES.split(str(exc), maxsplit=1)[0].strip() or "malformed request"
 
 
 def asks_to_close(value: bytes) -> bool:

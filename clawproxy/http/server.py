@@ -17,10 +17,14 @@ header count and total header bytes (431), framing that h11 tolerates but proxie
 a declared body larger than ``max_body_bytes`` is refused (413) before any of it is read.
 The body is read and bounded before a handler runs, so a slow POST never holds a slot.
 
-While a handler runs, pipelined bytes are left in h11's buffer; past a small cap reading is
-paused, so a flood behind one request cannot grow memory. Reading otherwise continues, so a
-client that disconnects is noticed at once (``connection_lost`` cancels the handler task,
-whose cleanup closes the Ollama connection).
+While a handler runs, pipelined bytes are held for the next request; past a small cap
+reading is paused, so a flood behind one request cannot grow memory. Reading otherwise
+continues, so a client that disconnects is noticed at once (``connection_lost`` cancels
+the handler task, whose cleanup closes the Ollama connection and frees the slot). While
+paused, a close would hide behind the unread bytes for the whole generation, so the
+kernel's view of the connection is read every ``PAUSED_WATCH_S`` (``TCP_INFO``: a FIN
+puts it in CLOSE_WAIT, a reset in CLOSE, unread bytes or not) and a client that left is
+dropped there and then.
 
 Responses are rendered here, not by h11 (every header is ours; h11's per-send validation
 cost more than the rest of a request): small ones whole with Content-Length, streams as a
@@ -36,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Protocol, cast
@@ -46,7 +51,7 @@ from clawproxy.config import ServerConfig
 from clawproxy.errors import GatewayError, Overloaded, error_body, retry_headers
 from clawproxy.http.flow import WRITE_HIGH_WATER_BYTES, WRITE_LOW_WATER_BYTES, FlowControl
 from clawproxy.http.heads import header_list
-from clawproxy.http.limits import Refusal, body_too_large, check_head
+from clawproxy.http.limits import Refusal, body_too_large, check_head, parse_error_reason
 from clawproxy.http.parsers import ParserStock
 from clawproxy.http.request import Request
 
@@ -54,12 +59,34 @@ log = logging.getLogger("clawproxy.server")
 
 # Pipelined bytes we hold while a request runs before we stop reading the socket.
 PIPELINE_BUFFER_BYTES = 64 * 1024
+# How often a connection paused behind a long pipeline asks the kernel whether its client
+# left: a slot held by a vanished client is back within about this long.
+PAUSED_WATCH_S = 0.5
 SERVER_HEADER = (b"server", b"clawproxy")
 
 REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 
 
 LAST_CHUNK = b"0\r\n\r\n"
+
+
+# Linux's TCP_INFO, where the first byte is the connection's state (linux/tcp.h).
+TCP_INFO: int | None = getattr(socket, "TCP_INFO", None)
+TCP_CLOSE = 7  # a reset arrived
+TCP_CLOSE_WAIT = 8  # the peer sent its FIN
+TCP_STATES_GONE = frozenset({TCP_CLOSE, TCP_CLOSE_WAIT})
+
+
+def peer_left(transport: asyncio.BaseTransport) -> bool:
+    """Whether the kernel says the client closed or reset, even with its bytes unread."""
+    sock = transport.get_extra_info("socket")
+    if sock is None or TCP_INFO is None:
+        return False
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, TCP_INFO, 8)
+    except OSError:
+        return True
+    return bool(info) and info[0] in TCP_STATES_GONE
 
 
 class Phase(enum.Enum):
@@ -141,6 +168,7 @@ class HttpConnection(asyncio.Protocol):
         # Bytes of a Content-Length body still to come; None when h11 reads the body.
         self._body_left: int | None = None
         self._reading_paused = False
+        self._paused_watch: asyncio.TimerHandle | None = None
         self._served = 0
         self._counted = False
         # The response to the request being handled, and whether the connection is kept
@@ -189,9 +217,7 @@ class HttpConnection(asyncio.Protocol):
             held = self._held_input
             held += data
             if len(held) > PIPELINE_BUFFER_BYTES and not self._reading_paused:
-                self._reading_paused = True
-                assert self.transport is not None
-                self.transport.pause_reading()
+                self._pause_reading()
             return
         if self._body_left is not None:
             self._take_body(data)
@@ -213,6 +239,7 @@ class HttpConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._cancel_timer()
+        self._cancel_paused_watch()
         self.flow.close()
         if self._counted:
             self._counted = False
@@ -236,7 +263,8 @@ class HttpConnection(asyncio.Protocol):
                 event = self.h11.next_event()
             except h11.RemoteProtocolError as exc:
                 status = exc.error_status_hint
-                self._reject(status, f"malformed HTTP request: {exc}", "bad_request")
+                reason = parse_error_reason(exc)
+                self._reject(status, f"malformed HTTP request: {reason}", "bad_request")
                 return
             kind = type(event)
             if event is h11.NEED_DATA or event is h11.PAUSED:
@@ -500,10 +528,39 @@ class HttpConnection(asyncio.Protocol):
             self.phase = Phase.IDLE
             self._arm(self.cfg.keepalive_timeout)
         if self._reading_paused:
-            self._reading_paused = False
-            assert self.transport is not None
-            self.transport.resume_reading()
+            self._resume_reading()
         self._process()
+
+    # -- reading paused behind a pipeline ----------------------------------------------------
+
+    def _pause_reading(self) -> None:
+        assert self.transport is not None
+        self._reading_paused = True
+        self.transport.pause_reading()
+        if TCP_INFO is not None:
+            self._paused_watch = self.loop.call_later(PAUSED_WATCH_S, self._watch_paused)
+
+    def _resume_reading(self) -> None:
+        assert self.transport is not None
+        self._reading_paused = False
+        self._cancel_paused_watch()
+        self.transport.resume_reading()
+
+    def _cancel_paused_watch(self) -> None:
+        if self._paused_watch is not None:
+            self._paused_watch.cancel()
+            self._paused_watch = None
+
+    def _watch_paused(self) -> None:
+        self._paused_watch = None
+        transport = self.transport
+        if self.closed or transport is None or not self._reading_paused:
+            return
+        if peer_left(transport):
+            # Gone behind its own pipeline: free the slot now, not after the generation.
+            transport.abort()
+            return
+        self._paused_watch = self.loop.call_later(PAUSED_WATCH_S, self._watch_paused)
 
     # -- refusals, deadlines, closing ---------------------------------------------------------
 

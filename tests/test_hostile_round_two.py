@@ -1,0 +1,94 @@
+"""Hostile clients, round two: what an independent attack on the landed gateway found.
+
+Raw sockets over loopback, because these bugs live at that level: a disconnect hidden
+behind pipelined bytes, a parser message that echoed the request's bytes back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import struct
+import time
+
+import pytest
+from harness import Harness, connect, read_until_closed, status_of
+
+from clawproxy.simulator import Reply
+
+CHAT = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+
+
+def chat_request(stream: bool) -> bytes:
+    body = json.dumps(
+        {"model": "qwen3:32b", "messages": [{"role": "user", "content": "x"}], "stream": stream}
+    ).encode()
+    return CHAT + b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+
+def slots_become(h: Harness, count: int, timeout: float) -> bool:
+    admission = h.gateway.state.admission
+    return h.call(lambda: h.wait_until(lambda: admission.active == count, timeout))
+
+
+@pytest.mark.parametrize("how", ["fin", "rst"])
+def test_a_client_gone_behind_a_long_pipeline_frees_its_slot_at_once(gw: Harness, how: str) -> None:
+    """A non-streaming request, then >64 KiB of pipelined requests in the same write, then
+    the socket closed: the slot must come back within a second, not after the generation
+    (20 s here), and the request is logged as the client's abort, not 200."""
+    gw.sim.token_rate = 2.0
+    gw.sim.next_reply(Reply(tokens=["x"] * 40))
+    pipelined = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n" * 3000  # ~100 KiB
+    sock = connect(gw)
+    sock.sendall(chat_request(stream=False) + pipelined)
+    assert slots_become(gw, 1, 5.0)
+    if how == "rst":
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+    started = time.monotonic()
+    assert slots_become(gw, 0, 5.0)
+    assert time.monotonic() - started < 1.0
+    recent = gw.read(lambda: list(gw.gateway.state.recent))
+    chats = [r for r in recent if r.get("endpoint") == "/v1/chat/completions"]
+    assert chats and chats[-1]["status"] == 499
+
+
+def test_a_pipeline_within_the_limit_is_still_served_in_order(gw: Harness) -> None:
+    with connect(gw) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n" * 3)
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = read_until_closed(sock)
+    assert data.count(b"HTTP/1.1 200 OK\r\n") == 4
+
+
+SECRET = b"sk-live-SECRET"
+
+
+@pytest.mark.parametrize(
+    "bad_line",
+    [
+        b"Authorization: Bearer " + SECRET + b"\x00",
+        b"Authorization : Bearer " + SECRET,
+        b"Authorization Bearer " + SECRET,
+    ],
+)
+def test_a_malformed_header_is_never_echoed(
+    gw: Harness, bad_line: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="clawproxy")
+    with connect(gw) as sock:
+        sock.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n" + bad_line + b"\r\n\r\n")
+        data = read_until_closed(sock)
+    assert status_of(data) == 400
+    assert SECRET not in data
+    assert b"illegal header line" in data  # what was wrong, not what was sent
+    assert SECRET.decode() not in caplog.text
+
+
+def test_a_malformed_request_line_is_never_echoed(gw: Harness) -> None:
+    with connect(gw) as sock:
+        sock.sendall(b"GET /?key=" + SECRET + b"\x00 HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = read_until_closed(sock)
+    assert status_of(data) == 400
+    assert SECRET not in data
