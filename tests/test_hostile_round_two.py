@@ -92,3 +92,64 @@ def test_a_malformed_request_line_is_never_echoed(gw: Harness) -> None:
         data = read_until_closed(sock)
     assert status_of(data) == 400
     assert SECRET not in data
+
+
+# -- framing h11 tolerates, versions it reads, interim and HEAD responses ----------------
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding:\r\n chunked\r\n\r\n",
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+        b"X-A: a\r\n\tb\r\nContent-Length: 0\r\n\r\n",
+    ],
+)
+def test_a_folded_header_line_is_refused(gw: Harness, head: bytes) -> None:
+    with connect(gw) as sock:
+        sock.sendall(head + b"0\r\n\r\n")
+        data = read_until_closed(sock)
+    assert status_of(data) == 400
+    assert b"bad_framing" in data
+
+
+@pytest.mark.parametrize("version", [b"HTTP/2.0", b"HTTP/1.2", b"HTTP/3.1"])
+def test_versions_other_than_1_0_and_1_1_get_505(gw: Harness, version: bytes) -> None:
+    with connect(gw) as sock:
+        sock.sendall(b"GET /health " + version + b"\r\nHost: x\r\n\r\n")
+        data = read_until_closed(sock)
+    assert status_of(data) == 505
+
+
+def test_expect_100_continue_within_limits_gets_its_interim_response(gw: Harness) -> None:
+    body = json.dumps({"model": "qwen3:32b", "messages": [{"role": "user", "content": "x"}]})
+    with connect(gw) as sock:
+        sock.sendall(
+            CHAT + b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body.encode())
+        )
+        # The client waits for this before sending its body (curl waits 1 s, others more).
+        interim = sock.recv(64)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(body.encode())
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(65536)
+    assert status_of(data) == 200
+
+
+def test_expect_100_continue_over_the_body_limit_gets_413_and_no_100(gw: Harness) -> None:
+    with connect(gw) as sock:
+        sock.sendall(CHAT + b"Expect: 100-continue\r\nContent-Length: 99999999\r\n\r\n")
+        data = read_until_closed(sock)
+    assert status_of(data) == 413
+    assert b"100 Continue" not in data
+
+
+def test_head_on_a_get_route_is_answered_like_get_without_a_body(gw: Harness) -> None:
+    with connect(gw) as sock:
+        sock.sendall(b"HEAD /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = read_until_closed(sock)
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert status_of(data) == 200
+    assert b"content-length: " in head.lower()
+    assert rest == b""

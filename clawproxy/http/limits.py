@@ -34,11 +34,26 @@ class Refusal(NamedTuple):
 
 
 class Framing(NamedTuple):
-    """What an accepted head declares: its Content-Length (None: chunked or no body) and
-    whether the client asked to close after this request."""
+    """What an accepted head declares: its Content-Length (None: chunked or no body),
+    whether the client asked to close after this request, and whether it waits for a
+    ``100 Continue`` before sending its body."""
 
     length: int | None
     close_asked: bool
+    expect_continue: bool
+
+
+# HTTP/1.1 allows a server to refuse obsolete line folding with 400 (RFC 9112 5.2); h11
+# unfolds it, so "Transfer-Encoding:\r\n chunked" would pass as chunked. A proxy must not
+# read a head differently from the next hop: refused, whatever the header.
+OBS_FOLD = Refusal(400, "obsolete line folding in the request head", "bad_framing")
+SUPPORTED_VERSIONS = frozenset({b"1.0", b"1.1"})
+
+
+def folded_head(raw: bytes | bytearray, head_len: int) -> bool:
+    """Whether the first ``head_len`` bytes (a head h11 accepted) hold a folded line: a
+    line that starts with a space or a tab continues the one before it."""
+    return raw.find(b"\n ", 0, head_len) >= 0 or raw.find(b"\n\t", 0, head_len) >= 0
 
 
 # Where h11 starts quoting the request's own bytes in a parse error ("illegal header line:
@@ -66,10 +81,13 @@ def check_head(head: h11.Request, headers: Headers, cfg: ServerConfig) -> Refusa
     line_bytes = len(head.method) + len(head.target) + REQUEST_LINE_OVERHEAD
     if line_bytes > cfg.max_request_line_bytes:
         return Refusal(414, "request line too long", "request_line_too_long")
+    if head.http_version not in SUPPORTED_VERSIONS:
+        # h11 reads any HTTP/x.y line; only 1.0 and 1.1 are spoken here (HTTP/2 is nginx's).
+        return Refusal(505, "only HTTP/1.0 and HTTP/1.1 are supported", "http_version")
     if len(headers) > cfg.max_headers:
         return Refusal(431, f"more than {cfg.max_headers} header fields", "too_many_headers")
     head_bytes = line_bytes
-    has_te = close_asked = False
+    has_te = close_asked = expect_continue = False
     length = None
     for name, value in headers:
         head_bytes += len(name) + len(value) + FIELD_OVERHEAD
@@ -80,6 +98,8 @@ def check_head(head: h11.Request, headers: Headers, cfg: ServerConfig) -> Refusa
             has_te = True
         elif name == b"connection" and asks_to_close(value):
             close_asked = True
+        elif name == b"expect" and value.lower() == b"100-continue":
+            expect_continue = head.http_version == b"1.1"
     if head_bytes > cfg.max_header_bytes:
         return Refusal(431, "request header block too large", "headers_too_large")
     if has_te and length is not None:
@@ -94,4 +114,4 @@ def check_head(head: h11.Request, headers: Headers, cfg: ServerConfig) -> Refusa
         return Refusal(400, "only origin-form request targets are accepted", "bad_request_target")
     if length is not None and length > cfg.max_body_bytes:
         return body_too_large(cfg)
-    return Framing(length, close_asked)
+    return Framing(length, close_asked, expect_continue)

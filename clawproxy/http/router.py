@@ -36,5 +36,8 @@ class Router:
             raise NotFound(f"no route for {request.path.decode('latin-1')!r}", code="not_found")
         handler = methods.get(request.method)
         if handler is None:
+            if request.method == b"HEAD" and b"GET" in methods:
+                # HEAD is GET without the body (RFC 9110 9.3.2): send() leaves it out.
+                return methods[b"GET"]
             raise not_allowed(list(methods))
         return handler

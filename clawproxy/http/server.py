@@ -51,7 +51,14 @@ from clawproxy.config import ServerConfig
 from clawproxy.errors import GatewayError, Overloaded, error_body, retry_headers
 from clawproxy.http.flow import WRITE_HIGH_WATER_BYTES, WRITE_LOW_WATER_BYTES, FlowControl
 from clawproxy.http.heads import header_list
-from clawproxy.http.limits import Refusal, body_too_large, check_head, parse_error_reason
+from clawproxy.http.limits import (
+    OBS_FOLD,
+    Refusal,
+    body_too_large,
+    check_head,
+    folded_head,
+    parse_error_reason,
+)
 from clawproxy.http.parsers import ParserStock
 from clawproxy.http.request import Request
 
@@ -68,6 +75,7 @@ REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 
 
 LAST_CHUNK = b"0\r\n\r\n"
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 # Linux's TCP_INFO, where the first byte is the connection's state (linux/tcp.h).
@@ -162,6 +170,8 @@ class HttpConnection(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None
         # Bytes that arrived while a request runs (pipelining): the next parser's input.
         self._held_input = bytearray()
+        # The bytes of a head h11 is still parsing (see folded_head).
+        self._head_in = bytearray()
         # The head's fields, listed once (h11's Headers is slow to iterate).
         self._headers: list[tuple[bytes, bytes]] = []
         self._close_asked = False
@@ -228,6 +238,9 @@ class HttpConnection(asyncio.Protocol):
                 # A kept-alive connection's next head; a new connection's header deadline
                 # has run since connection_made (as nginx's client_header_timeout does).
                 self._arm(self.cfg.header_timeout)
+        if self.phase is Phase.HEAD:
+            # The head's own bytes, kept until h11 has parsed it (folded_head).
+            self._head_in += data
         self.h11.receive_data(data)
         self._process()
 
@@ -297,7 +310,11 @@ class HttpConnection(asyncio.Protocol):
         if isinstance(verdict, Refusal):
             self._refuse(verdict)
             return False
-        length, close_asked = verdict
+        head_in, self._head_in = self._head_in, bytearray()
+        if folded_head(head_in, len(head_in) - len(self.h11.trailing_data[0])):
+            self._refuse(OBS_FOLD)
+            return False
+        length, close_asked, expect_continue = verdict
         self._head = head
         self._headers = headers
         self._close_asked = close_asked
@@ -314,6 +331,10 @@ class HttpConnection(asyncio.Protocol):
             # Only a body still to come gets a deadline; one that came with its head (the
             # usual POST) was dispatched above without a timer to arm and cancel.
             self._arm(self.cfg.body_timeout)
+            if expect_continue and self.transport is not None:
+                # The head passed every limit: the client may send the body now instead of
+                # waiting out its own timer (RFC 9110 10.1.1). An over-limit body got 413.
+                self.transport.write(CONTINUE)
         return True
 
     def _take_body(self, data: bytes | bytearray) -> None:
@@ -521,6 +542,7 @@ class HttpConnection(asyncio.Protocol):
         self.h11 = self.host.parsers.take()
         self._reply = Reply.NONE
         if held:
+            self._head_in = held
             self.h11.receive_data(bytes(held))
             self.phase = Phase.HEAD
             self._arm(self.cfg.header_timeout)
