@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from harness import CALL_TIMEOUT, Harness, post_json, request
 
+from clawproxy.app.services import gateway_status
 from clawproxy.policy.adminaccess import allowed_hosts, host_of, origin_host
 from clawproxy.simulator import Reply
 
@@ -71,6 +72,45 @@ def test_health_says_degraded_when_ollama_is_down(loop_kind: str) -> None:
     assert body["status"] == "degraded"
     assert body["upstream"]["reachable"] is False
     assert "cannot connect" in body["upstream"]["error"]
+
+
+def test_one_status_everywhere_when_ollama_is_down(loop_kind: str) -> None:
+    """admin /health, admin /stats and the UI's snapshot give one status, from one rule."""
+    with Harness({"gpu.enabled": False}, loop_kind=loop_kind, start_simulator=False) as h:
+        stats_status, stats = admin_json(h, "GET", "/stats")
+        ui_status, _, ui_body = request(h, "GET", "/ui/api/stats")
+        health_status, health = admin_json(h, "GET", "/health")
+    assert (stats_status, ui_status, health_status) == (200, 200, 503)
+    ui_stats = json.loads(ui_body)
+    assert stats["status"] == ui_stats["status"] == health["status"] == "degraded"
+    assert stats["upstream"]["reachable"] is False
+    assert ui_stats["upstream"]["reachable"] is False
+
+
+def test_stats_share_the_health_checks_answer(gw: Harness) -> None:
+    def version_calls() -> int:
+        return sum(1 for r in gw.sim.requests if r.path == "/api/version")
+
+    assert admin_json(gw, "GET", "/health")[1]["status"] == "ok"
+    assert version_calls() == 1
+    _, stats = admin_json(gw, "GET", "/stats")
+    _, _, ui_body = request(gw, "GET", "/ui/api/stats")
+    assert stats["status"] == json.loads(ui_body)["status"] == "ok"
+    assert stats["upstream"]["version"] == "0.33.0"
+    # One answer from Ollama, shared: /stats and the UI did not ask again.
+    assert version_calls() == 1
+    # The health check always asks afresh (a monitor wants the present).
+    admin_json(gw, "GET", "/health")
+    assert version_calls() == 2
+
+
+@pytest.mark.parametrize(
+    ("draining", "reachable", "expected"),
+    [(False, True, "ok"), (False, False, "degraded"), (True, True, "draining"),
+     (True, False, "draining")],
+)  # fmt: skip
+def test_gateway_status_rule(draining: bool, reachable: bool, expected: str) -> None:
+    assert gateway_status(draining, {"reachable": reachable}) == expected
 
 
 def test_stats_snapshot(gw: Harness) -> None:

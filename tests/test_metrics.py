@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import random
 from collections.abc import Iterator
 
 import pytest
@@ -19,6 +20,7 @@ from clawproxy.telemetry.histogram import Histogram
 from clawproxy.telemetry.metrics import escape_label, render
 from clawproxy.telemetry.state import (
     MAX_MODEL_LABELS,
+    WINDOW_SECONDS,
     LiveState,
     RateWindow,
     sketch_index,
@@ -242,3 +244,101 @@ def test_metrics_match_the_traffic(gw: Harness) -> None:
     assert value(samples, "clawproxy_queued_requests") == 0
     assert value(samples, "clawproxy_max_concurrent") == 1
     assert types["clawproxy_gpu_memory_used_bytes"] == "gauge"
+
+
+def test_upstream_failures_count_whichever_step_hit_them() -> None:
+    """Ollama refusing: the model check (chat), /v1/models and the UI's model list each fail
+    with a 502, and each failure is counted, in /metrics and in /stats alike."""
+    with Harness({"gpu.enabled": False}, start_simulator=False) as h:
+        for stream in (False, True, False):
+            body = {**CHAT, "stream": stream}
+            assert post_json(h, "/v1/chat/completions", body)[0] == 502
+        assert request(h, "GET", "/v1/models")[0] == 502
+        assert request(h, "GET", "/ui/api/models")[0] == 502
+        _, samples, _ = scrape(h)
+        assert value(samples, "clawproxy_upstream_errors_total", kind="upstream_unavailable") == 5
+        conn = http.client.HTTPConnection("127.0.0.1", h.gateway.admin_port, timeout=CALL_TIMEOUT)
+        try:
+            conn.request("GET", "/stats")
+            stats = json.loads(conn.getresponse().read())
+        finally:
+            conn.close()
+        assert stats["upstream_errors"] == {"upstream_unavailable": 5}
+        assert h.settled()
+
+
+def chat_request(duration: float, at: float, ttft: float | None = None) -> Request:
+    """A finished chat request that ended at ``at`` after ``duration`` seconds."""
+    req = Request(b"POST", b"/v1/chat/completions", [], b"", "127.0.0.1", b"1.1", at - duration)
+    req.status, req.model, req.tokens = 200, "m", 1
+    req.first_token_at = None if ttft is None else at - duration + ttft
+    return req
+
+
+def other_request(path: bytes, at: float) -> Request:
+    req = Request(b"GET", path, [], b"", "127.0.0.1", b"1.1", started=at - 0.0003)
+    req.status = 200
+    return req
+
+
+def near(ms: float) -> object:
+    """A sketch's estimate of a lone value: within its bucket, a factor 10 ** 0.1 wide."""
+    return pytest.approx(ms, rel=0.26)
+
+
+def test_latency_percentiles_are_of_chat_requests_only() -> None:
+    state = LiveState(Config(), 0.0)
+    now = 1000.0
+    state.record_request(chat_request(2.0, now - 1, ttft=0.2), "/v1/chat/completions", now - 1)
+    for i in range(20):
+        path = b"/health" if i % 2 else b"/v1/models"
+        state.record_request(other_request(path, now), path.decode(), now)
+    minute = state.stats(now)["windows"][0]
+    # Every counted request is a request per second; only chat requests are latency.
+    assert minute["requests"] == 21
+    assert minute["duration_ms"]["p50"] == near(2000)
+    assert minute["duration_ms"]["p99"] == near(2000)
+    assert minute["ttft_ms"]["p50"] == near(200)
+    series = state.stats(now)["latency_series"]
+    assert [p for p in series["duration_ms"]["p50"] if p is not None] == [near(2000)]
+
+
+def test_report_windows_equal_their_summaries() -> None:
+    """report() merges its windows from 5 s steps; summary() from the seconds: the same."""
+    window = RateWindow()
+    rng = random.Random(7)
+    for _ in range(2000):
+        at = 10_000 + rng.uniform(0, 400)
+        ttft = rng.choice([None, rng.uniform(0.001, 5)])
+        window.add(at, rng.uniform(0.0005, 60), ttft, rng.randrange(50), rng.random() < 0.1,
+                   timed=rng.random() < 0.7)  # fmt: skip
+    for now in (10_100.2, 10_299.9, 10_400.0, 10_650.5):
+        windows, _ = window.report(now, 250.0, (60, 300))
+        assert windows == [window.summary(now, 60, 250.0), window.summary(now, 300, 250.0)]
+
+
+def test_latency_series_covers_the_whole_window() -> None:
+    """The chart's history comes from the gateway's window: full from the first snapshot."""
+    state = LiveState(Config(), 0.0)
+    now = 5000.4
+    for ago, duration in ((280, 4.0), (200, 2.0), (100, 1.0), (2, 0.5)):
+        at = now - ago
+        state.record_request(
+            chat_request(duration, at, ttft=duration / 10), "/v1/chat/completions", at
+        )
+    series = state.stats(now)["latency_series"]
+    step = series["step_seconds"]
+    points = len(series["duration_ms"]["p50"])
+    assert step * points == WINDOW_SECONDS
+    assert {len(series[k][p]) for k in ("ttft_ms", "duration_ms") for p in ("p50", "p99")} == {
+        points
+    }
+    filled = {i: v for i, v in enumerate(series["duration_ms"]["p50"]) if v is not None}
+    # Oldest first; the last point holds the current second.
+    assert [points - 1 - i for i in filled] == [280 // step, 200 // step, 100 // step, 0]
+    assert list(filled.values()) == [near(ms) for ms in (4000, 2000, 1000, 500)]
+    ttft = [v for v in series["ttft_ms"]["p90"] if v is not None]
+    assert ttft == [near(ms) for ms in (400, 200, 100, 50)]
+    # Older than the window: gone.
+    later = state.stats(now + 30)["latency_series"]
+    assert len([v for v in later["duration_ms"]["p50"] if v is not None]) == 3

@@ -11,6 +11,7 @@ screenshot in ``test-artifacts/`` for a human to look at.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -18,9 +19,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from harness import Harness, post_json
+from harness import Harness, post_json, request
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from clawproxy.http.request import Request
 from clawproxy.simulator import Reply
 from clawproxy.telemetry.gpusample import GpuReading, GpuSample
 
@@ -129,7 +131,46 @@ def test_status_page_shows_ollama_down(browser: Browser) -> None:
         expect(page.locator("#ollama-status")).to_have_text("down")
         expect(page.locator("#ollama-sub")).not_to_be_empty()  # why, in words
         expect(page.locator("#model")).to_have_text("qwen3:32b")
+        # The gateway's status is admin /health's: Ollama down means degraded, not ok.
+        expect(page.locator("#gateway-status")).to_have_text("degraded")
+        expect(page.locator("#card-gateway")).to_have_attribute("data-state", "degraded")
         shot(page, "status-ollama-down")
+
+
+def test_latency_chart_is_filled_at_first_paint_with_chat_latency_only(browser: Browser) -> None:
+    with Harness(SETTINGS) as h:
+
+        def earlier_traffic() -> None:
+            # Chat requests that ended 200, 100 and 2 seconds ago, as the gateway records them.
+            now = h.loop.time()
+            for ago, duration in ((200, 4.0), (100, 1.0), (2, 0.6)):
+                req = Request(b"POST", b"/v1/chat/completions", [], b"", "-", b"1.1", 0.0)
+                req.started, req.status, req.model = now - ago - duration, 200, "qwen3:32b"
+                req.first_token_at = req.started + 0.1
+                h.gateway.state.record_request(req, "/v1/chat/completions", now - ago)
+
+        h.read(earlier_traffic)
+        # Fast requests that are not chat: they must not pull the chat percentiles down.
+        for path in ("/health", "/v1/models") * 5:
+            assert request(h, "GET", path)[0] == 200
+        with open_page(browser, h, "/ui") as page:
+            chart = page.locator("#latency-chart")
+            # The page was opened a moment ago, yet its chart holds requests of 100 and 200 s
+            # ago: the history comes with the snapshot, not from the page's own polling.
+            expect(chart).to_have_attribute("data-filled", "3")
+            p50 = float(chart.get_attribute("data-duration-p50") or "0")
+            assert 400 < p50 < 800, p50  # the 0.6 s chat request, not the ~0 ms polls
+            shot(page, "status-latency-history")
+
+
+def test_chat_page_polls_are_not_traffic(browser: Browser) -> None:
+    with Harness(SETTINGS) as h, open_page(browser, h, "/ui/chat") as page:
+        expect(page.locator("#model option")).to_have_count(1 + 3)
+        expect(page.locator("#model option").first).to_have_text("Gateway default (qwen3:32b)")
+        _, _, body = request(h, "GET", "/ui/api/stats")
+        stats = json.loads(body)
+        assert stats["recent"] == []
+        assert stats["requests"] == []
 
 
 # --- chat -----------------------------------------------------------------------------------

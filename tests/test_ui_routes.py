@@ -234,7 +234,8 @@ def test_snapshot_is_the_admin_stats_plus_upstream() -> None:
             admin_body = json.loads(conn.getresponse().read())
         finally:
             conn.close()
-        assert set(admin_body) | {"upstream"} == set(body)
+        # One snapshot: the admin port's /stats carries the same keys, upstream included.
+        assert set(admin_body) == set(body)
 
 
 def test_snapshot_holds_no_prompt_or_client_address_and_ui_is_not_traffic() -> None:
@@ -292,8 +293,44 @@ def test_snapshot_needs_a_key_when_keys_are_configured() -> None:
 
 def test_ui_disabled_is_all_404() -> None:
     with Harness({**SETTINGS, "ui.enabled": False}) as gw:
-        for path in ("/ui", "/ui/", "/ui/chat", "/ui/internals", "/ui/api/stats"):
+        for path in ("/ui", "/ui/", "/ui/chat", "/ui/internals", "/ui/api/stats", "/ui/api/models"):
             assert request(gw, "GET", path)[0] == 404, path
         assert request(gw, "GET", "/ui/assets/style.css")[0] == 404
         assert request(gw, "GET", "/v1/models")[0] == 200
         assert not any(path.startswith(b"/ui") for path in gw.gateway.public.table)
+
+
+# --- the chat page's model list ---------------------------------------------------------------
+
+
+def test_model_list_for_the_chat_page_is_not_traffic(h: Harness) -> None:
+    _, _, before = get_stats(h)
+    status, headers, body = request(h, "GET", "/ui/api/models")
+    assert status == 200
+    assert headers["cache-control"] == "no-store"
+    assert headers["x-content-type-options"] == "nosniff"
+    listed = json.loads(body)
+    assert listed["default_model"] == "qwen3:32b"
+    assert listed["object"] == "list"
+    _, _, public = request(h, "GET", "/v1/models")
+    assert listed["data"] == json.loads(public)["data"]
+    _, _, after = get_stats(h)
+    # Only the public /v1/models call above is traffic, not the UI's own list.
+    assert after["recent"][0]["endpoint"] == "/v1/models"
+    assert served(after, "/v1/models") == served(before, "/v1/models") + 1
+    assert served(after, "/ui/api/models") == 0
+
+
+def served(stats: Json, endpoint: str) -> int:
+    return sum(r["count"] for r in stats["requests"] if r["endpoint"] == endpoint)
+
+
+def test_model_list_needs_a_key_when_keys_are_configured() -> None:
+    with Harness({**SETTINGS, "auth.api_keys": [KEY]}) as gw:
+        status, headers, _ = request(gw, "GET", "/ui/api/models")
+        assert status == 401
+        assert headers["www-authenticate"].startswith("Bearer")
+        auth = {"Authorization": f"Bearer {KEY}"}
+        status, _, body = request(gw, "GET", "/ui/api/models", headers=auth)
+        assert status == 200
+        assert len(json.loads(body)["data"]) == 3

@@ -17,13 +17,14 @@ No ``Access-Control-Allow-Origin`` header is ever sent from here.
 
 from __future__ import annotations
 
+import asyncio
 from functools import partial
 from typing import Any
 
 import orjson
 
 from clawproxy import __version__
-from clawproxy.app.services import Services
+from clawproxy.app.services import UPSTREAM_ERRORS, Services
 from clawproxy.errors import InvalidRequest
 from clawproxy.http.request import Request
 from clawproxy.http.router import Router, RouteTable
@@ -50,14 +51,12 @@ class AdminRouter(Router):
 
 
 async def admin_health(svc: Services, request: Request, conn: HttpConnection) -> None:
-    """Status, default model, uptime, live counts, and whether Ollama answers (2 s max)."""
+    """Status, default model, uptime, live counts, and whether Ollama answers (2 s max).
+
+    Always asks Ollama afresh (a monitor wants the present); the answer is then the one
+    ``/stats`` and the UI show, so all three say the same."""
     body = svc.state.snapshot(svc.loop.time())
-    upstream = await svc.models.upstream_health()
-    body["upstream"] = upstream
-    if svc.draining:
-        body["status"] = "draining"
-    else:
-        body["status"] = "ok" if upstream["reachable"] else "degraded"
+    body["status"], body["upstream"] = await svc.status(fresh=True)
     conn.send(request, 200 if body["status"] == "ok" else 503, orjson.dumps(body))
 
 
@@ -66,32 +65,46 @@ async def metrics(svc: Services, request: Request, conn: HttpConnection) -> None
     conn.send(request, 200, text, content_type=METRICS_CONTENT_TYPE)
 
 
-def stats_body(svc: Services) -> dict[str, Any]:
-    """The snapshot shared by admin ``/stats`` and the UI: no prompt text, no addresses."""
+async def stats_body(svc: Services) -> dict[str, Any]:
+    """The snapshot shared by admin ``/stats`` and the UI: no prompt text, no addresses.
+
+    Live state, the (cached) model details and Ollama's (cached) reachability, with the
+    status that follows from it by the same rule as admin ``/health``."""
     body = svc.state.stats(svc.loop.time())
-    body["status"] = "draining" if svc.draining else "ok"
     body["version"] = __version__
+    # Both may ask Ollama (each bounded by a short timeout): side by side, not in turn.
+    body["model_details"], (body["status"], body["upstream"]) = await asyncio.gather(
+        svc.models.details(), svc.status()
+    )
     return body
 
 
 async def stats(svc: Services, request: Request, conn: HttpConnection) -> None:
-    """One JSON snapshot for dashboards, with the (cached) model details."""
-    body = stats_body(svc)
-    body["model_details"] = await svc.models.details()
-    conn.send(request, 200, orjson.dumps(body))
+    """One JSON snapshot for dashboards."""
+    conn.send(request, 200, orjson.dumps(await stats_body(svc)))
 
 
 async def model_load(svc: Services, request: Request, conn: HttpConnection) -> None:
     # A name, never a host or URL, so an admin call cannot make Ollama fetch from anywhere
     # (RELIABILITY 3, SSRF).
     name = parse_model_name(parse_admin_body(request.body, required=True))
-    conn.send(request, 200, orjson.dumps(await svc.models.load(name)))
+    try:
+        result = await svc.models.load(name)
+    except UPSTREAM_ERRORS as exc:
+        svc.upstream_failed(exc)
+        raise
+    conn.send(request, 200, orjson.dumps(result))
 
 
 async def model_unload(svc: Services, request: Request, conn: HttpConnection) -> None:
     raw = parse_admin_body(request.body, required=False)
     name = None if raw is None else parse_model_name(raw)
-    conn.send(request, 200, orjson.dumps(await svc.models.unload(name)))
+    try:
+        result = await svc.models.unload(name)
+    except UPSTREAM_ERRORS as exc:
+        svc.upstream_failed(exc)
+        raise
+    conn.send(request, 200, orjson.dumps(result))
 
 
 def parse_admin_body(body: bytes, *, required: bool) -> object:

@@ -6,6 +6,7 @@ Theory of operation
    and the body parsed and mapped to an Ollama ``/api/chat`` request (``mapping``), so a
    bad request costs no slot.
 2. The model must pass the catalog (the allow-list) before anything can be generated.
+   Fetching Ollama's model list can fail like any call to Ollama, and counts as such.
 3. Admission takes a slot (or queues, or refuses with 503) before anything goes upstream.
 4. The relay (``relay``) runs the exchange; whatever happens, ``finally`` gives the slot
    back.
@@ -16,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 
 from clawproxy.app.relay import relay_stream, relay_whole
-from clawproxy.app.services import Services
+from clawproxy.app.services import UPSTREAM_ERRORS, Services
 from clawproxy.http.request import Request
 from clawproxy.http.server import HttpConnection
 from clawproxy.openai.mapping import ChatPlan, build_chat_plan, parse_json_body
@@ -27,7 +28,12 @@ async def chat_completions(svc: Services, request: Request, conn: HttpConnection
     plan = plan_request(svc, request.body)
     request.model = plan.model
     # Before admission and before any generation can start (RELIABILITY 3, model allow-list).
-    await svc.catalog.check(plan.model)
+    try:
+        await svc.catalog.check(plan.model)
+    except UPSTREAM_ERRORS as exc:
+        # The check may be the step that finds Ollama down: a failure like any other.
+        svc.upstream_failed(exc)
+        raise
     admission = svc.state.admission
     await admission.acquire(svc.queue_timeout)
     try:

@@ -17,8 +17,6 @@ from clawproxy.app.ui import ui_routes
 from clawproxy.http.request import Request
 from clawproxy.http.router import Router, RouteTable
 from clawproxy.http.server import HttpConnection
-from clawproxy.ollama.catalog import fetch_tags
-from clawproxy.openai.models import tags_to_models
 
 
 async def health(svc: Services, request: Request, conn: HttpConnection) -> None:
@@ -36,8 +34,7 @@ async def health(svc: Services, request: Request, conn: HttpConnection) -> None:
 async def list_models(svc: Services, request: Request, conn: HttpConnection) -> None:
     """OpenAI's model list, from Ollama's ``/api/tags``."""
     svc.guard.check(request)
-    body = await fetch_tags(svc.pool)
-    conn.send(request, 200, orjson.dumps({"object": "list", "data": tags_to_models(body)}))
+    conn.send(request, 200, orjson.dumps({"object": "list", "data": await svc.model_list()}))
 
 
 def public_router(svc: Services) -> Router:

@@ -24,13 +24,8 @@ from collections.abc import Callable
 
 import orjson
 
-from clawproxy.app.services import Services
-from clawproxy.errors import (
-    GatewayError,
-    UpstreamFailed,
-    UpstreamTimeout,
-    UpstreamUnavailable,
-)
+from clawproxy.app.services import UPSTREAM_ERRORS, Services
+from clawproxy.errors import GatewayError, UpstreamFailed
 from clawproxy.http.request import Request
 from clawproxy.http.server import HttpConnection
 from clawproxy.ollama.connection import (
@@ -51,7 +46,6 @@ SSE_HEADERS = (
     # nginx buffers proxied responses unless told not to (PROTOCOL 5.7).
     (b"x-accel-buffering", b"no"),
 )
-UPSTREAM_ERRORS = (UpstreamUnavailable, UpstreamTimeout, UpstreamFailed)
 
 
 async def open_upstream(
@@ -71,7 +65,7 @@ async def open_upstream(
                 upstream.abort()
             raise upstream_status_error(upstream.status, body)
     except UPSTREAM_ERRORS as exc:
-        svc.state.upstream_errors[exc.code or "upstream_error"] += 1
+        svc.upstream_failed(exc)
         raise
     return upstream
 
@@ -93,7 +87,7 @@ async def relay_whole(
     try:
         clean = await whole_reply(svc, request, conn, plan, upstream)
     except UPSTREAM_ERRORS as exc:
-        svc.state.upstream_errors[exc.code or "upstream_error"] += 1
+        svc.upstream_failed(exc)
         raise
     finally:
         finish_exchange(upstream, clean)
@@ -238,7 +232,7 @@ class SseRelay:
         tail = reframer.fail(exc.message, code)
         self.request.outcome = code
         if isinstance(exc, UPSTREAM_ERRORS):
-            self.svc.state.upstream_errors[code] += 1
+            self.svc.upstream_failed(exc)
         self._end(tail)
 
     def _end(self, tail: bytes) -> None:

@@ -20,9 +20,11 @@ Every UI response carries the same headers: ``nosniff``, a CSP that allows this 
 
 Data: ``/ui/api/stats`` is the admin ``/stats`` snapshot on the public port (live counts,
 rate windows, recent requests without prompt text or client addresses, GPUs, model
-details) plus ``upstream``: Ollama's ``/api/version`` answer, cached ``UPSTREAM_TTL_S`` so
-any number of open dashboards ask Ollama at most that often. It goes through
-``ClientGuard.check``, so it needs an API key when keys are configured, like ``/v1``.
+details, Ollama's reachability and the gateway's status, by the rules in ``services``).
+``/ui/api/models`` is the chat page's model picker: the installed models (as ``/v1/models``)
+and the default one, so the page never calls the counted public ``/health`` or
+``/v1/models``. Both go through ``ClientGuard.check``, so they need an API key when keys
+are configured, like ``/v1``.
 
 UI requests are not user traffic: a dashboard polling every second must not chart itself or
 fill the recent-requests table, so they set ``Request.counted = False`` as admin-port
@@ -31,7 +33,6 @@ requests do, and ``LiveState`` leaves them out of its numbers.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from dataclasses import dataclass
@@ -46,7 +47,6 @@ from clawproxy.app.services import Services
 from clawproxy.http.request import Request
 from clawproxy.http.router import RouteTable
 from clawproxy.http.server import HttpConnection
-from clawproxy.ollama.modelctl import ModelControl
 
 log = logging.getLogger("clawproxy.ui")
 
@@ -62,6 +62,7 @@ PAGES: dict[str, tuple[bytes, ...]] = {
 }
 ASSET_PREFIX = b"/ui/assets/"
 STATS_PATH = b"/ui/api/stats"
+MODELS_PATH = b"/ui/api/models"
 # Only these suffixes are served; a file of any other kind (a note, a licence) stays
 # package data. Text types say their charset, so no browser has to guess.
 CONTENT_TYPES: dict[str, bytes] = {
@@ -95,10 +96,6 @@ CACHE_OWN = b"no-cache"
 CACHE_VENDOR = b"public, max-age=86400"
 CACHE_SNAPSHOT = b"no-store"
 VENDOR_DIR = "vendor"
-
-# How long one answer from Ollama's /api/version is reused, and how long it may take.
-UPSTREAM_TTL_S = 5.0
-UPSTREAM_TIMEOUT_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,50 +152,29 @@ def build_manifest(root: Path) -> dict[bytes, Asset]:
     return manifest
 
 
-class UpstreamProbe:
-    """Ollama's reachability for the dashboard's indicator, asked at most every TTL."""
-
-    def __init__(self, models: ModelControl, loop: asyncio.AbstractEventLoop) -> None:
-        self._models = models
-        self._loop = loop
-        self._cached: tuple[float, dict[str, Any]] | None = None
-        # One question in flight: the dashboards that arrive meanwhile wait for its answer.
-        self._lock = asyncio.Lock()
-
-    async def status(self) -> dict[str, Any]:
-        async with self._lock:
-            cached = self._cached
-            if cached is not None and cached[0] > self._loop.time():
-                return cached[1]
-            answer = await self._models.upstream_health(UPSTREAM_TIMEOUT_S)
-            self._cached = (self._loop.time() + UPSTREAM_TTL_S, answer)
-            return answer
-
-
-async def snapshot(svc: Services, probe: UpstreamProbe) -> dict[str, Any]:
-    """The admin ``/stats`` body plus ``upstream``; no prompt text, no client addresses."""
-    body = stats_body(svc)
-    # Both ask Ollama (each bounded by its own short timeout): side by side, not in turn.
-    body["model_details"], body["upstream"] = await asyncio.gather(
-        svc.models.details(), probe.status()
-    )
-    return body
-
-
-async def ui_stats(
-    svc: Services, probe: UpstreamProbe, request: Request, conn: HttpConnection
-) -> None:
+async def ui_stats(svc: Services, request: Request, conn: HttpConnection) -> None:
     request.counted = False
     svc.guard.check(request)
-    body = orjson.dumps(await snapshot(svc, probe))
+    send_data(request, conn, await stats_body(svc))
+
+
+async def ui_models(svc: Services, request: Request, conn: HttpConnection) -> None:
+    """The chat page's model picker: Ollama's installed models and the default one."""
+    request.counted = False
+    svc.guard.check(request)
+    models = await svc.model_list()
+    send_data(request, conn, {"object": "list", "data": models, "default_model": svc.state.model})
+
+
+def send_data(request: Request, conn: HttpConnection, body: dict[str, Any]) -> None:
     headers = ((b"cache-control", CACHE_SNAPSHOT), *SECURITY_HEADERS)
-    conn.send(request, 200, body, headers=headers)
+    conn.send(request, 200, orjson.dumps(body), headers=headers)
 
 
 def ui_routes(svc: Services, root: Path | None = None) -> RouteTable:
-    """The UI's part of the public route table (one per gateway: it holds the probe cache)."""
+    """The UI's part of the public route table."""
     manifest = build_manifest(STATIC_ROOT if root is None else root)
     table: RouteTable = {path: {b"GET": asset, b"HEAD": asset} for path, asset in manifest.items()}
-    probe = UpstreamProbe(svc.models, svc.loop)
-    table[STATS_PATH] = {b"GET": partial(ui_stats, svc, probe)}
+    table[STATS_PATH] = {b"GET": partial(ui_stats, svc)}
+    table[MODELS_PATH] = {b"GET": partial(ui_models, svc)}
     return table

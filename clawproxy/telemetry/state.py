@@ -11,6 +11,11 @@ Prometheus counters and histograms (``metrics``), a ring of per-second buckets f
 rates and percentiles (``RateWindow``), and the last few requests (no prompt text, no
 client address: those never leave the request).
 
+The window counts every counted request, but its latency sketches hold chat requests only
+(``LATENCY_ENDPOINT``): a /health or /v1/models answer takes a millisecond and would
+otherwise drag the percentiles of generations towards zero. The UI's latency chart is
+drawn from the same ring (``RateWindow.report``), so it is full from the first snapshot.
+
 Label values are bounded, because a label is a time series forever: endpoints are the
 routed paths or "other" (the caller decides), and at most ``MAX_MODEL_LABELS`` distinct
 model names are kept before further ones count as "other" (a client can name any model).
@@ -20,7 +25,10 @@ from __future__ import annotations
 
 import math
 import time
+from bisect import bisect_left, bisect_right
 from collections import Counter, deque
+from itertools import accumulate
+from operator import add
 from typing import Any
 
 from clawproxy.config import Config
@@ -44,6 +52,12 @@ SKETCH_PER_DECADE = 10
 SKETCH_DECADES = 6
 SKETCH_SIZE = SKETCH_PER_DECADE * SKETCH_DECADES + 2
 PERCENTILES = (50, 90, 99)
+# The windows /stats summarises, in seconds.
+STATS_WINDOWS = (60, 300)
+# The endpoint whose requests the latency sketches and chart describe: the generations.
+LATENCY_ENDPOINT = "/v1/chat/completions"
+# The latency chart's resolution: percentiles per 5 s, so 60 points span the window.
+LATENCY_STEP_SECONDS = 5
 
 
 def sketch_index(seconds: float) -> int:
@@ -59,29 +73,36 @@ def sketch_edge(index: int) -> float:
     return float(SKETCH_MIN_S * 10 ** (index / SKETCH_PER_DECADE))
 
 
-def sketch_percentile(counts: list[int], total: int, pct: float) -> float | None:
-    """The ``pct`` percentile of a sketch, interpolated log-linearly inside its bucket."""
+def sketch_percentile(
+    counts: list[int], total: int, pct: float, running: list[int] | None = None
+) -> float | None:
+    """The ``pct`` percentile of a sketch, interpolated log-linearly inside its bucket.
+    ``running``: the sketch's running totals, when the caller has them already."""
     if total == 0:
         return None
+    if running is None:
+        running = list(accumulate(counts))
     rank = pct / 100 * total
-    seen = 0
-    for index, count in enumerate(counts):
-        if count and seen + count >= rank:
-            if index == 0:
-                return SKETCH_MIN_S
-            low, high = sketch_edge(index - 1), sketch_edge(index)
-            if index == SKETCH_SIZE - 1:
-                return low
-            return float(low * (high / low) ** ((rank - seen) / count))
-        seen += count
-    return sketch_edge(SKETCH_SIZE - 2)
+    # The first bucket whose running total reaches the rank (a bisection in C, not a scan).
+    index = bisect_left(running, rank) if rank > 0 else bisect_right(running, 0)
+    if index >= len(counts):
+        return sketch_edge(SKETCH_SIZE - 2)
+    if index == 0:
+        return SKETCH_MIN_S
+    count = counts[index]
+    seen = running[index] - count
+    low, high = sketch_edge(index - 1), sketch_edge(index)
+    if index == SKETCH_SIZE - 1:
+        return low
+    return float(low * (high / low) ** ((rank - seen) / count))
 
 
 class RateWindow:
     """A ring of per-second buckets: counts, errors, tokens and two latency sketches.
 
     Slot ``second % size`` holds that second; a slot is cleared when a later second
-    claims it, so nothing is ever swept and memory is fixed.
+    claims it, so nothing is ever swept and memory is fixed. Every request is counted;
+    only ``timed`` ones (chat) enter the latency sketches.
     """
 
     def __init__(self, size: int = WINDOW_SECONDS) -> None:
@@ -90,55 +111,90 @@ class RateWindow:
         self._count = [0] * size
         self._errors = [0] * size
         self._tokens = [0] * size
+        # Requests in the sketches, per slot: a second without any is skipped when merging.
+        self._timed = [0] * size
         self._ttft = [[0] * SKETCH_SIZE for _ in range(size)]
         self._duration = [[0] * SKETCH_SIZE for _ in range(size)]
 
     def add(
-        self, now: float, duration: float, ttft: float | None, tokens: int, error: bool
+        self,
+        now: float,
+        duration: float,
+        ttft: float | None,
+        tokens: int,
+        error: bool,
+        *,
+        timed: bool = True,
     ) -> None:
         second = int(now)
         slot = second % self.size
         if self._stamp[slot] != second:
             self._stamp[slot] = second
             self._count[slot] = self._errors[slot] = self._tokens[slot] = 0
-            ttft_counts, duration_counts = self._ttft[slot], self._duration[slot]
-            for i in range(SKETCH_SIZE):
-                ttft_counts[i] = duration_counts[i] = 0
+            if self._timed[slot]:
+                self._timed[slot] = 0
+                ttft_counts, duration_counts = self._ttft[slot], self._duration[slot]
+                for i in range(SKETCH_SIZE):
+                    ttft_counts[i] = duration_counts[i] = 0
         self._count[slot] += 1
         self._errors[slot] += error
         self._tokens[slot] += tokens
-        self._duration[slot][sketch_index(duration)] += 1
-        if ttft is not None:
-            self._ttft[slot][sketch_index(ttft)] += 1
+        if timed:
+            self._timed[slot] += 1
+            self._duration[slot][sketch_index(duration)] += 1
+            if ttft is not None:
+                self._ttft[slot][sketch_index(ttft)] += 1
 
     def summary(self, now: float, seconds: int, span: float) -> dict[str, Any]:
         """Totals over the last ``seconds`` (``span``: how much of that the process lived)."""
         newest = int(now)
-        oldest = newest - min(seconds, self.size) + 1
-        count = errors = tokens = 0
-        ttft = [0] * SKETCH_SIZE
-        duration = [0] * SKETCH_SIZE
-        for slot in range(self.size):
-            if oldest <= self._stamp[slot] <= newest:
-                count += self._count[slot]
-                errors += self._errors[slot]
-                tokens += self._tokens[slot]
-                for i, (t, d) in enumerate(
-                    zip(self._ttft[slot], self._duration[slot], strict=True)
+        return self._totals(newest - min(seconds, self.size) + 1, newest).summary(seconds, span)
+
+    def report(
+        self, now: float, span: float, windows: tuple[int, ...], step: int = LATENCY_STEP_SECONDS
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """``summary()`` of each of ``windows`` (multiples of ``step``) and the latency
+        series: percentiles per ``step`` seconds over the whole ring, oldest first, the last
+        step ending with the current second, None where a step had no timed request.
+
+        One pass over the ring: the windows are merged from the steps, not from the
+        seconds again (a full ring is 300 sketch merges, the costly part of a snapshot)."""
+        newest = int(now)
+        points = self.size // step
+        first = newest - points * step + 1
+        steps = [self._totals(start, start + step - 1) for start in range(first, newest + 1, step)]
+        summaries = []
+        for seconds in windows:
+            assert seconds % step == 0 and seconds <= points * step, seconds
+            merged = _Totals()
+            for part in steps[-(seconds // step) :]:
+                merged.add(part)
+            summaries.append(merged.summary(seconds, span))
+        ttft: dict[str, list[float | None]] = {f"p{pct}": [] for pct in PERCENTILES}
+        duration: dict[str, list[float | None]] = {f"p{pct}": [] for pct in PERCENTILES}
+        for part in steps:
+            for columns, counts in ((ttft, part.ttft), (duration, part.duration)):
+                for name, value in (
+                    _percentiles_ms(counts).items() if part.timed else NO_PERCENTILES
                 ):
-                    ttft[i] += t
-                    duration[i] += d
-        span = max(min(span, float(seconds)), 1.0)
-        return {
-            "window_seconds": seconds,
-            "requests": count,
-            "errors": errors,
-            "tokens": tokens,
-            "requests_per_second": round(count / span, 3),
-            "tokens_per_second": round(tokens / span, 3),
-            "ttft_ms": _percentiles_ms(ttft),
-            "duration_ms": _percentiles_ms(duration),
-        }
+                    columns[name].append(value)
+        return summaries, {"step_seconds": step, "ttft_ms": ttft, "duration_ms": duration}
+
+    def _totals(self, first: int, last: int) -> _Totals:
+        """Everything recorded from second ``first`` to ``last``, both included."""
+        out = _Totals()
+        for second in range(first, last + 1):
+            slot = second % self.size
+            if self._stamp[slot] == second:
+                out.count += self._count[slot]
+                out.errors += self._errors[slot]
+                out.tokens += self._tokens[slot]
+                if self._timed[slot]:
+                    out.timed += self._timed[slot]
+                    # map(add) runs the loop over the sketch's buckets in C.
+                    out.ttft[:] = map(add, out.ttft, self._ttft[slot])
+                    out.duration[:] = map(add, out.duration, self._duration[slot])
+        return out
 
     def per_second(self, now: float, seconds: int) -> list[int]:
         """Request counts for each of the last ``seconds`` seconds, oldest first."""
@@ -150,11 +206,50 @@ class RateWindow:
         return out
 
 
+# A step with no timed request: every percentile unknown.
+NO_PERCENTILES: tuple[tuple[str, None], ...] = tuple((f"p{pct}", None) for pct in PERCENTILES)
+
+
+class _Totals:
+    """Counts and merged latency sketches of some seconds of a ``RateWindow``."""
+
+    __slots__ = ("count", "duration", "errors", "timed", "tokens", "ttft")
+
+    def __init__(self) -> None:
+        self.count = self.errors = self.tokens = self.timed = 0
+        self.ttft = [0] * SKETCH_SIZE
+        self.duration = [0] * SKETCH_SIZE
+
+    def add(self, other: _Totals) -> None:
+        self.count += other.count
+        self.errors += other.errors
+        self.tokens += other.tokens
+        if other.timed:
+            self.timed += other.timed
+            self.ttft[:] = map(add, self.ttft, other.ttft)
+            self.duration[:] = map(add, self.duration, other.duration)
+
+    def summary(self, seconds: int, span: float) -> dict[str, Any]:
+        """``span``: how much of the ``seconds`` the process lived (rates divide by it)."""
+        span = max(min(span, float(seconds)), 1.0)
+        return {
+            "window_seconds": seconds,
+            "requests": self.count,
+            "errors": self.errors,
+            "tokens": self.tokens,
+            "requests_per_second": round(self.count / span, 3),
+            "tokens_per_second": round(self.tokens / span, 3),
+            "ttft_ms": _percentiles_ms(self.ttft),
+            "duration_ms": _percentiles_ms(self.duration),
+        }
+
+
 def _percentiles_ms(counts: list[int]) -> dict[str, float | None]:
-    total = sum(counts)
+    running = list(accumulate(counts))
+    total = running[-1]
     out: dict[str, float | None] = {}
     for pct in PERCENTILES:
-        value = sketch_percentile(counts, total, pct)
+        value = sketch_percentile(counts, total, pct, running)
         out[f"p{pct}"] = None if value is None else round(value * 1000, 1)
     return out
 
@@ -219,7 +314,7 @@ class LiveState:
         outcome = request.outcome
         # A stream cut after its 200 is a failure too; a client leaving is not ours.
         error = status >= 500 or (status < 400 and outcome not in ("", "client_abort"))
-        self.window.add(now, duration, ttft, tokens, error)
+        self.window.add(now, duration, ttft, tokens, error, timed=endpoint == LATENCY_ENDPOINT)
         self.recent.append(
             {
                 "time": round(time.time(), 3),
@@ -264,7 +359,7 @@ class LiveState:
         """The UI's view: the snapshot plus windows, the recent requests and the GPU."""
         out = self.snapshot(now)
         lived = self.uptime(now)
-        out["windows"] = [self.window.summary(now, seconds, lived) for seconds in (60, 300)]
+        out["windows"], out["latency_series"] = self.window.report(now, lived, STATS_WINDOWS)
         out["requests_per_second_series"] = self.window.per_second(now, 60)
         out["recent"] = list(reversed(self.recent))
         out["gpu"] = self.gpu.as_dict()

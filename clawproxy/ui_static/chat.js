@@ -216,10 +216,12 @@ async function send() {
 
 // -- model picker --------------------------------------------------------------------------
 
+// From the UI's own /ui/api/models, not the public /health and /v1/models: those count as
+// traffic, and the page's own look-ups must not show up in the gateway's numbers.
 async function loadModels() {
   try {
-    const [health, models] = await Promise.all([getJson('/health'), getJson('/v1/models')]);
-    modelSelect.options[0].textContent = `Gateway default (${health.model})`;
+    const models = await getJson('/ui/api/models');
+    modelSelect.options[0].textContent = `Gateway default (${models.default_model})`;
     const saved = localStorage.getItem(MODEL_STORE) || '';
     for (const model of models.data) modelSelect.append(el('option', {value: model.id}, model.id));
     if ([...modelSelect.options].some((o) => o.value === saved)) modelSelect.value = saved;

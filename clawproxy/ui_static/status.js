@@ -1,18 +1,16 @@
 // The status page: polls /ui/api/stats once a second and redraws the cards and two charts.
 //
-// Requests per second come from the gateway's own per-second series (the last 60 s), so
-// the chart is full from the first snapshot. Latency percentiles exist only as a rolling
-// 1-minute window, so this page keeps their history itself: one point per snapshot, the
-// last LATENCY_POINTS of them.
+// Both charts are drawn from the gateway's own windows, so they are full from the first
+// snapshot and the page keeps no history: requests per second from its per-second series
+// (the last 60 s), latency from its latency series (chat requests only, percentiles per
+// step_seconds over the last 5 minutes).
 
 import {byId, fmtDuration, fmtMs, fmtNumber, getJson, poll} from './common.js';
 
 const POLL_MS = 1000;
-const LATENCY_POINTS = 300;
+const LATENCY_WINDOW_S = 300;
 const CHART_HEIGHT = 220;
 const MIN_SPAN_S = 60;
-
-const latency = [[], [], [], [], [], []]; // time, TTFT p50/p90/p99, duration p50/p99
 
 function cssColor(name) {
   return getComputedStyle(document.documentElement).getPropertyValue(name).trim();
@@ -20,6 +18,12 @@ function cssColor(name) {
 
 // Clock labels for the time axis (uPlot's default adds a date line under them).
 const clockLabels = (u, splits) => splits.map((t) => new Date(t * 1000).toLocaleTimeString('en-GB'));
+
+function valuesIn(column, i0, i1) {
+  let count = 0;
+  for (let i = i0; i <= i1; i++) if (column[i] !== null && column[i] !== undefined) count++;
+  return count;
+}
 
 function makeChart(target, windowS, series) {
   const fg = cssColor('--muted');
@@ -41,10 +45,13 @@ function makeChart(target, windowS, series) {
       y: {range: (u, min, max) => [0, Math.max(max ?? 0, 1) * 1.1]},
     },
     axes: [{...axis, space: 70, values: clockLabels}, {...axis, size: 50}],
-    // Dots while the history is short (uPlot's default hides them when they bunch up at
-    // the right edge, leaving nothing visible), plain lines once there are enough points.
+    // Dots while there are few values (uPlot's default hides them when they bunch up, and
+    // a lone value between gaps would draw nothing), plain lines once there are enough.
     series: [{}, ...series.map((s) => ({
-      spanGaps: true, width: 2, points: {show: (u, si, i0, i1) => i1 - i0 < 40}, ...s,
+      spanGaps: true,
+      width: 2,
+      points: {show: (u, si, i0, i1) => valuesIn(u.data[si], i0, i1) < 40},
+      ...s,
     }))],
   }, [[], ...series.map(() => [])], target);
   // Follow the panel's width (window resizes, phone rotation).
@@ -58,7 +65,7 @@ function makeChart(target, windowS, series) {
 const rpsChart = makeChart(byId('rps-chart'), 60, [
   {label: 'requests/s', stroke: cssColor('--accent'), fill: 'rgba(37, 99, 235, 0.15)'},
 ]);
-const latencyChart = makeChart(byId('latency-chart'), LATENCY_POINTS * POLL_MS / 1000, [
+const latencyChart = makeChart(byId('latency-chart'), LATENCY_WINDOW_S, [
   {label: 'TTFT p50', stroke: '#16a34a'},
   {label: 'TTFT p90', stroke: '#65a30d', dash: [6, 4]},
   {label: 'TTFT p99', stroke: '#ca8a04', dash: [2, 3]},
@@ -71,6 +78,8 @@ function setText(id, text) {
 }
 
 function renderCards(s) {
+  // ok, degraded or draining: the gateway's one status, the same as admin /health's.
+  byId('card-gateway').dataset.state = s.status;
   setText('gateway-status', s.status);
   setText('gateway-sub', `v${s.version} · up ${fmtDuration(s.uptime_seconds)} · ${s.connections} connections`);
 
@@ -105,14 +114,19 @@ function renderCharts(s, now) {
   rpsChart.setData([times, counts]);
   byId('rps-chart').dataset.total = String(counts.reduce((a, b) => a + b, 0));
 
-  const {ttft_ms: ttft, duration_ms: duration} = s.windows[0];
-  const point = [now, ttft.p50, ttft.p90, ttft.p99, duration.p50, duration.p99];
-  point.forEach((value, i) => latency[i].push(value));
-  if (latency[0].length > LATENCY_POINTS) latency.forEach((column) => column.shift());
-  latencyChart.setData(latency);
+  // One point per step, at the step's last second; null where no chat request finished.
+  const {step_seconds: step, ttft_ms: ttft, duration_ms: duration} = s.latency_series;
+  const points = duration.p50.length;
+  const ends = duration.p50.map((_, i) => now - (points - 1 - i) * step);
+  const filled = duration.p50.filter((value) => value !== null).length;
+  // Leave out the empty history before the first request, so a young one is not a sliver.
+  const first = Math.max(0, duration.p50.findIndex((value) => value !== null));
+  const columns = [ends, ttft.p50, ttft.p90, ttft.p99, duration.p50, duration.p99];
+  latencyChart.setData(columns.map((column) => column.slice(filled ? first : points)));
   const chart = byId('latency-chart');
-  chart.dataset.points = String(latency[0].length);
-  chart.dataset.durationP50 = duration.p50 ?? '';
+  chart.dataset.points = String(points);
+  chart.dataset.filled = String(filled);
+  chart.dataset.durationP50 = s.windows[0].duration_ms.p50 ?? '';
 }
 
 poll(async () => {
