@@ -8,8 +8,10 @@ allow-list. No lower layer holds a reference to the gateway.
 
 Nothing is asked of Ollama until a request needs it: building an ``UpstreamPool`` opens no
 connection. ``start()``/``stop()`` bracket the gateway's life; ``stop()`` drains: it
-closes the listeners, fails nothing that is running, and waits up to
-``server.drain_timeout`` for handlers to end.
+closes the public listener (nginx moves on to another upstream), fails nothing that is
+running, and waits up to ``server.drain_timeout`` for handlers to end. The admin listener
+stays open until the very end of ``stop()``, so ``/health`` and ``/metrics`` can say
+``draining`` while it lasts.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from clawproxy.app.admin import admin_router
 from clawproxy.app.public import public_router
 from clawproxy.app.services import Services
 from clawproxy.config import Config, queue_timeout_s
-from clawproxy.http.listener import Listener
+from clawproxy.http.listener import Listener, ListenError
 from clawproxy.http.request import Request
 from clawproxy.ollama.catalog import ModelCatalog
 from clawproxy.ollama.modelctl import ADMIN_POOL_IDLE, ModelControl
@@ -52,7 +54,8 @@ class Gateway:
         reuse_port: bool = False,
     ) -> None:
         self.config = config
-        # With --workers, every worker's public listener shares the port (SO_REUSEPORT).
+        # Only a --workers worker shares its port (SO_REUSEPORT), with its supervisor's other
+        # workers; a lone gateway never does, so a second one on the port fails to start.
         self.reuse_port = reuse_port
         self.loop = loop = loop or asyncio.get_running_loop()
         self.state = state = LiveState(config, loop.time())
@@ -115,14 +118,22 @@ class Gateway:
     # -- life cycle -----------------------------------------------------------------------------
 
     async def start(self) -> int:
-        """Listen on ``server.host:server.port`` and the admin port; return the public port."""
+        """Listen on ``server.host:server.port`` and the admin port; return the public port.
+        Raises ``ListenError`` naming the listener that failed."""
         cfg = self.config.server
-        server = await self.connections.listen(
-            self.public, cfg.host, cfg.port, reuse_port=self.reuse_port
+        listener = self.connections
+        server = await listener.listen(
+            self.public, cfg.host, cfg.port, name="server.port", reuse_port=self.reuse_port
         )
         port: int = server.sockets[0].getsockname()[1]
         gw = self.config.gateway
-        admin = await self.connections.listen(self.admin, gw.debug_host, gw.debug_port)
+        try:
+            admin = await listener.listen(
+                self.admin, gw.debug_host, gw.debug_port, name="gateway.debug_port", keep_open=True
+            )
+        except ListenError:
+            await listener.close(SHUTDOWN_EVENT)  # the public port is not kept half-open
+            raise
         self.admin_port = admin.sockets[0].getsockname()[1]
         log.info(
             "listening on http://%s:%d (upstream %s), admin on http://%s:%d",
@@ -136,7 +147,8 @@ class Gateway:
         return port
 
     async def stop(self, drain_timeout: float | None = None) -> None:
-        """Stop accepting, let running requests finish (bounded), then close everything."""
+        """Stop accepting, let running requests finish (bounded), then close everything,
+        the admin listener last."""
         self.connections.stop_accepting()
         # Queued requests would outlive the drain: refuse them now, while they can retry.
         self.state.admission.shed()
@@ -146,7 +158,7 @@ class Gateway:
         self.pool.close()
         self.models.close()
         await self.gpu.stop()
-        await self.connections.wait_closed()
+        await self.connections.close(SHUTDOWN_EVENT)
 
     # -- ListenerEvents -------------------------------------------------------------------------
 

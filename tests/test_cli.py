@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -48,6 +49,31 @@ def test_bad_config_stops_start_up_with_one_line_and_exit_2(tmp_path: Path) -> N
     result = run_cli(env={"CLAWPROXY_CONFIG": str(bad)})
     assert result.returncode == 2
     assert "gateway.max_concurrent" in result.stderr
+
+
+def test_a_log_file_that_cannot_be_opened_names_key_path_and_reason(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-folder" / "clawproxy.log"
+    conf = tmp_path / "clawproxy.yaml"
+    conf.write_text(f"logging: {{file: '{missing}'}}\n")
+    result = run_cli("--config", str(conf))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("clawproxy: config error: logging.file: ")
+    assert str(missing) in lines[0]
+    assert "No such file or directory" in lines[0]
+    assert f"{missing.parent} does not exist" in lines[0]
+
+
+def test_a_bad_file_value_stops_start_up_even_under_a_flag(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("server:\n  port: 70000\n")
+    result = run_cli("--config", str(bad), "--port", "0", "--version")
+    # --version answers before any configuration is read; without it the file is checked.
+    assert result.returncode == 0
+    result = run_cli("--config", str(bad), "--port", "0")
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"clawproxy: config error: {bad}: server.port: ")
 
 
 def test_impossible_flag_value_is_exit_2() -> None:
@@ -183,3 +209,99 @@ def test_start_up_objects_are_frozen_once_the_gateway_serves(tmp_path: Path) -> 
     report = probe_serving(tmp_path)
     assert report["BEFORE"] == "0"
     assert int(report["FROZEN"]) > 10_000, report
+
+
+# --- the admin port: a clash names it, --debug-port picks another ----------------------------
+
+
+def start_cli(*args: str, stderr: Path) -> subprocess.Popen[bytes]:
+    with stderr.open("wb") as err:
+        return subprocess.Popen(
+            [sys.executable, "-m", "clawproxy", *args],
+            cwd=ROOT,
+            env={**os.environ, "CLAWPROXY_CONFIG": ""},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+
+
+def stop(proc: subprocess.Popen[bytes]) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
+
+
+def test_an_admin_port_clash_names_the_admin_listener_and_the_way_out(tmp_path: Path) -> None:
+    admin = free_port()
+    conf = tmp_path / "clawproxy.yaml"
+    conf.write_text(
+        f"server: {{host: 127.0.0.1}}\ngateway: {{debug_port: {admin}}}\n"
+        "model: {endpoint: 'http://127.0.0.1:9'}\ngpu: {enabled: false}\n"
+    )
+    port = free_port()
+    first = start_cli("--config", str(conf), "--port", str(port), stderr=tmp_path / "1")
+    try:
+        wait_health(port)
+        second = run_cli("--config", str(conf), "--port", str(free_port()))
+    finally:
+        assert stop(first) == 0
+    assert second.returncode == 2
+    message = second.stderr.strip().splitlines()[-1]
+    assert f"gateway.debug_port 127.0.0.1:{admin}" in message, second.stderr
+    assert "already in use" in message
+    assert "--debug-port" in message
+    # The public port is not blamed.
+    assert "server.port" not in message
+
+
+def test_debug_port_0_takes_a_free_port_and_says_which(tmp_path: Path) -> None:
+    port = free_port()
+    err = tmp_path / "stderr"
+    proc = start_cli(
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--debug-port",
+        "0",
+        "--upstream",
+        "http://127.0.0.1:9",
+        stderr=err,
+    )
+    try:
+        wait_health(port)
+        found = re.search(r"admin on http://127\.0\.0\.1:(\d+)", err.read_text())
+        assert found, err.read_text()
+        admin = int(found[1])
+        assert admin not in (0, 18789, port)
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5) as resp:
+            assert b"clawproxy_draining 0" in resp.read()
+    finally:
+        assert stop(proc) == 0
+
+
+def test_two_demos_run_side_by_side(tmp_path: Path) -> None:
+    """`scripts/demo --port 9000` (its usage line) while another demo runs: the demo takes
+    any free admin port, and its banner says which."""
+    ports = [free_port(), free_port()]
+    procs = [
+        start_cli("--demo", "--host", "127.0.0.1", "--port", str(p), stderr=tmp_path / str(p))
+        for p in ports
+    ]
+    try:
+        for port in ports:
+            assert wait_health(port)["model"] == "qwen3:32b"
+    finally:
+        codes = [stop(proc) for proc in procs]
+    assert codes == [0, 0]
+    for port in ports:
+        banner = (tmp_path / str(port)).read_text()
+        assert f"http://127.0.0.1:{port}" in banner
+        found = re.search(r"admin \(health, metrics, stats\): http://127\.0\.0\.1:(\d+)/", banner)
+        assert found, banner
+        assert int(found[1]) not in (0, 18789, port)

@@ -124,6 +124,35 @@ def test_override_errors_are_not_blamed_on_the_file(tmp_path: Path) -> None:
         load_config(path, overrides={"server.prot": 1}, env={})
 
 
+def test_a_bad_file_value_is_reported_even_when_a_flag_overrides_it(tmp_path: Path) -> None:
+    """The file is validated as written, then the flags are applied: a mistake in the file
+    cannot hide behind `--port 0` and surface on the next start without it."""
+    path = write(tmp_path, "server: {port: 70000}\ngateway: {debug_port: -1}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, overrides={"server.port": 0}, env={})
+    assert str(info.value) == f"{path}: server.port: expected an integer from 0 to 65535, got 70000"
+    assert not info.value.from_override
+    # Same without a file path: the data is checked before the overrides touch it.
+    with pytest.raises(ConfigError, match=r"^gateway\.debug_port: ") as info:
+        config_from_mapping({"gateway": {"debug_port": "x"}}, overrides={"gateway.debug_port": 0})
+    assert not info.value.from_override
+    # A malformed section is the file's too, whatever the flags set inside it.
+    with pytest.raises(ConfigError, match=r": server: expected a mapping"):
+        load_config(write(tmp_path, "server: 8080\n"), overrides={"server.port": 1}, env={})
+
+
+def test_defaults_sit_under_the_file_and_the_flags(tmp_path: Path) -> None:
+    """``defaults`` (what --demo changes) apply only where the file and flags say nothing."""
+    path = write(tmp_path, "gateway: {debug_port: 19000}\n")
+    demo = {"gateway.debug_port": 0}
+    assert load_config(path, defaults=demo, env={}).gateway.debug_port == 19000
+    assert load_config(None, defaults=demo, env={}).gateway.debug_port == 0
+    over = {"gateway.debug_port": 19001}
+    assert load_config(path, overrides=over, defaults=demo, env={}).gateway.debug_port == 19001
+    empty = write(tmp_path, "gateway:\n")  # a section with every key commented out
+    assert load_config(empty, defaults=demo, env={}).gateway.debug_port == 0
+
+
 @pytest.mark.parametrize(
     ("key", "expected"),
     [

@@ -24,6 +24,11 @@ from harness import CALL_TIMEOUT, Harness, request
 
 from clawproxy.process import signals
 
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.services import simulator_stats, start_simulator  # noqa: E402
+
 POLL_S = 0.02
 START_TIMEOUT_S = 20.0
 LISTENING = re.compile(
@@ -57,7 +62,8 @@ StartFn = Callable[..., Process]
 def start(tmp_path: Path) -> Iterator[StartFn]:
     procs: list[subprocess.Popen[bytes]] = []
 
-    def launch(**settings: object) -> Process:
+    def launch(upstream: str | None = None, **settings: object) -> Process:
+        """The gateway on the demo simulator, or on ``upstream`` when given."""
         log = tmp_path / "clawproxy.log"
         config: dict[str, dict[str, object]] = {
             "server": {"host": "127.0.0.1", "port": 0},
@@ -71,7 +77,8 @@ def start(tmp_path: Path) -> Iterator[StartFn]:
         conf.write_text(yaml.safe_dump(config))
         with open(tmp_path / "stderr.txt", "ab") as stderr:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "clawproxy", "--config", str(conf), "--demo"],
+                [sys.executable, "-m", "clawproxy", "--config", str(conf)]
+                + (["--upstream", upstream] if upstream else ["--demo"]),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
@@ -114,13 +121,18 @@ def refused(port: int) -> bool:
     return False
 
 
-def get(port: int, path: str) -> int:
+def fetch(port: int, path: str) -> tuple[int, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=CALL_TIMEOUT)
-    conn.request("GET", path)
-    resp = conn.getresponse()
-    resp.read()
-    conn.close()
-    return resp.status
+    try:
+        conn.request("GET", path, headers={"Host": "localhost"})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def get(port: int, path: str) -> int:
+    return fetch(port, path)[0]
 
 
 # --- SIGTERM ---------------------------------------------------------------------------------
@@ -165,6 +177,36 @@ def test_sigterm_cuts_what_outlives_the_drain(start: StartFn) -> None:
     assert b"[DONE]" not in cut.value.partial
     assert gw.proc.wait(CALL_TIMEOUT) == 0
     assert time.monotonic() - signalled < drain_s + 3
+
+
+def test_sigterm_keeps_the_admin_port_readable_and_logs_the_cut_as_shutting_down(
+    start: StartFn, tmp_path: Path
+) -> None:
+    """While a SIGTERM drain runs, the public port refuses (nginx moves on) and the admin
+    port still answers, so `draining` can be read; a stream cut at the deadline is logged
+    with outcome=shutting_down."""
+    sim = start_simulator(tmp_path, rate=20, tokens=400)  # a 20 s stream
+    try:
+        gw = start(f"http://127.0.0.1:{sim.port}", **{"server.drain_timeout": "2s"})
+        with open_stream(gw.port, None) as resp:
+            assert resp.readline().startswith(b"data: ")
+            gw.proc.send_signal(signal.SIGTERM)
+            gw.wait_for_log("shutting down: draining")
+            deadline = time.monotonic() + 5
+            while not refused(gw.port):
+                assert time.monotonic() < deadline
+                time.sleep(POLL_S)
+            status, body = fetch(gw.admin_port, "/health")
+            assert (status, json.loads(body)["status"]) == (503, "draining")
+            status, body = fetch(gw.admin_port, "/metrics")
+            assert status == 200 and b"\nclawproxy_draining 1\n" in body
+            with pytest.raises(http.client.IncompleteRead):
+                resp.read()
+        assert gw.proc.wait(CALL_TIMEOUT) == 0
+        assert refused(gw.admin_port)
+    finally:
+        simulator_stats(sim)
+    assert re.search(r'"POST /v1/chat/completions" 200 .* outcome=shutting_down', gw.log_text())
 
 
 # --- SIGHUP ----------------------------------------------------------------------------------

@@ -4,9 +4,11 @@ max_concurrent across its workers (the simulator never sees more generations at 
 
 from __future__ import annotations
 
+import errno
 import http.client
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,13 +17,18 @@ from pathlib import Path
 import pytest
 
 from clawproxy.config import Config, ConfigError, config_from_mapping
-from clawproxy.process.workers import check_workers, share, worker_config
+from clawproxy.process.workers import check_workers, lock_port, reserve_port, share, worker_config
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.proctree import descendants  # noqa: E402
-from bench.services import simulator_stats, start_gateway, start_simulator  # noqa: E402
+from bench.services import (  # noqa: E402
+    free_port,
+    simulator_stats,
+    start_gateway,
+    start_simulator,
+)
 
 # Generous bounds for a loaded CI machine; nothing here measures speed.
 WAIT_S = 20.0
@@ -137,3 +144,102 @@ def test_workers_never_exceed_max_concurrent_in_total(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr[-2000:]
     assert "PASS" in done.stdout
+
+
+# --- one gateway per port --------------------------------------------------------------------
+
+
+def test_reserving_a_port_fails_when_anything_holds_it_even_with_so_reuseport() -> None:
+    """An older supervisor (no lock) or any program already on the port, SO_REUSEPORT or
+    not, makes the reservation fail instead of joining its reuse-port group."""
+    for reuse_port in (True, False):
+        other = socket.socket()
+        try:
+            other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, int(reuse_port))
+            other.bind(("127.0.0.1", 0))
+            other.listen()
+            with pytest.raises(OSError) as info:
+                reserve_port("127.0.0.1", other.getsockname()[1])
+            assert info.value.errno == errno.EADDRINUSE
+        finally:
+            other.close()
+
+
+def test_one_supervisor_per_port_even_when_two_start_at_once() -> None:
+    """The lock closes the race where two supervisors both find the port free."""
+    held, port = reserve_port("127.0.0.1", 0)
+    try:
+        with pytest.raises(OSError) as info:
+            lock_port(port)
+        assert info.value.errno == errno.EADDRINUSE
+    finally:
+        for sock in held:
+            sock.close()
+    # Released with its socket: the port can be had again.
+    again, _ = reserve_port("127.0.0.1", port)
+    for sock in again:
+        sock.close()
+
+
+def launch(
+    tmp_path: Path, name: str, port: int, workers: int
+) -> tuple[subprocess.Popen[bytes], Path]:
+    """``python -m clawproxy`` on ``port`` (admin on a free port), its stderr in a file."""
+    conf = tmp_path / f"{name}.yaml"
+    conf.write_text(
+        f"server: {{host: 127.0.0.1, port: {port}}}\n"
+        "gateway: {debug_port: 0, max_concurrent: 2}\n"
+        "model: {endpoint: 'http://127.0.0.1:9'}\n"
+        "gpu: {enabled: false}\n"
+    )
+    err = tmp_path / f"{name}.err"
+    with err.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "clawproxy", "--config", str(conf), "--workers", str(workers)],
+            cwd=REPO,
+            env={**os.environ, "CLAWPROXY_CONFIG": ""},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=out,
+        )
+    return proc, err
+
+
+@pytest.mark.parametrize(("first", "second"), [(2, 2), (1, 2), (2, 1), (1, 1)])
+def test_a_second_gateway_on_a_served_port_exits_2_naming_the_port(
+    tmp_path: Path, first: int, second: int
+) -> None:
+    """Only one supervisor's workers may share a port: a second gateway (any --workers)
+    would otherwise split the traffic and double the GPU's max_concurrent unnoticed."""
+    port = free_port()
+    one, one_err = launch(tmp_path, "first", port, first)
+    two: subprocess.Popen[bytes] | None = None
+    try:
+        wait_for(lambda: one_err.read_text().count("listening on http") == first, "the first")
+        two, two_err = launch(tmp_path, "second", port, second)
+        # Fail fast if it serves: before the fix a second supervisor listened happily.
+        wait_for(
+            lambda: two.poll() is not None or "listening on http" in two_err.read_text(),
+            "the second to exit",
+        )
+        text = two_err.read_text()
+        assert two.wait(WAIT_S) == 2, text
+        assert f"server.port 127.0.0.1:{port}" in text, text
+        assert "already in use" in text, text
+        assert "Traceback" not in text
+        # The first still serves, alone.
+        assert one.poll() is None
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT_S)
+        conn.request("GET", "/health")
+        assert conn.getresponse().status == 200
+        conn.close()
+    finally:
+        for proc in (two, one):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(WAIT_S)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+    assert one.returncode == 0, one_err.read_text()

@@ -16,6 +16,12 @@ in a long file is found from a single log line; an unknown key says which real k
 probably a typo of. A section written as an empty YAML key (all of its keys commented out)
 is null, and counts as all defaults. Values under a secret key (``config.rules.SECRET_KEYS``)
 are described in errors, never shown.
+
+Overrides (the command line's flags) are applied only after the file has been validated as
+written, so a mistake in the file is reported even when a flag happens to replace it
+(``--port 0`` over a bad ``server.port``), rather than on the first start without that
+flag. ``defaults`` go under the file (``--demo``'s free admin port): they fill only keys the
+file does not set.
 """
 
 from __future__ import annotations
@@ -214,8 +220,11 @@ def _override_path(dotted: str) -> list[str]:
     return parts
 
 
-def _merge_overrides(data: Mapping[Any, Any], overrides: Mapping[str, object]) -> dict[Any, Any]:
-    """A copy of ``data`` with each dotted override set; ``data`` itself is not touched."""
+def _merge_overrides(
+    data: Mapping[Any, Any], overrides: Mapping[str, object], *, keep: bool = False
+) -> dict[Any, Any]:
+    """A copy of ``data`` with each dotted override set (``keep``: only where ``data`` has
+    no value yet); ``data`` itself is not touched."""
     merged = dict(data)
     for dotted, value in overrides.items():
         *sections, leaf = _override_path(dotted)
@@ -227,21 +236,23 @@ def _merge_overrides(data: Mapping[Any, Any], overrides: Mapping[str, object]) -
             node[name] = child = dict(child or {})
             node = child
         else:
-            node[leaf] = value
+            if not (keep and leaf in node):
+                node[leaf] = value
     return merged
 
 
-def _came_from(key: str | None, overrides: Mapping[str, object]) -> bool:
-    return key is not None and any(
-        key == k or key.startswith((k + ".", k + "[")) for k in overrides
-    )
-
-
-def config_from_mapping(data: object, *, overrides: Mapping[str, object] | None = None) -> Config:
+def config_from_mapping(
+    data: object,
+    *,
+    overrides: Mapping[str, object] | None = None,
+    defaults: Mapping[str, object] | None = None,
+) -> Config:
     """Build a validated ``Config`` from parsed YAML (None or {} means all defaults).
 
-    ``overrides`` maps dotted keys (``"server.port"``) to values applied on top of ``data``
-    and validated the same way. Raises ConfigError with a one-line message naming the key.
+    ``data`` is validated as it is; then ``overrides``, dotted keys (``"server.port"``) to
+    values, are applied on top and validated the same way (an error there has
+    ``from_override`` set). ``defaults`` fill the keys ``data`` leaves out. Raises
+    ConfigError with a one-line message naming the key.
     """
     if data is None:
         data = {}
@@ -249,12 +260,17 @@ def config_from_mapping(data: object, *, overrides: Mapping[str, object] | None 
         raise ConfigError(
             f"expected a mapping of sections at the top level, got {show_value(data)}"
         )
-    overrides = overrides or {}
+    if defaults:
+        data = _merge_overrides(data, defaults, keep=True)
+    config = typing.cast(Config, _build(Config, data, ""))
+    if not overrides:
+        return config
     merged = _merge_overrides(data, overrides)
     try:
         return typing.cast(Config, _build(Config, merged, ""))
     except ConfigError as exc:
-        exc.from_override = exc.from_override or _came_from(exc.key, overrides)
+        # The data passed on its own: whatever fails now came with the overrides.
+        exc.from_override = True
         raise
 
 
@@ -262,13 +278,15 @@ def load_config(
     path: str | None = None,
     *,
     overrides: Mapping[str, object] | None = None,
+    defaults: Mapping[str, object] | None = None,
     env: Mapping[str, str] | None = None,
 ) -> Config:
     """Load and validate the configuration.
 
     ``path`` None falls back to ``$CLAWPROXY_CONFIG`` (``env`` defaults to ``os.environ``);
-    with neither, every key takes its default. ``overrides`` are dotted keys that win over the
-    file. Raises ConfigError, prefixed with the file path when the file is to blame.
+    with neither, every key takes its default. The file is validated as written, then
+    ``overrides`` (dotted keys) win over it; ``defaults`` fill only what the file leaves
+    out. Raises ConfigError, prefixed with the file path when the file is to blame.
     """
     if path is None:
         path = (os.environ if env is None else env).get(CONFIG_ENV_VAR) or None
@@ -280,7 +298,7 @@ def load_config(
 
         data = read_yaml(path)
     try:
-        return config_from_mapping(data, overrides=overrides)
+        return config_from_mapping(data, overrides=overrides, defaults=defaults)
     except ConfigError as exc:
         if path is None or exc.from_override:
             raise

@@ -187,6 +187,8 @@ class HttpConnection(asyncio.Protocol):
         self._keep_alive = True
         # A stream's rendered head, waiting to go out with its first chunk.
         self._held_head = b""
+        # Set by interrupt(): the drain's end, not the client, cancelled the handler.
+        self._cut_by_drain = False
 
     def __repr__(self) -> str:
         return (
@@ -396,7 +398,8 @@ class HttpConnection(asyncio.Protocol):
                 self._fail(
                     request, Overloaded("the gateway is shutting down", code="shutting_down")
                 )
-            request.outcome = request.outcome or "client_abort"
+            cut = "shutting_down" if self._cut_by_drain else "client_abort"
+            request.outcome = request.outcome or cut
             request.status = request.status if self._reply is not Reply.NONE else 499
             raise
         except Exception:
@@ -503,6 +506,7 @@ class HttpConnection(asyncio.Protocol):
         if task is None or task.done():
             self._close()
             return
+        self._cut_by_drain = True
         if self._reply is Reply.STREAM:
             # A stream: tell the client why it ends, so it never looks complete.
             self.write(stream_event)

@@ -1,14 +1,18 @@
 """Command line: ``python -m clawproxy`` / ``clawproxy``.
 
 Configuration comes from ``--config PATH`` (or ``CLAWPROXY_CONFIG``), with flags that
-override the common keys. A bad configuration stops start-up with one line naming the key
-and exit code 2. ``--demo`` starts the built-in Ollama simulator in the same process and
-points the gateway at it, so a newcomer sees a reply stream with no Ollama installed.
+override the common keys; the file is validated as written before the flags apply. A bad
+configuration, or a log file that cannot be opened, stops start-up with one line naming
+the key and exit code 2. ``--demo`` starts the built-in Ollama simulator in the same
+process and points the gateway at it, so a newcomer sees a reply stream with no Ollama
+installed; its admin port is any free one unless the file or ``--debug-port`` names one,
+so a second demo (``scripts/demo --port 9000``) starts beside the first.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 
@@ -40,6 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", metavar="PATH", help="YAML config (default: $CLAWPROXY_CONFIG)")
     parser.add_argument("--host", help="listen address (server.host)")
     parser.add_argument("--port", type=int, help="listen port (server.port; 0 picks a free one)")
+    parser.add_argument(
+        "--debug-port",
+        type=int,
+        metavar="PORT",
+        help="admin port (gateway.debug_port; 0 picks a free one, shown at start; "
+        "--demo: 0 unless set)",
+    )
     parser.add_argument("--upstream", metavar="URL", help="Ollama endpoint (model.endpoint)")
     parser.add_argument("--model", help="default model (model.name)")
     parser.add_argument("--log-level", help="debug, info, warning, error (logging.level)")
@@ -53,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         metavar="N",
-        help="run N gateway processes on the port (SO_REUSEPORT); limits are split (README)",
+        help="run N gateway processes on the port (SO_REUSEPORT, one gateway per port); "
+        "limits are split (README)",
     )
     parser.add_argument("--version", action="version", version=f"clawproxy {__version__}")
     return parser
@@ -63,6 +75,7 @@ def overrides_from(args: argparse.Namespace) -> dict[str, object]:
     pairs = {
         "server.host": args.host,
         "server.port": args.port,
+        "gateway.debug_port": args.debug_port,
         "model.endpoint": args.upstream,
         "model.name": args.model,
         "logging.level": args.log_level,
@@ -70,17 +83,36 @@ def overrides_from(args: argparse.Namespace) -> dict[str, object]:
     return {key: value for key, value in pairs.items() if value is not None}
 
 
+# --demo's defaults, under the file and the flags: any free admin port, so that demos side
+# by side do not fight over 18789.
+DEMO_DEFAULTS: dict[str, object] = {"gateway.debug_port": 0}
+
+
+def log_file_problem(path: str, exc: OSError) -> str:
+    """Why ``logging.file`` cannot be opened, as one line naming the key and the path."""
+    reason = exc.strerror or str(exc)
+    folder = os.path.dirname(os.path.abspath(path))
+    if exc.errno == errno.ENOENT and not os.path.isdir(folder):
+        reason += f" (the folder {folder} does not exist)"
+    return f"logging.file: cannot open {path} for writing: {reason}"
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
-        config = load_config(args.config, overrides=overrides_from(args))
+        config = load_config(
+            args.config,
+            overrides=overrides_from(args),
+            defaults=DEMO_DEFAULTS if args.demo else None,
+        )
     except ConfigError as exc:
         print(f"clawproxy: config error: {exc}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
     try:
         setup_logging(config.logging)
     except OSError as exc:
-        print(f"clawproxy: config error: logging.file: {exc.strerror}", file=sys.stderr)
+        problem = log_file_problem(config.logging.file or "", exc)
+        print(f"clawproxy: config error: {problem}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
     if args.workers != 1:
         from clawproxy.process.workers import supervise

@@ -1,15 +1,17 @@
 """Running one gateway process: the event loop, start-up, signals, the drain.
 
 ``serve()`` is one gateway's whole life on a running loop: the optional demo simulator,
-start (exit 2 when a port cannot be had), the start-up heap settled, signals installed,
-then wait for a stop and drain. ``run()`` runs it on uvloop where installed. The command
-line (``cli``) and each pre-forked worker (``workers``) both come here.
+start (exit 2 when a port cannot be had, with one line that names the listener by its key
+and the flag that changes it), the start-up heap settled, signals installed, then wait for
+a stop and drain. ``run()`` runs it on uvloop where installed. The command line (``cli``)
+and each pre-forked worker (``workers``) both come here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import gc
 import logging
 import sys
@@ -18,11 +20,21 @@ from typing import Any
 
 from clawproxy.config import Config, ConfigError
 from clawproxy.gateway import Gateway
+from clawproxy.http.listener import ListenError, show_address
 from clawproxy.process import signals
 
 log = logging.getLogger("clawproxy")
 
 EXIT_CONFIG = 2
+
+# The flag that sets each listener's port, for the line that says a port cannot be had.
+PORT_FLAGS = {"server.port": "--port", "gateway.debug_port": "--debug-port"}
+# What is most likely on a port already in use, per listener.
+IN_USE = {
+    "server.port": "another gateway or program serves this port; only the workers of one "
+    "clawproxy may share it",
+    "gateway.debug_port": "another gateway's admin port?",
+}
 
 
 def run(main_coro: Coroutine[Any, Any, None]) -> None:
@@ -57,16 +69,15 @@ async def serve(
         sys.exit(EXIT_CONFIG)
     try:
         port = await gateway.start()
-    except OSError as exc:
-        log.error(
-            "cannot listen on %s:%s: %s", config.server.host, config.server.port, exc.strerror
-        )
+    except ListenError as exc:
+        report(listen_failure(exc))
         if simulator is not None:
             await simulator.close()
         sys.exit(EXIT_CONFIG)
     settle_heap()
     if demo:
-        print(demo_banner(port, config.model.name), file=sys.stderr, flush=True)
+        admin = f"http://{show_address(config.gateway.debug_host, gateway.admin_port)}"
+        print(demo_banner(port, config.model.name, admin), file=sys.stderr, flush=True)
     stop = asyncio.Event()
     signals.install(gateway, stop)
     await stop.wait()
@@ -74,6 +85,22 @@ async def serve(
     await gateway.stop()
     if simulator is not None:
         await simulator.close()
+
+
+def listen_failure(exc: ListenError) -> str:
+    """One line: the listener by its key, the address, why, and how to choose another."""
+    hint = f" ({IN_USE[exc.name]})" if exc.errno == errno.EADDRINUSE and exc.name in IN_USE else ""
+    flag = PORT_FLAGS.get(exc.name)
+    way_out = f"; set another with {flag} PORT or {exc.name} (0: any free port)" if flag else ""
+    return f"{exc}{hint}{way_out}"
+
+
+def report(message: str) -> None:
+    """A start-up failure: one line on stderr, where the operator is looking, and in the
+    log file too when there is one."""
+    print(f"clawproxy: {message}", file=sys.stderr, flush=True)
+    if any(isinstance(h, logging.FileHandler) for h in logging.getLogger("clawproxy").handlers):
+        log.error("%s", message)
 
 
 def settle_heap() -> None:
@@ -87,10 +114,11 @@ def settle_heap() -> None:
     gc.freeze()
 
 
-def demo_banner(port: int, model: str) -> str:
+def demo_banner(port: int, model: str, admin: str) -> str:
     base = f"http://127.0.0.1:{port}"
     return f"""
 clawproxy demo: gateway on {base}, talking to the built-in Ollama simulator.
+Its admin (health, metrics, stats): {admin}/health
 Try it in another terminal:
 
   curl -N {base}/v1/chat/completions -H 'Content-Type: application/json' -d '{{

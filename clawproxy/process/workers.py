@@ -3,15 +3,38 @@
 Theory of operation
 -------------------
 The process the operator started becomes a supervisor. It never runs an event loop. It
-reserves the public port, forks N workers, then waits for signals synchronously: the
-signals it cares about are blocked and collected with ``sigtimedwait``, so no handler can
-interrupt the fork and reap bookkeeping half-way.
+claims the public port, forks N workers, then waits for signals synchronously: the signals
+it cares about are blocked and collected with ``sigtimedwait``, so no handler can interrupt
+the fork and reap bookkeeping half-way.
 
-Each worker is a whole gateway (``runner.serve``) whose public listener sets ``SO_REUSEPORT``:
-the kernel spreads new connections over the workers' listening sockets by a hash of the
-address pair. The supervisor's reservation socket is bound with ``SO_REUSEPORT`` too but
-never listens, so it is never handed a connection. It keeps the port ours while a worker
-restarts, and turns ``server.port: 0`` into one concrete port that every worker shares.
+Each worker is a whole gateway (``runner.serve``) whose public listener sets
+``SO_REUSEPORT``: the kernel spreads new connections over the workers' listening sockets by
+a hash of the address pair. The supervisor's reservation socket is bound with
+``SO_REUSEPORT`` too but never listens, so it is never handed a connection. It keeps the
+port ours while a worker restarts, and turns ``server.port: 0`` into one concrete port that
+every worker shares.
+
+One gateway per port. ``SO_REUSEPORT`` lets any later socket of the same user that sets it
+too join the port and take a share of its connections: a second ``--workers`` gateway
+would split the traffic and, with its own ``max_concurrent``, double what the GPU sees,
+with nobody told. So before it reserves, the supervisor (1) takes the port's lock, an
+abstract Unix socket named for the port number (``clawproxy-port-8080``): the kernel lets
+one socket hold a name, drops it when the holder dies (SIGKILL included), and keeps one
+such namespace per network namespace, as it does ports; and (2) binds the port once
+without ``SO_REUSEPORT`` and lets go: anything already there, a lone gateway, a
+supervisor of an older version without the lock, another program, makes that bind fail.
+A lone gateway never sets ``SO_REUSEPORT``, so it cannot join a supervisor's port, and no
+supervisor can join its. Either way the second gateway exits 2 with a line naming the port
+(``runner.listen_failure``). What stays open: a program other than clawproxy that sets
+``SO_REUSEPORT`` on the port after us, as the same user.
+
+Why not one listening socket that the supervisor binds and the workers inherit (gunicorn's
+way), which shuts out every program with no lock at all: the workers would then take
+connections in the order they win ``accept()``, not by the kernel's hash. Two workers on
+the 2-core dev machine, 40 connections paced or in one burst, a few runs each: a shared
+socket split them as unevenly as 1/39 and 38/2, while ``SO_REUSEPORT`` kept every split
+within 13/27. Each worker holds only its share of ``max_concurrent``, so an uneven split
+turns into 503s while another worker has free slots.
 
 Limits are split so that they still hold in total: worker i of N gets
 ``total // N``, plus one when ``i < total % N``, of ``gateway.max_concurrent`` and of
@@ -50,11 +73,12 @@ import signal
 import socket
 import sys
 import time
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from clawproxy.config import Config, ConfigError
 from clawproxy.gateway import Gateway
-from clawproxy.process.runner import run, serve
+from clawproxy.http.listener import ListenError
+from clawproxy.process.runner import listen_failure, report, run, serve
 
 log = logging.getLogger("clawproxy.workers")
 
@@ -71,8 +95,8 @@ MAX_BACKOFF_S = 30.0
 STOP_GRACE_S = 5.0
 # The supervisor wakes at least this often to reap children even if a SIGCHLD was lost.
 POLL_S = 1.0
-# Same backlog as Gateway's own listeners.
-LISTEN_BACKLOG = 1024
+# The name of a port's supervisor lock in the abstract Unix socket namespace, plus the port.
+LOCK_PREFIX = "clawproxy-port-"
 # prctl(2) option: a signal for this process when its parent dies.
 PR_SET_PDEATHSIG = 1
 
@@ -120,24 +144,29 @@ def worker_config(config: Config, index: int, workers: int, port: int) -> Config
     return dataclasses.replace(config, gateway=gateway, server=server, gpu=gpu)
 
 
-def reserve_port(host: str, port: int) -> tuple[list[socket.socket], int]:
-    """Bind (never listen) an ``SO_REUSEPORT`` socket on every address ``host`` resolves
-    to, as asyncio's ``create_server`` would; return the sockets and the port."""
+def _addresses(host: str, port: int) -> list[tuple[int, int, int, tuple[Any, ...]]]:
+    """Every address ``host`` resolves to for listening, once each, as asyncio's
+    ``create_server`` binds them."""
     infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    found: dict[tuple[int, object], tuple[int, int, int, tuple[Any, ...]]] = {}
+    for family, kind, proto, _, address in infos:
+        found.setdefault((family, address[0]), (family, kind, proto, address))
+    return list(found.values())
+
+
+def _bind_all(host: str, port: int, *, reuse_port: bool) -> tuple[list[socket.socket], int]:
+    """Bind (never listen) a socket on every address of ``host``; return them and the port
+    (port 0 becomes the port of the first address; the others must match it)."""
     sockets: list[socket.socket] = []
-    seen: set[tuple[int, object]] = set()
     try:
-        for family, kind, proto, _, address in infos:
-            if (family, address[0]) in seen:
-                continue
-            seen.add((family, address[0]))
+        for family, kind, proto, address in _addresses(host, port):
             sock = socket.socket(family, kind, proto)
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            # Port 0 becomes the port of the first address; the others must match it.
             sock.bind((address[0], port, *address[2:]))
             port = sock.getsockname()[1]
     except OSError:
@@ -145,6 +174,44 @@ def reserve_port(host: str, port: int) -> tuple[list[socket.socket], int]:
             sock.close()
         raise
     return sockets, port
+
+
+def lock_port(port: int) -> socket.socket:
+    """Take ``port``'s supervisor lock (see the module doc); ``EADDRINUSE`` when another
+    supervisor holds it. The lock lasts as long as the returned socket is open."""
+    lock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        lock.bind(f"\0{LOCK_PREFIX}{port}")
+    except OSError:
+        lock.close()
+        raise
+    return lock
+
+
+def reserve_port(host: str, port: int) -> tuple[list[socket.socket], int]:
+    """Make the port ours alone: the lock (kept with the sockets), a bind without
+    ``SO_REUSEPORT`` that fails if anything holds the port already, then the reservation
+    that the workers join. Returns the sockets to keep open and the port."""
+    lock = lock_port(port) if port else None
+    try:
+        if port:
+            # Nothing may be on the port yet; closed at once, so the reservation can bind.
+            probe, _ = _bind_all(host, port, reuse_port=False)
+            for sock in probe:
+                sock.close()
+        sockets, port = _bind_all(host, port, reuse_port=True)
+    except OSError:
+        if lock is not None:
+            lock.close()
+        raise
+    if lock is None:
+        try:
+            lock = lock_port(port)  # a fresh free port: no one else can hold its lock
+        except OSError:
+            for sock in sockets:
+                sock.close()
+            raise
+    return [lock, *sockets], port
 
 
 @dataclasses.dataclass(slots=True)
@@ -165,6 +232,7 @@ class Supervisor:
         self.config = config
         self.slots = [_Slot(i) for i in range(workers)]
         self.port = 0
+        # The port's lock and reservation (module doc); workers close their copies.
         self._reserved: list[socket.socket] = []
         self._stopping = False
         self._status = EXIT_OK
@@ -175,7 +243,7 @@ class Supervisor:
         try:
             self._reserved, self.port = reserve_port(cfg.host, cfg.port)
         except OSError as exc:
-            log.error("cannot listen on %s:%s: %s", cfg.host, cfg.port, exc.strerror or exc)
+            report(listen_failure(ListenError("server.port", cfg.host, cfg.port, exc)))
             return EXIT_CONFIG
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _WATCHED)
         try:
@@ -299,6 +367,8 @@ def _worker_main(sup: Supervisor, index: int, parent: int, old_mask: _SigSet) ->
     """The forked child: become worker ``index`` and never return into the supervisor."""
     code = EXIT_FAILED
     try:
+        # The lock is the supervisor's: a worker left draining after a SIGKILLed supervisor
+        # must not keep a restarted one from taking the port.
         for sock in sup._reserved:
             sock.close()
         # Own process group: a terminal's Ctrl+C reaches the supervisor only, once.
