@@ -42,7 +42,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
 # only the layers in "imported_by" may import it.
 STANDALONE: Mapping[str, Mapping[str, tuple[str, ...]]] = {
     # The built-in Ollama simulator: a stand-in for a foreign server, so it must not lean
-    # on the gateway's own code, and only the process (``--simulate``) starts it.
+    # on the gateway's own code, and only the process (``--demo``) starts it.
     "simulator": {
         "patterns": ("clawproxy.simulator.*",),
         "may_import": ("core",),
