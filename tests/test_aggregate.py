@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import tracemalloc
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -135,6 +138,78 @@ def test_limits() -> None:
     big = [{"function": {"name": "f", "arguments": {"a": "x" * 10}}}]
     with pytest.raises(UpstreamFailed, match="exceeded 10 bytes"):
         acc.feed(chat_line(tool_calls=big))
+
+
+def flood(cap: int, token: str = "abcdefgh") -> list[bytes]:
+    """Content lines holding exactly ``cap`` bytes, in reads of about 64 KiB."""
+    line = chat_line(token)
+    count = cap // len(token)
+    per_read = (64 << 10) // len(line)
+    return [line * min(per_read, count - i) for i in range(0, count, per_read)]
+
+
+@contextlib.contextmanager
+def traced() -> Iterator[None]:
+    tracemalloc.start()
+    try:
+        yield
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_flood_up_to_the_cap_holds_about_the_cap() -> None:
+    # 8-byte tokens: a str per token held 8 times the text (136 MiB for 16 MiB). Allocation
+    # counts, not timing, so the bound is exact on every machine.
+    cap = 1 << 20
+    reads = flood(cap)
+    acc = new(max_content_bytes=cap)
+    with traced():
+        for data in reads:
+            acc.feed(data)
+        _, fed_peak = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        acc.feed(done_line())
+        body = acc.result()
+        _, result_peak = tracemalloc.get_traced_memory()
+    assert fed_peak < 1.5 * cap
+    # The buffers and the body they become, nothing more.
+    assert result_peak < 2.5 * cap
+    assert json.loads(body)["choices"][0]["message"]["content"] == "abcdefgh" * (cap // 8)
+
+
+def test_crossing_the_cap_fails_cleanly_and_gives_the_memory_back() -> None:
+    cap = 1 << 20
+    reads = flood(cap, "ab")
+    acc = new(max_content_bytes=cap)
+    with traced():
+        for data in reads:
+            acc.feed(data)
+        held, _ = tracemalloc.get_traced_memory()
+        with pytest.raises(UpstreamFailed, match=f"exceeded {cap} bytes") as info:
+            acc.feed(chat_line("x", thinking="") + done_line())
+        after, _ = tracemalloc.get_traced_memory()
+    assert cap < held < 1.5 * cap
+    assert after < cap // 8
+    assert info.value.status == 502 and info.value.code == "upstream_unavailable"
+    for action in (lambda: acc.feed(done_line()), acc.result):
+        with pytest.raises(UpstreamFailed) as again:
+            action()
+        assert again.value is info.value
+
+
+def test_a_flood_of_empty_tool_calls_is_bounded_by_what_is_held() -> None:
+    # Counting only the arguments ("{}": 2 bytes) let each call hold ~530 bytes of dicts
+    # (measured): 265 times the cap before it answered.
+    cap = 256 << 10
+    call = [{"id": "call_1", "function": {"name": "f", "arguments": {}}}]
+    line = chat_line(tool_calls=call)
+    reads = [line * 100] * (cap // 40 // 100)
+    acc = new(max_content_bytes=cap)
+    with traced(), pytest.raises(UpstreamFailed, match="exceeded"):
+        for data in reads:
+            acc.feed(data)
+            _, peak = tracemalloc.get_traced_memory()
+            assert peak < 1.5 * cap
 
 
 def test_result_before_done_raises() -> None:

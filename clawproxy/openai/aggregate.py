@@ -7,15 +7,23 @@ abandoned at any point. This accumulator is the non-streaming twin of
 Every rule about what a line means (error lines, tool calls, ``finish_reason``, usage) comes
 from ``ndjson``, so both kinds of client see the same answer.
 
+What is kept is already the output: content and reasoning as the bytes of a JSON string's
+inside (escaped), tool calls as their rendered JSON objects, each in one ``bytearray``.
+A content-only line's quoted string is spliced in as Ollama escaped it, the way the
+re-framer splices it (it is still decoded once, so invalid UTF-8 fails the answer as an
+invalid line). A list of ``str`` per token costs ~60 bytes of object headers and pointer
+per token, 8 times the text for 8-byte tokens (136 MiB held for a 16 MiB answer, measured);
+three bytearrays hold the text and about 1/8 slack.
+
 Memory is bounded twice: by the line cap of the splitter and by ``max_content_bytes`` over
-everything kept (content, reasoning and tool-call arguments, counted in UTF-8 bytes).
-Failures raise ``errors.UpstreamFailed`` (502) with a message that never quotes upstream
-garbage; after one, the accumulator keeps raising the same error.
+everything held (those three buffers, counted as they are held: escaped JSON bytes), checked
+before each append, so a flood costs about its cap while it lasts and ``result()`` about
+twice that (the buffers and the body). Failures raise ``errors.UpstreamFailed`` (502) with a
+message that never quotes upstream garbage; after one, the buffers are dropped and the
+accumulator keeps raising the same error.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import orjson
 
@@ -41,21 +49,21 @@ from clawproxy.ollama.ndjson import (
 # runaway generation (num_predict defaults to unlimited, PROTOCOL 1.1).
 DEFAULT_MAX_CONTENT_BYTES = 16 << 20
 
+_fast_line = FAST_LINE.match
+
 
 class ChatAccumulator:
     """Accumulate one Ollama chat stream; ``result()`` renders the ``chat.completion`` body."""
 
     __slots__ = (
+        "_calls",
         "_content",
-        "_created",
         "_error",
-        "_id",
+        "_head",
         "_kept_bytes",
         "_max_content",
-        "_model",
         "_splitter",
         "_thinking",
-        "_tool_calls",
         "completion_tokens",
         "done",
         "extra_after_done",
@@ -72,15 +80,23 @@ class ChatAccumulator:
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
         max_content_bytes: int = DEFAULT_MAX_CONTENT_BYTES,
     ) -> None:
-        self._id = completion_id
-        self._created = created
-        self._model = model
+        self._head = (
+            b'{"id":'
+            + orjson.dumps(completion_id)
+            + b',"object":"chat.completion","created":'
+            + orjson.dumps(created)
+            + b',"model":'
+            + orjson.dumps(model)
+            + b',"choices":[{"index":0,"message":{"role":"assistant","content":"'
+        )
         self._splitter = LineSplitter(max_line_bytes)
         self._max_content = max_content_bytes
         self._kept_bytes = 0
-        self._content: list[str] = []
-        self._thinking: list[str] = []
-        self._tool_calls: list[dict[str, Any]] = []
+        # The inside of the content and reasoning JSON strings, and the tool calls as
+        # comma-separated JSON objects: the bytes of the body to be, nothing else.
+        self._content = bytearray()
+        self._thinking = bytearray()
+        self._calls = bytearray()
         self._error: UpstreamFailed | None = None
         self.done = False
         self.extra_after_done = False
@@ -114,53 +130,61 @@ class ChatAccumulator:
             raise self._error
         if not self.done:
             raise self._fail(MSG_STREAM_CUT, CODE_UPSTREAM_BROKEN)
-        message: dict[str, Any] = {"role": "assistant", "content": "".join(self._content)}
+        parts: list[bytes | bytearray] = [self._head, self._content, b'"']
         if self._thinking:
-            message["reasoning_content"] = "".join(self._thinking)
-        if self._tool_calls:
-            message["tool_calls"] = self._tool_calls
-        return orjson.dumps(
-            {
-                "id": self._id,
-                "object": "chat.completion",
-                "created": self._created,
-                "model": self._model,
-                "choices": [{"index": 0, "message": message, "finish_reason": self.finish_reason}],
-                "usage": {
-                    "prompt_tokens": self.prompt_tokens,
-                    "completion_tokens": self.completion_tokens,
-                    "total_tokens": self.prompt_tokens + self.completion_tokens,
-                },
-            }
+            parts += (b',"reasoning_content":"', self._thinking, b'"')
+        if self._calls:
+            parts += (b',"tool_calls":[', self._calls, b"]")
+        usage = {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        }
+        parts.append(
+            b'},"finish_reason":'
+            + orjson.dumps(self.finish_reason)
+            + b'}],"usage":'
+            + orjson.dumps(usage)
+            + b"}"
         )
+        # One allocation of the final size: the body plus the buffers is the peak.
+        return b"".join(parts)
 
     def _fail(self, message: str, code: str) -> UpstreamFailed:
         self._error = UpstreamFailed(message, code=code)
+        # Nothing kept is of use any more: give the memory back now, not when the relay ends.
+        # Emptied in place: the error's traceback holds frames that still name the buffers.
+        self._content.clear()
+        self._thinking.clear()
+        self._calls.clear()
         return self._error
 
-    def _count(self, text: str) -> None:
-        self._kept_bytes += len(text.encode())
-        if self._kept_bytes > self._max_content:
+    def _keep(self, size: int) -> None:
+        """Count ``size`` more bytes held, or fail before they are appended."""
+        kept = self._kept_bytes + size
+        if kept > self._max_content:
             raise self._fail(
                 f"upstream answer exceeded {self._max_content} bytes", CODE_UPSTREAM_BROKEN
             )
+        self._kept_bytes = kept
 
     def _line(self, line: bytes) -> None:
         if not line:
             return
-        m = FAST_LINE.match(line)
+        m = _fast_line(line)
         try:
             if m is not None:
-                # The quoted string alone is a JSON document: decode just that, no dict.
+                # The quoted string alone is a JSON document, escaped as the body needs it.
                 quoted = m.group(1)
-                parts = self._content
+                buf = self._content
                 if quoted is None:
                     quoted = m.group(2)
-                    parts = self._thinking
-                text: str = orjson.loads(quoted)
-                if text:
-                    self._count(text)
-                    parts.append(text)
+                    buf = self._thinking
+                if len(quoted) > 2:
+                    # Decoded only to be checked (UTF-8, which the pattern trusts); dropped.
+                    orjson.loads(quoted)
+                    self._keep(len(quoted) - 2)
+                    buf += quoted[1:-1]
                 return
             obj = parse_line(line)
             err = line_error(obj)
@@ -170,15 +194,17 @@ class ChatAccumulator:
         except (InvalidLine, orjson.JSONDecodeError):
             raise self._fail(MSG_INVALID_LINE, CODE_UPSTREAM_BROKEN) from None
         if thinking:
-            self._count(thinking)
-            self._thinking.append(thinking)
+            self._append(self._thinking, orjson.dumps(thinking)[1:-1])
         if content:
-            self._count(content)
-            self._content.append(content)
+            self._append(self._content, orjson.dumps(content)[1:-1])
         for call in calls:
-            self._count(call["function"]["arguments"])
-            self._tool_calls.append(call)
+            rendered = orjson.dumps(call)
+            self._append(self._calls, b"," + rendered if self._calls else rendered)
         if obj.get("done") is True:
-            self.finish_reason = finish_reason(obj.get("done_reason"), bool(self._tool_calls))
+            self.finish_reason = finish_reason(obj.get("done_reason"), bool(self._calls))
             self.prompt_tokens, self.completion_tokens = usage_counts(obj)
             self.done = True
+
+    def _append(self, buf: bytearray, data: bytes) -> None:
+        self._keep(len(data))
+        buf += data

@@ -11,6 +11,13 @@ readers in Ollama's key order. Fields that would silently change the answer if d
 (``n``, ``logit_bias``, ``logprobs``, ``audio``...) are refused with a 400 up front;
 harmless unknown fields are ignored. Messages are handled by ``clawproxy.messages``.
 
+Two passes, because this runs on the event loop before admission and every millisecond
+here stalls every stream on the loop. First the fields that cost a lookup or two (model,
+stream, the numbers, ``tool_choice``, the shapes of ``response_format`` and ``tools``), so
+a request refused for one of them costs no walk: a late bad field behind a 90,000-key
+schema cost 51 ms. Then the walks (messages, the schemas), each bounded by a limit over
+the whole request and refused where it crosses, before the rest is visited.
+
 The payload always says ``"stream": true``: the gateway streams from Ollama even for a
 non-streaming client and aggregates itself, so the silence timeout covers every request.
 """
@@ -28,6 +35,7 @@ import orjson
 from clawproxy.config import ModelConfig
 from clawproxy.errors import InvalidRequest
 from clawproxy.openai.messages import (
+    JsonLimit,
     copy_json_object,
     invalid,
     is_int,
@@ -43,6 +51,10 @@ MAX_TOKENS_LIMIT = 1_000_000
 MAX_STOP_SEQUENCES = 4
 # OpenAI's documented limit for ``tools``; each tool costs prompt tokens on every turn.
 MAX_TOOLS = 128
+# JSON values in all tools' parameters and the response_format schema together. OpenAI's
+# Structured Outputs allow 5,000 object properties in a schema; a property is about four
+# values (its object, type, description, an enum entry).
+MAX_SCHEMA_VALUES = 20_000
 # Ollama model names are short; 200 leaves room for namespace/name:tag with long tags.
 MAX_MODEL_NAME_CHARS = 200
 # Ollama's seed is a Go int64.
@@ -105,28 +117,35 @@ def build_chat_plan(body: object, defaults: ModelConfig) -> ChatPlan:
     # Most requests carry a few of the optional fields: one set intersection decides which
     # readers run (a reader treats an explicit null as absent, as before).
     present = body.keys() & _OPTIONAL_FIELDS
+    # The cheap pass: nothing here visits more than a few values.
     if present & _REFUSED_FIELDS:
         _refuse_unsupported(body)
     model = _read_model(body, defaults)
     stream, include_usage = _read_stream(body)
+    options = _read_options(body, defaults, present)
+    think = _read_think(body) if present & _THINK_FIELDS else None
+    fmt = _read_format(body["response_format"]) if "response_format" in present else None
+    tools = _read_tools(body) if present & _TOOL_FIELDS else None
+    # The walks, each within its limit.
     payload: dict[str, Any] = {
         "model": model,
         "messages": translate_messages(body.get("messages")),
         "stream": True,
-        "options": _read_options(body, defaults, present),
+        "options": options,
     }
-    if "response_format" in present:
-        fmt = _read_format(body["response_format"])
-        if fmt is not None:
-            payload["format"] = fmt
-    if present & _TOOL_FIELDS:
-        tools = _read_tools(body)
-        if tools:
-            payload["tools"] = tools
-    if present & _THINK_FIELDS:
-        think = _read_think(body)
-        if think is not None:
-            payload["think"] = think
+    schemas = JsonLimit(
+        MAX_SCHEMA_VALUES, "the JSON schemas", "all tools and response_format together"
+    )
+    if isinstance(fmt, dict):
+        fmt = copy_json_object(fmt, "response_format.json_schema.schema", schemas)
+    if fmt is not None:
+        payload["format"] = fmt
+    if tools is not None:
+        tools.check_parameters(schemas)
+        if tools.wanted and tools.entries:
+            payload["tools"] = tools.entries
+    if think is not None:
+        payload["think"] = think
     return ChatPlan(model=model, stream=stream, include_usage=include_usage, payload=payload)
 
 
@@ -305,6 +324,7 @@ def _read_options(
 
 
 def _read_format(value: object) -> str | dict[str, Any] | None:
+    """``"json"``, the schema object (still to be walked by the caller), or None."""
     if value is None:
         return None
     if not isinstance(value, dict):
@@ -319,7 +339,10 @@ def _read_format(value: object) -> str | dict[str, Any] | None:
         if not isinstance(spec, dict):
             raise invalid("response_format.json_schema", "must be an object with a schema")
         # name and strict only matter to OpenAI; Ollama always enforces the schema.
-        return copy_json_object(spec.get("schema"), "response_format.json_schema.schema")
+        schema = spec.get("schema")
+        if not isinstance(schema, dict):
+            raise invalid("response_format.json_schema.schema", "must be a JSON object")
+        return schema
     raise invalid("response_format.type", "must be one of text, json_object, json_schema")
 
 
@@ -341,6 +364,7 @@ def _tools_wanted(choice: object) -> bool:
 
 
 def _tool(tool: object, param: str) -> dict[str, Any]:
+    """The tool's Ollama entry, its parameters not yet checked (``check_parameters``)."""
     if not isinstance(tool, dict):
         raise invalid(param, "must be an object")
     if tool.get("type", "function") != "function":
@@ -357,22 +381,39 @@ def _tool(tool: object, param: str) -> dict[str, Any]:
         out["description"] = description
     parameters = function.get("parameters")
     if parameters is not None:
-        out["parameters"] = copy_json_object(parameters, f"{param}.function.parameters")
+        if not isinstance(parameters, dict):
+            raise invalid(f"{param}.function.parameters", "must be a JSON object")
+        out["parameters"] = parameters
     return {"type": "function", "function": out}
 
 
-def _read_tools(body: dict[str, Any]) -> list[dict[str, Any]]:
+@dataclass(slots=True)
+class _Tools:
+    """The tools after the cheap pass: entries whose parameters are the client's objects
+    until ``check_parameters`` walks and copies them."""
+
+    entries: list[dict[str, Any]]
+    wanted: bool
+
+    def check_parameters(self, schemas: JsonLimit) -> None:
+        for i, entry in enumerate(self.entries):
+            function = entry["function"]
+            if "parameters" in function:
+                param = f"tools[{i}].function.parameters"
+                function["parameters"] = copy_json_object(function["parameters"], param, schemas)
+
+
+def _read_tools(body: dict[str, Any]) -> _Tools | None:
     wanted = _tools_wanted(body.get("tool_choice"))
     raw = body.get("tools")
     if raw is None:
-        return []
+        return None
     if not isinstance(raw, list):
         raise invalid("tools", "must be an array")
     if len(raw) > MAX_TOOLS:
         raise invalid("tools", f"must have at most {MAX_TOOLS} entries")
     # Validated even when tool_choice is none: a malformed request is a 400 either way.
-    tools = [_tool(tool, f"tools[{i}]") for i, tool in enumerate(raw)]
-    return tools if wanted else []
+    return _Tools([_tool(tool, f"tools[{i}]") for i, tool in enumerate(raw)], wanted)
 
 
 # --- reasoning -----------------------------------------------------------------------------
@@ -401,7 +442,8 @@ def _read_think(body: dict[str, Any]) -> bool | str | None:
 
 
 def _modalities_ok(value: object) -> bool:
-    return isinstance(value, list) and all(item == "text" for item in value)
+    # OpenAI knows two modalities: a longer list is refused before it is walked.
+    return isinstance(value, list) and len(value) <= 2 and all(item == "text" for item in value)
 
 
 # Field -> (acceptable value test, why it is refused). These change the answer, so ignoring
