@@ -737,6 +737,135 @@ def test_the_caller_ending_an_exchange_first_is_not_told(loop: Any) -> None:
     assert transport.calls == ["abort"] and owner.idle == []
 
 
+# --- the connection: finishing in the background ----------------------------------------
+
+
+async def until(predicate: Callable[[], bool]) -> None:
+    """Poll a condition the loop's timers will bring about (``run`` bounds the wait)."""
+    while not predicate():
+        await asyncio.sleep(0.005)
+
+
+def answered(loop: Any, io_timeout: float = 60.0) -> tuple[UpstreamConnection, Any, Any, Any]:
+    """A connection whose body came up to the done line, its last chunk not yet."""
+    conn, transport, owner = connect(loop, io_timeout)
+    rec = Recorder(raw=True)
+    begin(conn, rec)
+    feed(conn, HEAD_200, *map(chunk, TOKENS))
+    assert rec.body == b"".join(TOKENS) and not rec.ends
+    return conn, transport, owner, rec
+
+
+@pytest.mark.parametrize("last", [[LAST_CHUNK], [b"0\r\n", b"\r\n"]], ids=["whole", "split"])
+def test_a_last_chunk_after_the_caller_left_returns_the_connection(
+    loop: Any, last: list[bytes]
+) -> None:
+    conn, transport, owner, rec = answered(loop)
+    conn.finish_in_background()
+    assert repr(conn).startswith("<UpstreamConnection active") and owner.idle == []
+    feed(conn, *last)
+    assert conn.state is ConnState.IDLE and owner.idle == [conn] and conn.reused
+    # The caller's listener was dropped: it hears nothing more, not even the end.
+    assert not rec.ends and transport.calls == []
+    # And the connection serves the next exchange as usual.
+    rec2 = Recorder()
+    begin(conn, rec2)
+    feed(conn, STREAM_REPLY)
+    assert rec2.body == b"".join(TOKENS) and rec2.ends == [("end", None)]
+
+
+def test_finishing_a_body_that_ended_already_is_release(loop: Any) -> None:
+    conn, transport, owner, rec = answered(loop)
+    feed(conn, LAST_CHUNK)
+    assert rec.ends == [("end", None)]
+    conn.finish_in_background()
+    assert owner.idle == [conn] and transport.calls == []
+
+
+def test_silence_after_the_caller_left_closes_and_tells_nobody(
+    loop: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    conn, transport, owner, rec = answered(loop, io_timeout=0.05)
+    conn.finish_in_background()
+    with caplog.at_level(logging.INFO, logger="clawproxy.upstream"):
+        run(loop, until(lambda: conn.state is ConnState.CLOSED))
+    assert transport.calls == ["abort"] and owner.idle == [] and set(owner.forgotten) == {conn}
+    assert not rec.ends and not caplog.records
+    # A last chunk that comes after all is dropped.
+    feed(conn, LAST_CHUNK)
+    assert owner.idle == []
+
+
+@pytest.mark.parametrize(
+    "reads",
+    [
+        [chunk(b"tail\n")],
+        [chunk(b"tail\n") + LAST_CHUNK],
+        [LAST_CHUNK + b"HTTP/1.1 200 OK\r\n"],
+        [b"zz\r\n"],
+        [CLOSE],
+    ],
+    ids=["a-chunk", "a-chunk-then-the-end", "bytes-after-the-end", "malformed", "cut"],
+)
+def test_anything_but_the_last_chunk_after_the_caller_left_closes(
+    loop: Any, reads: list[bytes | str], caplog: pytest.LogCaptureFixture
+) -> None:
+    conn, transport, owner, rec = answered(loop)
+    conn.finish_in_background()
+    with caplog.at_level(logging.INFO, logger="clawproxy.upstream"):
+        for read in reads:
+            if read == CLOSE:
+                transport.lose()
+            else:
+                assert isinstance(read, bytes)
+                feed(conn, read)
+        settle(loop)
+    assert conn.state is ConnState.CLOSED and owner.idle == [] and set(owner.forgotten) == {conn}
+    assert transport.calls in (["abort"], [])  # [] when Ollama closed it
+    assert not rec.ends and not caplog.records
+
+
+def test_a_connection_paused_by_the_caller_reads_on_to_its_end(loop: Any) -> None:
+    """The caller's flow control let go of it: nobody would resume it, so it resumes."""
+    conn, transport, owner, _ = answered(loop)
+    conn.pause_reading()
+    conn.finish_in_background()
+    assert transport.calls == ["pause_reading", "resume_reading"]
+    feed(conn, LAST_CHUNK)
+    assert owner.idle == [conn]
+
+
+def test_finishing_a_failed_exchange_does_nothing_more(loop: Any) -> None:
+    conn, transport, owner, rec = answered(loop)
+    transport.lose()
+    settle(loop)
+    assert rec.error()
+    conn.finish_in_background()
+    assert conn.state is ConnState.CLOSED and owner.idle == [] and len(rec.ends) == 1
+
+
+def test_the_pool_never_hands_out_a_connection_finishing_in_the_background(loop: Any) -> None:
+    pool = new_pool(loop)
+    first = Peer([HEAD_200, *map(chunk, TOKENS)], [TAGS_REPLY])
+    loop.peers.extend([first, Peer([TAGS_REPLY])])
+
+    async def scenario() -> tuple[UpstreamConnection, UpstreamConnection]:
+        rec = Recorder()
+        chat = await pool.send(b"POST", b"/api/chat", b"{}", listener=rec)
+        await until(lambda: rec.body == b"".join(TOKENS))
+        chat.finish_in_background()
+        tags, body = await fetch(pool)
+        assert body == TAGS
+        tags.release()
+        return chat, tags
+
+    chat, tags = run(loop, scenario())
+    assert chat is not tags and pool.connects == 2 and pool.idle_connections == 1
+    chat.data_received(LAST_CHUNK)
+    assert pool.idle_connections == 2 and chat.state is ConnState.IDLE
+    pool.close()
+
+
 def test_one_connection_serves_chats_and_model_lists_in_turn(loop: Any) -> None:
     """h11 is told about the next exchange at release (a chat again, most likely); another
     kind of request on the same connection must still be framed right."""

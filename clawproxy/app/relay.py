@@ -9,10 +9,14 @@ upstream's ``data_received`` callback (one write per read, no task switch per to
 heartbeats until Ollama's head. Non-streaming clients: the reads are accumulated and one
 ``chat.completion`` is sent at the end.
 
-Success is reported only after Ollama's ``done`` line. Any failure after the head is an SSE
-error event and a cut stream without ``[DONE]``. Errors before it get their status. Whatever
-happens, ``finish_exchange`` releases the upstream connection, closing it unless the
-exchange ended cleanly.
+Success is reported only after Ollama's ``done`` line, and that line is the end of the
+client's exchange: the answer is whole, the handler returns (its slot goes back, the request
+is logged) without waiting for the terminating 0-chunk, which Go writes in a later write and
+may send late. Any failure after the head and before the done line is an SSE error event
+and a cut stream without ``[DONE]``. Errors before it get their status. Whatever happens,
+``finish_exchange`` hands the upstream connection back: after a whole answer it finishes in
+the background (to the pool at the body's end; closed on anything else, reported to no one),
+otherwise it is closed at once.
 """
 
 from __future__ import annotations
@@ -28,12 +32,7 @@ from clawproxy.app.services import UPSTREAM_ERRORS, Services
 from clawproxy.errors import GatewayError, UpstreamFailed
 from clawproxy.http.request import Request
 from clawproxy.http.server import HttpConnection
-from clawproxy.ollama.connection import (
-    BodyReader,
-    ConnState,
-    ExchangeListener,
-    UpstreamConnection,
-)
+from clawproxy.ollama.connection import BodyReader, ExchangeListener, UpstreamConnection
 from clawproxy.ollama.errors import MAX_ERROR_BODY_BYTES, upstream_status_error
 from clawproxy.openai.aggregate import ChatAccumulator
 from clawproxy.openai.heartbeat import Heartbeat
@@ -71,11 +70,13 @@ async def open_upstream(
 
 
 def finish_exchange(upstream: UpstreamConnection, clean: bool) -> None:
-    """Back to the pool after a clean end; otherwise close it, so Ollama stops generating
-    and a half-read connection is never reused."""
+    """``clean``: the answer is whole (the done line, nothing after it). The connection then
+    finishes in the background, back to the pool at the body's end (at once in the usual
+    case: the 0-chunk came with the done line or just after). Otherwise it is closed, so
+    Ollama stops generating and a half-read connection is never reused."""
     if clean:
-        upstream.release()
-    if upstream.state is ConnState.ACTIVE:
+        upstream.finish_in_background()
+    else:
         upstream.abort()
 
 
@@ -123,9 +124,10 @@ class SseRelay:
     not wait for it. ``on_head()`` stops the heartbeats, sends our head and couples the
     flow control; it runs inside the upstream read that brings Ollama's 200, so the bytes
     that came with that head, often the first token, reach the client in the same
-    callback. ``on_end`` and ``on_error`` end the stream, whichever way Ollama's body ends:
-    ``_end`` is that one place. ``run()`` is what the handler's task does meanwhile: wait
-    for that end, and hand the upstream connection back.
+    callback. The stream ends at Ollama's done line (``on_data``: ``[DONE]`` and the last
+    chunk, then ``_answered``), or else where Ollama's body ends, ``on_end`` or ``on_error``
+    (``_end``). ``run()`` is what the handler's task does meanwhile: wait for that end, and
+    hand the upstream connection back.
     """
 
     __slots__ = (
@@ -154,8 +156,8 @@ class SseRelay:
         self.reframer: SseReframer | None = None
         interval = svc.config.server.heartbeat_interval
         self.heartbeat = Heartbeat(svc.loop, interval, self.commit, conn.write)
-        # Whether the stream ended cleanly (the upstream connection may then be reused).
-        self.done: asyncio.Future[bool] = svc.loop.create_future()
+        # The client's stream ended: at the done line, or where Ollama's body ended.
+        self.done: asyncio.Future[None] = svc.loop.create_future()
 
     def commit(self) -> None:
         """Send the 200 and the SSE head (held by the connection until the first chunk)."""
@@ -175,13 +177,16 @@ class SseRelay:
         )
         write = conn.write
         now = self.svc.loop.time
+        answered = self._answered
 
         def on_data(data: bytes) -> None:
             out = reframer.feed(data)
             if out:
                 if reframer.done:
-                    # [DONE] and the last chunk in one write; the upstream's end is not awaited.
+                    # The done line: [DONE] and the last chunk in one write, and the request
+                    # is over; the upstream's end is the connection's business (run()).
                     conn.end_stream(out)
+                    answered()
                 else:
                     write(out)
                 if request.first_token_at is None and reframer.deltas:
@@ -218,6 +223,8 @@ class SseRelay:
     def on_end(self) -> None:
         reframer = self.reframer
         assert reframer is not None
+        if reframer.done:
+            return  # answered at the done line already
         tail = reframer.eof()
         if reframer.error is not None:
             # A clean end of the body without Ollama's done line: the answer was cut.
@@ -228,6 +235,9 @@ class SseRelay:
     def on_error(self, exc: GatewayError) -> None:
         reframer = self.reframer
         assert reframer is not None
+        if reframer.done:
+            # After the done line the answer stands: the connection's end is housekeeping.
+            return
         code = exc.code or "upstream_error"
         tail = reframer.fail(exc.message, code)
         self.request.outcome = code
@@ -241,17 +251,19 @@ class SseRelay:
         assert reframer is not None
         request, conn = self.request, self.conn
         self._settle()
-        clean = reframer.done and not reframer.extra_after_done
         if not self.done.done():
             # Before the client writes: the task wakes ahead of a cut's connection_lost.
-            self.done.set_result(clean)
+            self.done.set_result(None)
         if tail:
             conn.write(tail)
-        if reframer.done:
-            conn.end_stream()
-            return
         request.outcome = request.outcome or "upstream_error"
         conn.cut_stream()
+
+    def _answered(self) -> None:
+        """Ollama's done line was relayed: the client has its whole answer."""
+        self._settle()
+        if not self.done.done():
+            self.done.set_result(None)
 
     def _settle(self) -> None:
         """Uncouple the flow control and count the tokens (idempotent)."""
@@ -272,7 +284,10 @@ class SseRelay:
             # What came with Ollama's head was relayed with our head already; if nothing
             # did, the head goes out alone now so the client sees its 200 at once.
             self.conn.flush()
-            clean = await self.done
+            await self.done
+            # Read now, not at the done line: bytes after it may have come meanwhile.
+            reframer = self.reframer
+            clean = reframer is not None and reframer.done and not reframer.extra_after_done
         except asyncio.CancelledError:
             # The client left (or the drain cut it): the stream just stops.
             self._settle()
@@ -303,11 +318,21 @@ async def whole_reply(
         model=plan.model,
         max_line_bytes=svc.config.upstream.max_line_bytes,
     )
-    reader = BodyReader(svc.loop, acc.feed)
+    feed = acc.feed
+
+    def on_data(data: bytes) -> None:
+        feed(data)
+        if acc.done and not answered.done():
+            # The done line: the answer is whole, whenever the body's end comes.
+            answered.set_result(None)
+
+    reader = BodyReader(svc.loop, on_data)
+    answered = reader.done
     upstream.listen(reader)
-    await reader.done
+    await answered
     body = acc.result()
     request.tokens = acc.completion_tokens
     request.first_token_at = svc.loop.time()
     conn.send(request, 200, body)
+    # Read now, not at the done line: bytes after it may have come meanwhile.
     return not acc.extra_after_done

@@ -30,6 +30,14 @@ after the end) closes it, because a half-read Ollama response would corrupt the 
 exchange and an open socket keeps Ollama generating for nobody. ``release()`` and
 ``abort()`` drop the listener without calling it: the caller who ends an exchange knows.
 
+A caller may also be done before the body is: Ollama's ``done`` line completes a chat, and
+the terminating 0-chunk that follows is only the connection's business (Go writes it in its
+own write when the handler returns, so it can come late). ``finish_in_background()`` ends
+the exchange for the caller at once and swaps its listener for a housekeeping one
+(``_Housekeeper``): the end of the body then releases the connection to the pool, and
+anything else (a body byte more, a cut, silence past the deadline) closes it, telling
+nobody. Only the listener changes, so the per-read path does no extra work.
+
 Deadlines: one watchdog timer per exchange. ``io_timeout`` (``server.timeout``) bounds the
 wait for the response head and any silence between body reads; a healthy long stream is
 never cut, because every read moves the deadline. Time spent paused by our own
@@ -141,6 +149,31 @@ class BodyReader:
     def on_error(self, exc: GatewayError) -> None:
         if not self.done.done():
             self.done.set_exception(exc)
+
+
+class _Housekeeper:
+    """The listener of an exchange whose caller is done (``finish_in_background``): the end
+    of the body releases the connection; a body byte more fails the exchange, which closes
+    it. Either way nobody is told: the caller's request is over."""
+
+    __slots__ = ("conn",)
+
+    on_raw: ClassVar[None] = None
+
+    def __init__(self, conn: UpstreamConnection) -> None:
+        self.conn = conn
+
+    def on_head(self, conn: UpstreamConnection) -> None:
+        """Never offered: installed after the head."""
+
+    def on_data(self, data: bytes) -> None:
+        raise UpstreamUnavailable("Ollama sent more after its reply")
+
+    def on_end(self) -> None:
+        self.conn.release()
+
+    def on_error(self, exc: GatewayError) -> None:
+        log.debug("upstream connection closed after its reply: %s", exc.message)
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -365,6 +398,22 @@ class UpstreamConnection(asyncio.Protocol):
         self.listen(reader)
         await reader.done
         return bytes(buf)
+
+    def finish_in_background(self) -> None:
+        """End of the exchange for the caller, who has what it needed (Ollama's done line)
+        though the body may not have ended yet: that end is housekeeping.
+
+        If it ended already, this is ``release()``. Otherwise the caller's listener is
+        dropped uncalled and the connection reads on by itself: the end of the body puts it
+        back in the pool, as ``release()`` would; anything else closes it (a body byte more,
+        since the caller's reply was whole; a cut; silence past ``io_timeout``).
+        """
+        if self.state is not ConnState.ACTIVE or self.complete:
+            self.release()
+            return
+        self._install(_Housekeeper(self))
+        # The caller's flow control let go of it: nobody else would resume it.
+        self.resume_reading()
 
     def release(self) -> None:
         """End of the exchange: back to the pool when clean, otherwise closed."""

@@ -7,7 +7,9 @@ opens one, writes one request (``UpstreamConnection.begin``) and returns the con
 once the response head has arrived. A caller that streams offers its ``ExchangeListener``
 to ``send()``, which installs it inside the read that brings a 200 head; any other caller
 reads the body with ``listen()`` or ``read_body()`` afterwards. Either way the caller ends
-the exchange with ``release()`` (back here, if it ended cleanly) or ``abort()``.
+the exchange with ``release()`` (back here, if it ended cleanly), ``abort()``, or
+``finish_in_background()`` once it has what it needs (back here at the body's end, which
+may come later; until then the connection is open, not idle, and never handed out).
 
 A reused connection that fails before any response byte arrived is retried once on a fresh
 one: Ollama closed it while it sat idle, so the request started nothing. Nothing else is
@@ -90,6 +92,12 @@ class UpstreamPool:
     @property
     def open_connections(self) -> int:
         return len(self._all)
+
+    @property
+    def idle_connections(self) -> int:
+        """Connections waiting for the next exchange (the rest of ``open_connections`` are
+        carrying one, or finishing one in the background)."""
+        return len(self._idle)
 
     async def send(
         self,
