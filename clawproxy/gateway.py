@@ -12,6 +12,10 @@ closes the public listener (nginx moves on to another upstream), fails nothing t
 running, and waits up to ``server.drain_timeout`` for handlers to end. The admin listener
 stays open until the very end of ``stop()``, so ``/health`` and ``/metrics`` can say
 ``draining`` while it lasts.
+
+Every refused request (a limit, a deadline, bad framing, too many connections) gets an
+access line too, through ``RefusalLog``, which bounds a flood's lines. At start, one warning
+when per-address rate limits meet a trusted loopback (``forwarded_for_warning``).
 """
 
 from __future__ import annotations
@@ -35,7 +39,13 @@ from clawproxy.policy.guard import ClientGuard
 from clawproxy.policy.ratelimit import RateLimiter
 from clawproxy.telemetry.alerts import GpuAlerts
 from clawproxy.telemetry.gpu import GpuSampler
-from clawproxy.telemetry.logs import access_enabled, access_line, log_access
+from clawproxy.telemetry.logs import (
+    RefusalLog,
+    access_enabled,
+    access_line,
+    log_access,
+    refusal_line,
+)
 from clawproxy.telemetry.state import LiveState
 
 log = logging.getLogger("clawproxy")
@@ -59,7 +69,11 @@ class Gateway:
         self.reuse_port = reuse_port
         self.loop = loop = loop or asyncio.get_running_loop()
         self.state = state = LiveState(config, loop.time())
-        self.connections = Listener(config.server, loop, self)
+        # Two connection budgets: the public port's and the admin port's own.
+        self.connections = Listener(
+            config.server, loop, self, kept_open_max=config.gateway.admin_max_connections
+        )
+        self.refusals = RefusalLog(loop)
         self.admin_port = 0
         # Who may use /v1 and how often (auth.*, gateway.rate_limit, server.trusted_proxies).
         self.keys = KeyStore.from_config(config.auth)
@@ -143,6 +157,9 @@ class Gateway:
             gw.debug_host,
             self.admin_port,
         )
+        warning = forwarded_for_warning(self.limiter is not None, self.keys.enabled, self.trusted)
+        if warning:
+            log.warning("%s", warning)
         self.gpu.start()
         return port
 
@@ -159,6 +176,7 @@ class Gateway:
         self.models.close()
         await self.gpu.stop()
         await self.connections.close(SHUTDOWN_EVENT)
+        self.refusals.flush()
 
     # -- ListenerEvents -------------------------------------------------------------------------
 
@@ -187,6 +205,34 @@ class Gateway:
                 )
             )
 
-    def request_refused(self, client: str, status: int, reason: str) -> None:
+    def request_refused(
+        self, client: str, status: int, reason: str, method: bytes = b"", path: bytes = b""
+    ) -> None:
         self.state.refused[reason] += 1
-        log.debug("refused %s: %s (%s)", client, reason, status or "closed")
+        # A refusal with a status got a reply: it is logged like a request. Status 0 is
+        # counted only: a connection that never sent a request, or a client that stopped
+        # reading (whose request gets its own line when it ends).
+        if status and access_enabled():
+            self.refusals.write(refusal_line(client, method, path, status, reason))
+
+
+# The addresses a local tunnel or process connects from.
+LOOPBACK_PEERS = ("127.0.0.1", "::1")
+
+
+def forwarded_for_warning(
+    rate_limited: bool, keys_enabled: bool, trusted: TrustedProxies
+) -> str | None:
+    """The start-up warning when a local tunnel can choose its rate-limit bucket: limits
+    are on and per address (no API keys), and loopback may set X-Forwarded-For."""
+    if not rate_limited or keys_enabled:
+        return None
+    loopback = [peer for peer in LOOPBACK_PEERS if trusted.contains(peer)]
+    if not loopback:
+        return None
+    return (
+        f"gateway.rate_limit counts per client address (no API keys) and "
+        f"server.trusted_proxies trusts loopback ({', '.join(loopback)}): any local process "
+        "or tunnel (ssh -L, socat) can choose its address, and so its bucket, with "
+        "X-Forwarded-For; use API keys, or trust only nginx's address (README, Behind nginx)"
+    )

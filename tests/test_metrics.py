@@ -211,10 +211,8 @@ def test_metrics_match_the_traffic(gw: Harness) -> None:
     assert headers["content-type"].startswith("text/plain; version=0.0.4")
     chat, model = "/v1/chat/completions", "qwen3:32b"
     assert value(samples, "clawproxy_requests_total", endpoint=chat, model=model, status="200") == 4
-    assert (
-        value(samples, "clawproxy_requests_total", endpoint=chat, model="nope:1b", status="404")
-        == 1
-    )
+    # A name that failed the model check never becomes a label (it could be anything).
+    assert value(samples, "clawproxy_requests_total", endpoint=chat, model="-", status="404") == 1
     assert value(samples, "clawproxy_requests_total", endpoint=chat, model="-", status="400") == 1
     assert value(samples, "clawproxy_requests_total", endpoint=chat, model=model, status="503") == 1
     assert (
@@ -244,6 +242,34 @@ def test_metrics_match_the_traffic(gw: Harness) -> None:
     assert value(samples, "clawproxy_queued_requests") == 0
     assert value(samples, "clawproxy_max_concurrent") == 1
     assert types["clawproxy_gpu_memory_used_bytes"] == "gauge"
+
+
+def test_unknown_model_names_cannot_use_up_the_model_labels(gw: Harness) -> None:
+    """40 requests naming models that do not exist (each a 404) used to fill the 32 label
+    slots, and real models were then counted as "other" until a restart."""
+    chat = "/v1/chat/completions"
+    for i in range(MAX_MODEL_LABELS + 8):
+        assert post_json(gw, chat, {**CHAT, "model": f"nope-{i}:1b"})[0] == 404
+    # Spellings of one installed model (Ollama matches them all) share one label.
+    for name in ("qwen3:32b", "QWEN3:32B", "Qwen3:32b", "llama3.2", "LLAMA3.2:latest"):
+        assert post_json(gw, chat, {**CHAT, "model": name})[0] == 200
+    _, samples, _ = scrape(gw)
+    models = {dict(labels).get("model") for name, labels in samples if name.endswith("_total")}
+    assert "other" not in models
+    assert not [m for m in models if m and m.startswith("nope")]
+    assert value(samples, "clawproxy_requests_total", endpoint=chat, model="-", status="404") == 40
+    assert (
+        value(samples, "clawproxy_requests_total", endpoint=chat, model="qwen3:32b", status="200")
+        == 3
+    )
+    pulled = value(
+        samples, "clawproxy_requests_total", endpoint=chat, model="llama3.2:latest", status="200"
+    )
+    assert pulled == 2
+    # The UI's recent-requests table shows only checked names too.
+    recent = gw.read(lambda: gw.gateway.state.stats(gw.loop.time())["recent"])
+    assert {r["model"] for r in recent[:5]} == {"qwen3:32b", "llama3.2:latest"}
+    assert {r["model"] for r in recent[5:]} == {"-"}
 
 
 def test_upstream_failures_count_whichever_step_hit_them() -> None:

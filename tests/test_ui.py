@@ -247,6 +247,44 @@ def test_chat_streams_reply_visibly_and_renders_markdown_safely(browser: Browser
         assert h.settled()
 
 
+# Each case: Markdown a model might write, and the link targets its rendering must show.
+LINK_CASES = [
+    # The visible text names one site, the link goes to another.
+    ("[https://bank.example/login](https://evil.example/x)", "https://evil.example/x"),
+    ("Read [the docs](https://evil.example/) now.", "https://evil.example/"),
+    # A look-alike host shows as what it is (punycode), not as the letters it imitates.
+    ("[apple](https://\u0430\u0440\u0440\u04cf\u0435.com/)", "https://xn--80ak6aa92e.com/"),
+    # Text that is the target already: shown once.
+    ("[https://example.com/a](https://example.com/a)", "https://example.com/a"),
+]
+
+
+def test_a_markdown_link_shows_its_real_target(browser: Browser) -> None:
+    """A link's visible text must not hide where it goes: every clickable text is its own
+    target, and a label that differs stays as plain text beside it."""
+    script = """async (cases) => {
+      const {renderMarkdown} = await import('/ui/assets/markdown.js');
+      return cases.map((text) => {
+        const div = document.createElement('div');
+        renderMarkdown(div, text);
+        const links = [...div.querySelectorAll('a')].map((a) => [a.textContent, a.href]);
+        return {text: div.textContent, links};
+      });
+    }"""
+    with Harness(SETTINGS) as h, open_page(browser, h, "/ui/chat") as page:
+        expect(page.locator("#input")).to_be_visible()
+        rendered = page.evaluate(script, [text for text, _ in LINK_CASES])
+    for (source, target), out in zip(LINK_CASES, rendered, strict=True):
+        assert target in out["text"], (source, out)
+        assert out["links"], (source, out)
+        for text, href in out["links"]:
+            assert text == href == target, (source, out)
+    # Same text and target: one link, the URL written once.
+    assert rendered[-1]["text"] == "https://example.com/a"
+    # The label the model wrote is kept, as text.
+    assert "the docs" in rendered[1]["text"]
+
+
 def test_stop_aborts_the_stream_upstream_too(browser: Browser) -> None:
     with Harness(SETTINGS) as h, open_page(browser, h, "/ui/chat") as page:
         h.sim.token_rate = 20
@@ -278,7 +316,8 @@ def test_internals_lists_model_gpu_note_and_recent_requests(browser: Browser) ->
         with open_page(browser, h, "/ui/internals") as page:
             rows = page.locator("#recent tbody tr")
             expect(rows).to_have_count(3)
-            expect(rows.first).to_contain_text("nosuch:1b")
+            # A name Ollama does not have is not shown (it is the client's, not a model).
+            expect(rows.first).not_to_contain_text("nosuch:1b")
             expect(rows.first).to_contain_text("404")
             expect(rows.nth(2)).to_contain_text("/v1/chat/completions")
             expect(rows.nth(2)).to_contain_text("200")

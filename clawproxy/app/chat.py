@@ -7,6 +7,11 @@ Theory of operation
    bad request costs no slot.
 2. The model must pass the catalog (the allow-list) before anything can be generated.
    Fetching Ollama's model list can fail like any call to Ollama, and counts as such.
+   Only then is the request's ``model`` set, to the catalog's form of the name: metrics
+   label it and the access log and the UI's recent requests show it, so a name Ollama does
+   not have (the client's to choose) never takes one of the bounded label slots
+   (``telemetry.state.MAX_MODEL_LABELS``) nor reaches a dashboard; those requests show
+   ``-``.
 3. Admission takes a slot (or queues, or refuses with 503) before anything goes upstream.
 4. The relay (``relay``) runs the exchange; whatever happens, ``finally`` gives the slot
    back.
@@ -26,10 +31,9 @@ from clawproxy.openai.mapping import ChatPlan, build_chat_plan, parse_json_body
 async def chat_completions(svc: Services, request: Request, conn: HttpConnection) -> None:
     svc.guard.check(request)
     plan = plan_request(svc, request.body)
-    request.model = plan.model
     # Before admission and before any generation can start (RELIABILITY 3, model allow-list).
     try:
-        await svc.catalog.check(plan.model)
+        request.model = await svc.catalog.check(plan.model)
     except UPSTREAM_ERRORS as exc:
         # The check may be the step that finds Ollama down: a failure like any other.
         svc.upstream_failed(exc)

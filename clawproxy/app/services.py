@@ -27,10 +27,10 @@ from typing import Any
 from clawproxy.config import Config
 from clawproxy.errors import GatewayError, UpstreamFailed, UpstreamTimeout, UpstreamUnavailable
 from clawproxy.http.listener import Listener
-from clawproxy.ollama.catalog import ModelCatalog, fetch_tags
+from clawproxy.ollama.catalog import ModelCatalog
 from clawproxy.ollama.modelctl import HEALTH_TIMEOUT_S, ModelControl
 from clawproxy.ollama.pool import UpstreamPool
-from clawproxy.openai.models import tags_to_models
+from clawproxy.openai.models import model_entry
 from clawproxy.policy.guard import ClientGuard
 from clawproxy.telemetry.state import LiveState
 
@@ -123,10 +123,11 @@ class Services:
         self.state.upstream_errors[exc.code or "upstream_error"] += 1
 
     async def model_list(self) -> list[dict[str, Any]]:
-        """OpenAI's model objects for what Ollama has installed (``/api/tags``)."""
+        """OpenAI's model objects for what Ollama has installed: the catalog's cached
+        ``/api/tags``, so concurrent lists (and model checks) share one call to Ollama."""
         try:
-            body = await fetch_tags(self.pool)
+            entries = await self.catalog.installed()
         except UPSTREAM_ERRORS as exc:
             self.upstream_failed(exc)
             raise
-        return tags_to_models(body)
+        return [model_entry(m) for m in entries]

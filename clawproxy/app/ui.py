@@ -14,9 +14,13 @@ CVE-2024-23334 was a static route that followed a symlink out of its root).
 
 Routes: the pages are ``/ui`` (status, also ``/ui/``), ``/ui/chat`` and ``/ui/internals``,
 each loadable directly; everything else in ``ui_static/`` is ``/ui/assets/<its path>``.
-Every UI response carries the same headers: ``nosniff``, a CSP that allows this origin only
-(scripts and styles come from files, never inline) with ``frame-ancestors 'none'``, and
-``Referrer-Policy: no-referrer``. No CORS header is ever sent: the UI is same-origin.
+Every response under ``/ui`` carries the same headers, ``SECURITY_HEADERS``: ``nosniff``, a
+CSP that allows this origin only (scripts and styles come from files, never inline) with
+``frame-ancestors 'none'``, and ``Referrer-Policy: no-referrer``. The public router
+(``app.public.PublicRouter``) sets them on the request before routing, so errors get them
+too: a 404 or 405 under ``/ui`` is as inert as a page. The pages and assets never get a
+CORS header; the data routes get one only for an origin listed in
+``server.cors.allow_origins`` (``policy.crosssite``).
 
 Data: ``/ui/api/stats`` is the admin ``/stats`` snapshot on the public port (live counts,
 rate windows, recent requests without prompt text or client addresses, GPUs, model
@@ -24,7 +28,7 @@ details, Ollama's reachability and the gateway's status, by the rules in ``servi
 ``/ui/api/models`` is the chat page's model picker: the installed models (as ``/v1/models``)
 and the default one, so the page never calls the counted public ``/health`` or
 ``/v1/models``. Both go through ``ClientGuard.check``, so they need an API key when keys
-are configured, like ``/v1``.
+are configured, and through the router's Host and Origin checks, like ``/v1``.
 
 UI requests are not user traffic: a dashboard polling every second must not chart itself or
 fill the recent-requests table, so they set ``Request.counted = False`` as admin-port
@@ -95,6 +99,7 @@ SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
 CACHE_OWN = b"no-cache"
 CACHE_VENDOR = b"public, max-age=86400"
 CACHE_SNAPSHOT = b"no-store"
+NO_STORE = ((b"cache-control", CACHE_SNAPSHOT),)
 VENDOR_DIR = "vendor"
 
 
@@ -108,7 +113,7 @@ class Asset:
 
     async def __call__(self, request: Request, conn: HttpConnection) -> None:
         request.counted = False
-        headers = ((b"cache-control", self.cache_control), *SECURITY_HEADERS)
+        headers = ((b"cache-control", self.cache_control),)
         conn.send(request, 200, self.body, content_type=self.content_type, headers=headers)
 
 
@@ -167,8 +172,7 @@ async def ui_models(svc: Services, request: Request, conn: HttpConnection) -> No
 
 
 def send_data(request: Request, conn: HttpConnection, body: dict[str, Any]) -> None:
-    headers = ((b"cache-control", CACHE_SNAPSHOT), *SECURITY_HEADERS)
-    conn.send(request, 200, orjson.dumps(body), headers=headers)
+    conn.send(request, 200, orjson.dumps(body), headers=NO_STORE)
 
 
 def ui_routes(svc: Services, root: Path | None = None) -> RouteTable:

@@ -102,6 +102,38 @@ def _valid_network(text: str) -> bool:
     return True
 
 
+# A DNS name (labels of letters, digits and inner hyphens), an IPv4 address or a bracketed
+# IPv6 one: what a Host header or an origin names, lower case, without a port.
+_DNS_LABEL = r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?"
+_HOST_NAME = rf"(?:{_DNS_LABEL}(?:\.{_DNS_LABEL})*|\[[0-9a-f:.]+\])"
+_HOST: Final = re.compile(_HOST_NAME)
+_ORIGIN: Final = re.compile(rf"https?://{_HOST_NAME}(?::[1-9][0-9]{{0,4}})?")
+_DEFAULT_PORTS: Final = {"http": ":80", "https": ":443"}
+
+
+def host_form(text: str) -> str:
+    """A host name as a Host header carries it: lower case, an IPv6 address in brackets."""
+    text = text.strip().lower()
+    return f"[{text}]" if ":" in text and not text.startswith("[") else text
+
+
+def origin_form(text: str) -> str:
+    """An origin as browsers serialise it: lower case, no trailing slash, no default port."""
+    text = text.strip().lower().rstrip("/")
+    scheme = text.partition("://")[0]
+    default = _DEFAULT_PORTS.get(scheme)
+    return text[: -len(default)] if default and text.endswith(default) else text
+
+
+def _valid_origin(origin: str) -> bool:
+    if origin == "*":
+        return True
+    if _ORIGIN.fullmatch(origin) is None:
+        return False
+    port = origin.partition("://")[2].rpartition("]")[2].partition(":")[2]
+    return not port or int(port) <= 65535
+
+
 _PORT: Final = _int_range(0, 65535)  # 0 = let the OS pick a free port.
 _NON_EMPTY: Final = Rule("a non-empty string", lambda v: bool(v.strip()))
 _TIMEOUT: Final = Rule("a duration greater than 0, such as '30s'", lambda v: v > 0)
@@ -133,6 +165,7 @@ RULES: Final[dict[str, Rule]] = {
     "upstream.max_line_bytes": _size_at_least(1024),
     "gateway.debug_port": _PORT,
     "gateway.debug_host": _NON_EMPTY,
+    "gateway.admin_max_connections": _int_at_least(1),
     "gateway.max_concurrent": _int_at_least(1),
     "gateway.queue_size": _int_at_least(0),
     "server.heartbeat_interval": Rule("a duration, 0 to disable, such as '15s'", lambda v: v >= 0),
@@ -164,6 +197,17 @@ RULES: Final[dict[str, Rule]] = {
 ITEM_RULES: Final[dict[str, Rule]] = {
     "server.trusted_proxies": Rule(
         "an IP address or CIDR network such as '10.0.0.0/8'", _valid_network
+    ),
+    "server.allowed_hosts": Rule(
+        "a host name or IP address without a port, such as 'gw.example'",
+        lambda v: _HOST.fullmatch(v) is not None,
+        host_form,
+    ),
+    "server.cors.allow_origins": Rule(
+        "'*' or an origin such as 'https://app.example' or 'http://10.0.0.5:3000' "
+        "(scheme, host and port only)",
+        _valid_origin,
+        origin_form,
     ),
     "auth.api_keys": Rule(
         f"a non-empty string of printable ASCII without whitespace, at most "

@@ -27,6 +27,14 @@ SIZE: Final = {"kind": "size"}
 
 
 @dataclass(frozen=True, slots=True)
+class CorsConfig:
+    # Origins ("https://app.example[:port]") whose pages may call /v1 and the UI's data from
+    # a browser; empty: none, only the gateway's own pages. "*" means any, and is honoured
+    # only while API keys are on (policy.crosssite).
+    allow_origins: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class ServerConfig:
     host: str = "0.0.0.0"
     port: int = 8080
@@ -54,6 +62,9 @@ class ServerConfig:
     # While a stream waits for its first token (a model can take minutes to load), an SSE
     # comment every this often keeps nginx's proxy_read_timeout from cutting it; 0 disables.
     heartbeat_interval: float = field(default=15.0, metadata=DURATION)
+    # Host names the public port answers to (DNS rebinding); empty: any.
+    allowed_hosts: tuple[str, ...] = ()
+    cors: CorsConfig = field(default_factory=CorsConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +99,10 @@ class RateLimitConfig:
 class GatewayConfig:
     debug_port: int = 18789
     debug_host: str = "127.0.0.1"
+    # The admin port's own connection budget, apart from server.max_connections: a public
+    # flood never takes it, an admin flood never takes the public one. Its clients are an
+    # operator, a scraper or two and a health check; 16 fits them with room to spare.
+    admin_max_connections: int = 16
     max_concurrent: int = 4
     queue_size: int = 3
     # None means "same as server.timeout".

@@ -1,13 +1,22 @@
 """The listening side: sockets, the registry of open connections, the drain.
 
-Theory of operation: one ``Listener`` serves every port of a gateway (public and admin),
-so ``server.max_connections`` counts them together. It is the ``ConnectionHost`` each
-public ``HttpConnection`` talks to: it admits or refuses a new connection, hands out h11
-parsers built ahead (``ParserStock``), says whether the gateway is draining, and passes each
-finished or refused request on to ``ListenerEvents`` (the gateway's metrics and access
-log), so this layer knows nothing of either. A port opened with ``keep_open`` (the admin
-port) has a host of its own, ``_KeptOpen``, over a separate set of connections: they are
-admitted while draining and never waited for.
+Theory of operation: one ``Listener`` serves every port of a gateway (public and admin).
+It is the ``ConnectionHost`` each public ``HttpConnection`` talks to: it admits or refuses a
+new connection, hands out h11 parsers built ahead (``ParserStock``), says whether the
+gateway is draining, and passes each finished or refused request on to ``ListenerEvents``
+(the gateway's metrics and access log), so this layer knows nothing of either. A port
+opened with ``keep_open`` (the admin port) has a host of its own, ``_KeptOpen``, over a
+separate set of connections: they are admitted while draining and never waited for.
+
+Two connection budgets: the public connections count against ``server.max_connections``,
+the kept-open ones against a small budget of their own (``kept_open_max``, the gateway's
+``gateway.admin_max_connections``). A flood of idle sockets on the public port therefore
+never takes the connection an operator's ``/health`` needs, and a flood on the admin port
+never takes a user's. Past its budget a connection gets a 503 and is closed
+(``too_many_connections``, ``too_many_admin_connections``).
+
+An ``accept()`` that fails because the process is out of file descriptors is logged
+(``_AcceptWatch``, rate-limited), where the event loop reports it at all: see there.
 
 Shutting down is three steps, driven by the gateway: ``stop_accepting()`` closes the
 public listening sockets and the idle public connections; ``drain()`` waits (bounded) for
@@ -25,17 +34,32 @@ an operator knows which of the two ports to change.
 from __future__ import annotations
 
 import asyncio
+import errno
+import logging
 import os
 import socket
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from clawproxy.config import ServerConfig
 from clawproxy.http.parsers import ParserStock
 from clawproxy.http.request import Request
 from clawproxy.http.server import ConnectionHost, HttpConnection, Phase, Routes
 
+log = logging.getLogger("clawproxy.listener")
+
 # Pending connections the kernel queues per listening socket.
 LISTEN_BACKLOG = 1024
+# The kept-open (admin) port's connection budget when none is given: the default of
+# gateway.admin_max_connections (an operator, a scraper or two, a health check).
+KEPT_OPEN_MAX_CONNECTIONS = 16
+# accept() fails with these when the process (EMFILE) or the system (ENFILE) has no file
+# descriptor left.
+OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE})
+# At most one log line this often about failing accept()s (stock asyncio retries each second).
+ACCEPT_FAILURE_LOG_INTERVAL_S = 10.0
+
+ExceptionHandler = Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object]
 
 
 def show_address(host: str, port: int) -> str:
@@ -66,7 +90,9 @@ class ListenerEvents(Protocol):
 
     def request_finished(self, request: Request) -> None: ...
 
-    def request_refused(self, client: str, status: int, reason: str) -> None: ...
+    def request_refused(
+        self, client: str, status: int, reason: str, method: bytes = b"", path: bytes = b""
+    ) -> None: ...
 
     def connections_changed(self, count: int) -> None: ...
 
@@ -80,6 +106,8 @@ class Listener:
         config: ServerConfig,
         loop: asyncio.AbstractEventLoop,
         events: ListenerEvents,
+        *,
+        kept_open_max: int = KEPT_OPEN_MAX_CONNECTIONS,
     ) -> None:
         self.config = config
         self.loop = loop
@@ -91,9 +119,10 @@ class Listener:
         self._connections: set[HttpConnection] = set()
         self._servers: list[asyncio.Server] = []
         # The ports that stay open through the drain (admin) and their connections.
-        self._kept = _KeptOpen(self)
+        self._kept = _KeptOpen(self, kept_open_max)
         self._kept_servers: list[asyncio.Server] = []
         self._idle_drained = asyncio.Event()
+        self._accepts = _AcceptWatch(loop)
 
     def __repr__(self) -> str:
         state = "draining" if self.draining else "serving"
@@ -140,6 +169,7 @@ class Listener:
         except OSError as exc:
             raise ListenError(name, host, port, exc) from exc
         (self._kept_servers if keep_open else self._servers).append(server)
+        self._accepts.watch(server, name)
         return server
 
     # -- ConnectionHost (public connections) ------------------------------------------------
@@ -148,7 +178,9 @@ class Listener:
         if self.draining:
             self.events.request_refused(conn.client, 503, "too_many_connections")
             return False
-        return self._admit(conn, self._connections)
+        return self._admit(
+            conn, self._connections, self.config.max_connections, "too_many_connections"
+        )
 
     def connection_closed(self, conn: HttpConnection) -> None:
         self._release(conn, self._connections)
@@ -159,12 +191,19 @@ class Listener:
         if self.draining:
             self._idle_drained.set()
 
-    def request_refused(self, client: str, status: int, reason: str) -> None:
-        self.events.request_refused(client, status, reason)
+    def request_refused(
+        self, client: str, status: int, reason: str, method: bytes = b"", path: bytes = b""
+    ) -> None:
+        self.events.request_refused(client, status, reason, method, path)
 
-    def _admit(self, conn: HttpConnection, group: set[HttpConnection]) -> bool:
-        if self.open_connections >= self.config.max_connections:
-            self.events.request_refused(conn.client, 503, "too_many_connections")
+    def _admit(
+        self, conn: HttpConnection, group: set[HttpConnection], budget: int, refusal: str
+    ) -> bool:
+        """Admit ``conn`` into ``group`` unless the group holds ``budget`` connections."""
+        if self._accepts.failing:
+            self._accepts.recovered()
+        if len(group) >= budget:
+            self.events.request_refused(conn.client, 503, refusal)
             return False
         group.add(conn)
         self.events.connections_changed(self.open_connections)
@@ -208,6 +247,7 @@ class Listener:
         await _end(self._kept.connections, stream_event)
         for server in (*self._servers, *self._kept_servers):
             await server.wait_closed()
+        self._accepts.close()
 
 
 async def _end(connections: set[HttpConnection], stream_event: bytes) -> None:
@@ -224,14 +264,15 @@ async def _end(connections: set[HttpConnection], stream_event: bytes) -> None:
 
 class _KeptOpen:
     """The ``ConnectionHost`` of a port that stays open through the drain (admin): its
-    connections count in ``max_connections`` with the public ones, are admitted while
-    draining, and are never waited for."""
+    connections count against a budget of their own (``budget``), never the public one,
+    are admitted while draining, and are never waited for."""
 
-    def __init__(self, listener: Listener) -> None:
+    def __init__(self, listener: Listener, budget: int) -> None:
         self._listener = listener
         self.config = listener.config
         self.loop = listener.loop
         self.parsers = listener.parsers
+        self.budget = budget
         self.connections: set[HttpConnection] = set()
 
     @property
@@ -239,7 +280,9 @@ class _KeptOpen:
         return self._listener.draining
 
     def connection_opened(self, conn: HttpConnection) -> bool:
-        return self._listener._admit(conn, self.connections)
+        return self._listener._admit(
+            conn, self.connections, self.budget, "too_many_admin_connections"
+        )
 
     def connection_closed(self, conn: HttpConnection) -> None:
         self._listener._release(conn, self.connections)
@@ -247,5 +290,89 @@ class _KeptOpen:
     def request_finished(self, request: Request) -> None:
         self._listener.events.request_finished(request)
 
-    def request_refused(self, client: str, status: int, reason: str) -> None:
-        self._listener.events.request_refused(client, status, reason)
+    def request_refused(
+        self, client: str, status: int, reason: str, method: bytes = b"", path: bytes = b""
+    ) -> None:
+        self._listener.events.request_refused(client, status, reason, method, path)
+
+
+class _AcceptWatch:
+    """Failed ``accept()``s on our listening sockets for want of file descriptors, logged at
+    most once per ``ACCEPT_FAILURE_LOG_INTERVAL_S``, and the recovery once a connection
+    is accepted again.
+
+    Stock asyncio reports such a failure to the loop's exception handler (a public hook;
+    its context names the ``socket``), stops accepting on that socket and tries again a
+    second later, so waiting clients stay in the kernel's queue. uvloop never reports it:
+    libuv keeps one spare descriptor, and when accept() fails it closes the spare, accepts
+    and closes every waiting connection (the clients see an empty reply) and reopens it,
+    telling Python nothing. There, the start-up budget (``process.fds``: max_connections
+    fits the open-file limit) is what keeps client connections from ever getting there.
+    Other exception-handler calls go on to the handler that was there before."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        # Listening socket descriptor -> the listener's configuration key.
+        self._names: dict[int, str] = {}
+        self._previous: ExceptionHandler | None = None
+        self._installed = False
+        # Whether accept() has failed since the last connection was accepted, and since when.
+        self.failing = False
+        self._since = 0.0
+        self._told_at = float("-inf")
+
+    def watch(self, server: asyncio.AbstractServer, name: str) -> None:
+        """Tell failed accept()s on ``server``'s sockets as failures of listener ``name``."""
+        for sock in getattr(server, "sockets", ()):
+            self._names[sock.fileno()] = name
+        if not self._installed:
+            self._previous = self.loop.get_exception_handler()
+            self.loop.set_exception_handler(self._handle)
+            self._installed = True
+
+    def close(self) -> None:
+        """Give the loop back the exception handler it had (unless another replaced ours)."""
+        if self._installed and self.loop.get_exception_handler() == self._handle:
+            self.loop.set_exception_handler(self._previous)
+        self._installed = False
+
+    def _handle(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        sock = context.get("socket")
+        if (
+            isinstance(exc, OSError)
+            and exc.errno in OUT_OF_DESCRIPTORS
+            and sock is not None
+            and sock.fileno() in self._names
+        ):
+            self._accept_failed(self._names[sock.fileno()], exc.errno)
+        elif self._previous is not None:
+            self._previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    def _accept_failed(self, name: str, code: int) -> None:
+        # No count in the line: stock asyncio tries accept() up to the backlog's length per
+        # wake-up and reports every failure, so a count would say little.
+        now = self.loop.time()
+        if not self.failing:
+            self.failing = True
+            self._since = now
+        if now - self._told_at < ACCEPT_FAILURE_LOG_INTERVAL_S:
+            return
+        self._told_at = now
+        log.error(
+            "cannot accept connections on %s: out of file descriptors (%s); new clients "
+            "wait until some close; raise the open-file limit (LimitNOFILE=, ulimit -n) or "
+            "lower server.max_connections",
+            name,
+            errno.errorcode.get(code, code),
+        )
+
+    def recovered(self) -> None:
+        """A connection was accepted after failures: say the outage is over."""
+        self.failing = False
+        log.warning(
+            "accepting connections again after %.1fs out of file descriptors",
+            self.loop.time() - self._since,
+        )

@@ -30,6 +30,9 @@ class Request:
     outcome: str = ""
     # False for dashboards and scrapes (admin port, UI data): not counted as traffic.
     counted: bool = True
+    # Sent with every response to this request, errors included; set by the router before
+    # the handler runs (the UI's security headers, CORS). Rendered by ``HttpConnection``.
+    response_headers: tuple[tuple[bytes, bytes], ...] = ()
     extra: dict[str, str] = field(default_factory=dict)
 
     def header(self, name: bytes) -> bytes | None:

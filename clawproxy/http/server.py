@@ -147,7 +147,12 @@ class ConnectionHost(Protocol):
 
     def request_finished(self, request: Request) -> None: ...
 
-    def request_refused(self, client: str, status: int, reason: str) -> None: ...
+    def request_refused(
+        self, client: str, status: int, reason: str, method: bytes = b"", path: bytes = b""
+    ) -> None:
+        """A request refused before a handler ran; ``method`` and ``path`` (no query) when
+        its head was parsed, else empty."""
+        ...
 
 
 class HttpConnection(asyncio.Protocol):
@@ -310,11 +315,11 @@ class HttpConnection(asyncio.Protocol):
         headers = header_list(head)
         verdict = check_head(head, headers, self.cfg)
         if isinstance(verdict, Refusal):
-            self._refuse(verdict)
+            self._refuse(verdict, head)
             return False
         head_in, self._head_in = self._head_in, bytearray()
         if folded_head(head_in, len(head_in) - len(self.h11.trailing_data[0])):
-            self._refuse(OBS_FOLD)
+            self._refuse(OBS_FOLD, head)
             return False
         length, close_asked, expect_continue = verdict
         self._head = head
@@ -431,13 +436,18 @@ class HttpConnection(asyncio.Protocol):
         content_type: bytes = b"application/json",
         headers: tuple[tuple[bytes, bytes], ...] = (),
     ) -> None:
-        """A complete response with Content-Length."""
-        hdrs = [
-            SERVER_HEADER,
-            (b"content-type", content_type),
-            (b"content-length", str(len(body)).encode()),
-            *headers,
-        ]
+        """A complete response with Content-Length (a 204 has neither body nor length)."""
+        if status == 204:
+            # RFC 9110 8.6 and 15.3.5: no Content-Length, no content, in a 204.
+            hdrs = [SERVER_HEADER, *headers]
+            body = b""
+        else:
+            hdrs = [
+                SERVER_HEADER,
+                (b"content-type", content_type),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ]
         head = self._render_head(request, status, hdrs)
         if self.closed:
             return
@@ -524,6 +534,8 @@ class HttpConnection(asyncio.Protocol):
         """The response head as bytes. Rendered here, not by h11: every header is ours and
         constant or already valid, and h11's per-send validation was a large share of the
         per-request cost (bench/RESULTS.md). h11 still parses every request."""
+        if request.response_headers:
+            headers += request.response_headers
         if not self._keep_alive or self.host.draining:
             self._keep_alive = False
             headers.append((b"connection", b"close"))
@@ -590,13 +602,23 @@ class HttpConnection(asyncio.Protocol):
 
     # -- refusals, deadlines, closing ---------------------------------------------------------
 
-    def _refuse(self, refusal: Refusal) -> None:
-        self._reject(refusal.status, refusal.message, refusal.code)
+    def _refuse(self, refusal: Refusal, head: h11.Request | None = None) -> None:
+        self._reject(refusal.status, refusal.message, refusal.code, head)
 
-    def _reject(self, status: int, message: str, code: str) -> None:
-        """Refuse a request we will not read further: error response, then close."""
+    def _reject(
+        self, status: int, message: str, code: str, head: h11.Request | None = None
+    ) -> None:
+        """Refuse a request we will not read further: error response, then close. The
+        refusal names the method and path of ``head`` (or of the head whose body was being
+        read) when there is one, never anything else the client sent."""
         self._write_raw_error(status, message, code)
-        self.host.request_refused(self.client, status, code)
+        if head is None:
+            head = self._head
+        if head is None:
+            self.host.request_refused(self.client, status, code)
+        else:
+            path = head.target.partition(b"?")[0]
+            self.host.request_refused(self.client, status, code, head.method, path)
         self._close()
 
     def _write_raw_error(self, status: int, message: str, code: str) -> None:

@@ -11,13 +11,6 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
-from clawproxy.ollama.tags import parse_tags
-
-
-def tags_to_models(body: bytes) -> list[dict[str, Any]]:
-    """OpenAI's model objects for the models of an Ollama ``/api/tags`` body."""
-    return [model_entry(m) for m in parse_tags(body)]
-
 
 def model_entry(model: dict[str, Any]) -> dict[str, Any]:
     name = str(model["name"])

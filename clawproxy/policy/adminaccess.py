@@ -27,8 +27,9 @@ LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
 WILDCARD_HOSTS = frozenset({"0.0.0.0", "[::]"})
 
 
-def host_of(authority: str) -> str | None:
-    """The lower-case host of ``host[:port]`` / ``[v6][:port]``; None if malformed."""
+def split_authority(authority: str) -> tuple[str, str] | None:
+    """The lower-case host and the port ("" when absent) of ``host[:port]`` /
+    ``[v6][:port]``; None if malformed."""
     authority = authority.lower()
     if authority.startswith("["):
         end = authority.find("]")
@@ -41,7 +42,13 @@ def host_of(authority: str) -> str | None:
     port = rest[1:]
     if not host or (rest and not (rest[0] == ":" and port.isascii() and port.isdigit())):
         return None
-    return host
+    return host, port
+
+
+def host_of(authority: str) -> str | None:
+    """The lower-case host of ``host[:port]`` / ``[v6][:port]``; None if malformed."""
+    parts = split_authority(authority)
+    return None if parts is None else parts[0]
 
 
 def allowed_hosts(debug_host: str) -> frozenset[str]:

@@ -1,10 +1,11 @@
 """Running one gateway process: the event loop, start-up, signals, the drain.
 
 ``serve()`` is one gateway's whole life on a running loop: the optional demo simulator,
-start (exit 2 when a port cannot be had, with one line that names the listener by its key
-and the flag that changes it), the start-up heap settled, signals installed, then wait for
-a stop and drain. ``run()`` runs it on uvloop where installed. The command line (``cli``)
-and each pre-forked worker (``workers``) both come here.
+``server.max_connections`` fitted to the open-file limit (``fds``), start (exit 2 when a
+port cannot be had, with one line that names the listener by its key and the flag that
+changes it), the start-up heap settled, signals installed, then wait for a stop and drain.
+``run()`` runs it on uvloop where installed. The command line (``cli``) and each
+pre-forked worker (``workers``) both come here.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from clawproxy.config import Config, ConfigError
 from clawproxy.gateway import Gateway
 from clawproxy.http.listener import ListenError, show_address
 from clawproxy.process import signals
+from clawproxy.process.fds import fit_open_files
 
 log = logging.getLogger("clawproxy")
 
@@ -63,6 +65,8 @@ async def serve(
             config, model=dataclasses.replace(config.model, endpoint=simulator.endpoint)
         )
     try:
+        # max_connections within the open-file limit (raised as far as needed, else clamped).
+        config = fit_open_files(config)
         gateway = make_gateway(config)
     except ConfigError as exc:  # the API key file is read here
         print(f"clawproxy: config error: {exc}", file=sys.stderr)

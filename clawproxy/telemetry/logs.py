@@ -4,10 +4,17 @@ One access line per request: time, client, method, path, status, model, time to 
 token, duration, tokens, outcome. Never the prompt, never a header value (API keys travel
 in headers), never the query string. Paths are escaped so a client cannot forge log lines
 with CR/LF or terminal escapes.
+
+A request refused before any handler ran (bad framing, a deadline, a limit, too many
+connections) gets the same line, with what is not known as ``-`` and the refusal's reason
+as its outcome (``refusal_line``). Refusals are what a flood produces, so their lines are
+bounded: at most ``REFUSAL_LINES_PER_S`` in a second (``LineBudget``), then one warning
+with the count of those left out (``RefusalLog``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
@@ -134,3 +141,94 @@ def access_line(
         f"ttft_ms={ttft_ms} duration_ms={duration * 1000:.1f} tokens={tokens} "
         f"outcome={outcome or 'ok'} key={key}"
     )
+
+
+def refusal_line(client: str, method: bytes, path: bytes, status: int, reason: str) -> str:
+    """The access line of a request refused before a handler ran: the fields of
+    ``access_line``, ``-`` for what is not known (method and path when the head was never
+    parsed; model, times, key always), the reason as the outcome."""
+    return (
+        f'{client} "{escape_path(method) or "-"} {escape_path(path) or "-"}" {status} model=- '
+        f"ttft_ms=- duration_ms=- tokens=0 outcome={reason} key=-"
+    )
+
+
+# Refusal lines written in one second at most. Past it, a flood costs one summary line a
+# second: 11 lines of ~120 bytes, ~1.3 KB/s, bounded further by the contrib logrotate.
+REFUSAL_LINES_PER_S = 10
+
+
+class LineBudget:
+    """At most ``per_second`` lines in each one-second window (a window opens at the first
+    line after the last one closed); the rest are counted, to be told in one line later.
+    Pure: the caller passes the time."""
+
+    __slots__ = ("_used", "per_second", "suppressed", "window_end")
+
+    def __init__(self, per_second: int) -> None:
+        self.per_second = per_second
+        self.window_end = float("-inf")
+        self._used = 0
+        # Lines held back and not yet told.
+        self.suppressed = 0
+
+    def take(self, now: float) -> tuple[bool, int]:
+        """(whether to write a line now, how many were held back in the window that just
+        closed: tell those first)."""
+        told = 0
+        if now >= self.window_end:
+            told = self.settle()
+            self.window_end = now + 1.0
+            self._used = 0
+        if self._used < self.per_second:
+            self._used += 1
+            return True, told
+        self.suppressed += 1
+        return False, told
+
+    def settle(self) -> int:
+        """The count of lines held back so far, now told (reset to 0)."""
+        told, self.suppressed = self.suppressed, 0
+        return told
+
+
+class RefusalLog:
+    """Writes refusal lines through a ``LineBudget``; what it holds back is told in one
+    warning when the window closes (a timer, so a flood that stops is still reported)."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, per_second: int = REFUSAL_LINES_PER_S
+    ) -> None:
+        self._loop = loop
+        self._budget = LineBudget(per_second)
+        self._timer: asyncio.TimerHandle | None = None
+
+    def write(self, line: str) -> None:
+        write, told = self._budget.take(self._loop.time())
+        if told:
+            # A new window opened before the last one's timer ran: told here instead.
+            self._cancel_timer()
+            self._tell(told)
+        if write:
+            log_access(line)
+        elif self._timer is None:
+            self._timer = self._loop.call_at(self._budget.window_end, self.flush)
+
+    def flush(self) -> None:
+        """Tell what was held back (the window's end, or the gateway's stop)."""
+        self._cancel_timer()
+        told = self._budget.settle()
+        if told:
+            self._tell(told)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _tell(self, count: int) -> None:
+        ACCESS.warning(
+            "%d more refusals suppressed (at most %d refusal lines a second)",
+            count,
+            self._budget.per_second,
+        )

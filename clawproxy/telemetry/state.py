@@ -17,8 +17,10 @@ otherwise drag the percentiles of generations towards zero. The UI's latency cha
 drawn from the same ring (``RateWindow.report``), so it is full from the first snapshot.
 
 Label values are bounded, because a label is a time series forever: endpoints are the
-routed paths or "other" (the caller decides), and at most ``MAX_MODEL_LABELS`` distinct
-model names are kept before further ones count as "other" (a client can name any model).
+routed paths or "other" (the caller decides), and model names are only those the catalog
+accepted, in its canonical form (``app.chat`` sets ``Request.model`` after the check; a
+refused name stays "-"), so they are bounded by what Ollama has installed. Past
+``MAX_MODEL_LABELS`` distinct names further ones count as "other" all the same.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from clawproxy.telemetry.gpusample import GpuSample
 from clawproxy.telemetry.histogram import DURATION_BUCKETS_S, TTFT_BUCKETS_S, Histogram
 
 # Distinct model label values kept for metrics; the rest are "other". Real deployments
-# serve a handful; the cap only matters against clients inventing names.
+# serve a handful, and only names the catalog accepted get here; the cap is a backstop.
 MAX_MODEL_LABELS = 32
 OTHER_LABEL = "other"
 # Requests kept for the UI's "recent requests" table.

@@ -2,9 +2,12 @@
 //
 // Model text is untrusted: every piece of it becomes a text node or textContent, so a reply
 // containing <script> or <img onerror> shows as those characters. Links are kept only for
-// http(s) URLs (no javascript:, data: or relative ones). It covers what chat models write:
-// paragraphs with line breaks, headings, fenced code, lists, quotes, rules, and inline
-// code, bold, italics and links. It runs on the whole reply for every repaint while
+// http(s) URLs (no javascript:, data: or relative ones), and a link's clickable text is
+// always its own target, as the URL parser spells it (a look-alike host shows as punycode):
+// "[your bank](URL)" renders as "your bank (URL)" with only the URL clickable, so no
+// label can hide where a link goes. It covers what chat
+// models write: paragraphs with line breaks, headings, fenced code, lists, quotes, rules,
+// and inline code, bold, italics and links. It runs on the whole reply for every repaint while
 // streaming; an unclosed code fence simply runs to the end until its closing line arrives.
 
 import {el} from './common.js';
@@ -104,6 +107,21 @@ function safeLink(href) {
   }
 }
 
+/** A link that shows where it goes: the URL is the clickable text; a label that says
+ * anything else stays beside it, as text. Without a safe URL, the source as written. */
+function appendLink(node, label, url, source) {
+  if (!url) {
+    node.append(source);
+    return;
+  }
+  const anchor = el('a', {href: url, rel: 'noopener noreferrer', target: '_blank'}, url);
+  if (safeLink(label.trim()) === url) {
+    node.append(anchor);
+  } else {
+    node.append(inline(el('span', {class: 'link-label'}), label), ' (', anchor, ')');
+  }
+}
+
 /** Append text to node with inline Markdown spans; returns node. */
 function inline(node, text) {
   let last = 0;
@@ -118,10 +136,7 @@ function inline(node, text) {
     } else if (em1 !== undefined || em2 !== undefined) {
       node.append(inline(el('em'), em1 ?? em2));
     } else {
-      const url = safeLink(href);
-      node.append(url
-        ? inline(el('a', {href: url, rel: 'noopener noreferrer', target: '_blank'}), label)
-        : whole);
+      appendLink(node, label, safeLink(href), whole);
     }
   }
   node.append(text.slice(last));
