@@ -11,7 +11,9 @@ import asyncio
 import contextlib
 import http.client
 import json
+import signal
 import socket
+import subprocess
 import threading
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from concurrent.futures import Future
@@ -321,3 +323,14 @@ class FakeTransport:
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return ("127.0.0.1", 40000) if name == "peername" else default
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> int:
+    """SIGTERM a gateway started as a subprocess; its exit status (killed after 30 s)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()

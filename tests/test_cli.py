@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import openai
+from harness import stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -226,16 +227,6 @@ def start_cli(*args: str, stderr: Path) -> subprocess.Popen[bytes]:
         )
 
 
-def stop(proc: subprocess.Popen[bytes]) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        return proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return proc.wait()
-
-
 def test_an_admin_port_clash_names_the_admin_listener_and_the_way_out(tmp_path: Path) -> None:
     admin = free_port()
     conf = tmp_path / "clawproxy.yaml"
@@ -249,7 +240,7 @@ def test_an_admin_port_clash_names_the_admin_listener_and_the_way_out(tmp_path: 
         wait_health(port)
         second = run_cli("--config", str(conf), "--port", str(free_port()))
     finally:
-        assert stop(first) == 0
+        assert stop_process(first) == 0
     assert second.returncode == 2
     message = second.stderr.strip().splitlines()[-1]
     assert f"gateway.debug_port 127.0.0.1:{admin}" in message, second.stderr
@@ -282,7 +273,7 @@ def test_debug_port_0_takes_a_free_port_and_says_which(tmp_path: Path) -> None:
         with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5) as resp:
             assert b"clawproxy_draining 0" in resp.read()
     finally:
-        assert stop(proc) == 0
+        assert stop_process(proc) == 0
 
 
 def test_two_demos_run_side_by_side(tmp_path: Path) -> None:
@@ -297,7 +288,7 @@ def test_two_demos_run_side_by_side(tmp_path: Path) -> None:
         for port in ports:
             assert wait_health(port)["model"] == "qwen3:32b"
     finally:
-        codes = [stop(proc) for proc in procs]
+        codes = [stop_process(proc) for proc in procs]
     assert codes == [0, 0]
     for port in ports:
         banner = (tmp_path / str(port)).read_text()

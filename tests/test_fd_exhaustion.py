@@ -13,7 +13,6 @@ import os
 import re
 import resource
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from harness import Harness
+from harness import Harness, read_until_closed, stop_process
 
 from clawproxy.config import ConfigError, config_from_mapping
 from clawproxy.ollama.modelctl import ADMIN_POOL_IDLE
@@ -115,7 +114,7 @@ def raw_get(port: int, path: str, host: bytes = b"localhost") -> bytes:
         sock.sendall(
             b"GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % (path.encode(), host)
         )
-        return read_all(sock)
+        return read_until_closed(sock)
 
 
 def raw_chat(port: int) -> bytes:
@@ -125,17 +124,7 @@ def raw_chat(port: int) -> bytes:
             b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
         )
-        return read_all(sock)
-
-
-def read_all(sock: socket.socket) -> bytes:
-    data = b""
-    try:
-        while chunk := sock.recv(65536):
-            data += chunk
-    except ConnectionResetError:
-        pass
-    return data
+        return read_until_closed(sock)
 
 
 def open_connections(admin: int) -> int:
@@ -168,16 +157,6 @@ def start_limited(nofile: str, *extra: str, log: Path) -> tuple[subprocess.Popen
             stderr=err,
         )
     return proc, port
-
-
-def stop(proc: subprocess.Popen[bytes]) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        return proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return proc.wait()
 
 
 @pytest.mark.skipif(shutil.which("prlimit") is None, reason="util-linux prlimit is not installed")
@@ -219,7 +198,7 @@ def test_max_connections_over_the_open_file_limit_is_clamped_and_said(tmp_path: 
     finally:
         for sock in idle:
             sock.close()
-        code = stop(proc)
+        code = stop_process(proc)
     assert code == 0
     assert "Traceback" not in log.read_text()
 
@@ -235,7 +214,7 @@ def test_a_low_soft_open_file_limit_is_raised_as_far_as_needed(tmp_path: Path) -
         needed = open_files_needed(config_from_mapping({}))
         assert open_file_limits(proc.pid) == (needed, 4096)
     finally:
-        code = stop(proc)
+        code = stop_process(proc)
     assert code == 0
     text = log.read_text()
     assert "RLIMIT_NOFILE" in text and f"from 256 to {needed}" in text, text
@@ -324,7 +303,7 @@ def test_accept_out_of_descriptors_is_logged_once_and_recovers(
         time.sleep(1.2)
         try:
             clients[0].sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            assert read_all(clients[0]).startswith(b"HTTP/1.1 200")
+            assert read_until_closed(clients[0]).startswith(b"HTTP/1.1 200")
         finally:
             for sock in clients:
                 sock.close()
