@@ -18,8 +18,9 @@ request before any handler, so a refused one costs no key check, no parse and no
    ``server.cors.allow_origins`` pass, with the CORS headers a browser needs to read the
    answer; anything else (``null`` included) gets 403 and no CORS header.
 3. The media type (``check_json_type``) of a body sent to a JSON route: ``application/json``
-   (a ``charset`` other than UTF-8 is refused, RFC 8259 8.1), else 415. A request with no
-   Content-Type passes: curl's ``-H``-less scripts and ``http.client`` send none, and a
+   (a ``charset`` other than UTF-8 is refused, RFC 8259 8.1), else 415 (``curl -d``
+   without ``-H 'Content-Type: application/json'`` sends a form type and gets it). A
+   request with no Content-Type passes: ``http.client`` and raw clients send none, and a
    page that sends none (a Blob) still sends its Origin.
 4. Preflights (``preflight``): only with origins configured; an allowed origin gets 204
    with the methods, headers and max-age; otherwise 403 (no origins configured: no
