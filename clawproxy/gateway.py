@@ -124,6 +124,10 @@ class Gateway:
         self.admin = admin_router(self.services)
         # Metric label for a path: the routed ones, else "other" (labels must stay bounded).
         self._endpoints = {path: path.decode("latin-1") for path in self.public.table}
+        # A prefix route is one label ("/v1/models/{id}"), never one per id.
+        self._prefix_endpoints = {
+            prefix: prefix.decode("latin-1") + "{id}" for prefix, _ in self.public.prefixes
+        }
 
     @property
     def draining(self) -> bool:
@@ -187,6 +191,9 @@ class Gateway:
         now = self.loop.time()
         if request.counted:
             endpoint = self._endpoints.get(request.path, "other")
+            if request.path_rest:
+                prefix = request.path[: len(request.path) - len(request.path_rest)]
+                endpoint = self._prefix_endpoints.get(prefix, "other")
             self.state.record_request(request, endpoint, now)
         ttft = None if request.first_token_at is None else request.first_token_at - request.started
         if access_enabled():
@@ -202,6 +209,8 @@ class Gateway:
                     request.tokens,
                     request.outcome,
                     request.extra.get("key", "-"),
+                    # Sane by construction (http.request): ASCII, nothing to escape.
+                    request.request_id.decode("ascii") or "-",
                 )
             )
 

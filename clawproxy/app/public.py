@@ -1,4 +1,4 @@
-"""The public route table and the small endpoints: /health and /v1/models.
+"""The public route table and the small endpoints: /health, /v1/models and /v1/models/{id}.
 
 Only what the gateway translates is routed; nothing under ``/api/*`` is ever proxied to
 Ollama (its management API has no authentication). Handlers are bound to the gateway's
@@ -7,6 +7,9 @@ Ollama (its management API has no authentication). Handlers are bound to the gat
 ``PublicRouter.resolve`` runs before any handler, routed path or not (so a 404 is covered
 too), and is where the port-wide rules live:
 
+- every response carries an ``x-request-id`` (the client's own ``X-Request-Id`` when it
+  is sane, else a fresh one: ``http.request.request_id_for``), which the access line
+  ends with;
 - every response under ``/ui`` carries the UI's security headers (``ui.SECURITY_HEADERS``),
   errors included, so a 404 there is as inert as a page;
 - ``Host`` against ``server.allowed_hosts`` (421), then, for ``/v1/*`` and the UI's data
@@ -23,11 +26,14 @@ from functools import partial
 import orjson
 
 from clawproxy.app.chat import chat_completions
+from clawproxy.app.embeddings import embeddings
 from clawproxy.app.services import Services
 from clawproxy.app.ui import SECURITY_HEADERS, ui_routes
-from clawproxy.http.request import Request
+from clawproxy.errors import NotFound
+from clawproxy.http.request import Request, request_id_for
 from clawproxy.http.router import Router, RouteTable
 from clawproxy.http.server import Handler, HttpConnection
+from clawproxy.openai.models import find_model, model_id
 from clawproxy.policy.crosssite import CrossSite, check_json_type
 
 UI_ROOT = b"/ui"
@@ -39,12 +45,16 @@ BROWSER_PREFIXES = (b"/v1/", b"/ui/api/")
 class PublicRouter(Router):
     """The public route table behind the port-wide checks (see the module docstring)."""
 
-    def __init__(self, table: RouteTable, cross: CrossSite, *, ui: bool) -> None:
-        super().__init__(table)
+    def __init__(
+        self, table: RouteTable, cross: CrossSite, *, ui: bool, prefixes: RouteTable | None = None
+    ) -> None:
+        super().__init__(table, prefixes)
         self.cross = cross
         self._ui = ui
 
     def resolve(self, request: Request) -> Handler:
+        # First, so every answer below (421, 403, 404...) carries it too.
+        request.request_id = request_id_for(request.header(b"x-request-id"))
         path = request.path
         if self._ui and (path == UI_ROOT or path.startswith(UI_PREFIX)):
             request.response_headers = SECURITY_HEADERS
@@ -54,9 +64,9 @@ class PublicRouter(Router):
             if request.method == b"OPTIONS":
                 # A preflight only where browser apps are allowed; elsewhere no route has
                 # OPTIONS, so the table answers 404 or 405 and nothing runs.
-                methods = self.table.get(path)
-                if cross.cors and methods is not None:
-                    return partial(preflight, cross, route_methods(methods))
+                found = self.methods_for(path)
+                if cross.cors and found is not None:
+                    return partial(preflight, cross, route_methods(found[0]))
                 return super().resolve(request)
             cors = cross.check_origin(request)
             if cors:
@@ -101,11 +111,24 @@ async def list_models(svc: Services, request: Request, conn: HttpConnection) -> 
     conn.send(request, 200, orjson.dumps({"object": "list", "data": await svc.model_list()}))
 
 
+async def get_model(svc: Services, request: Request, conn: HttpConnection) -> None:
+    """One model object of the list above, by id (``/v1/models/{id}``); 404 for any other."""
+    svc.guard.check(request)
+    wanted = model_id(request.path_rest)
+    found = None if wanted is None else find_model(await svc.model_list(), wanted)
+    if found is None:
+        # The id is echoed only when it passed model_id (printable ASCII).
+        named = f"model '{wanted}'" if wanted is not None else "that model"
+        raise NotFound(f"{named} not found on this gateway", param="model", code="model_not_found")
+    conn.send(request, 200, orjson.dumps(found))
+
+
 def public_router(svc: Services) -> PublicRouter:
     """The public port's routes for this gateway."""
     health_handler = partial(health, svc)
     table: RouteTable = {
         b"/v1/chat/completions": {b"POST": partial(chat_completions, svc)},
+        b"/v1/embeddings": {b"POST": partial(embeddings, svc)},
         b"/v1/models": {b"GET": partial(list_models, svc)},
         b"/health": {b"GET": health_handler, b"HEAD": health_handler},
     }
@@ -113,4 +136,6 @@ def public_router(svc: Services) -> PublicRouter:
         # A gateway with the UI off never reads its files.
         table.update(ui_routes(svc))
     cross = CrossSite.from_config(svc.config.server, keys_enabled=svc.guard.keys.enabled)
-    return PublicRouter(table, cross, ui=svc.config.ui.enabled)
+    # Model ids hold '/' (hf.co/org/model:Q4): the one route matched by prefix (http.router).
+    prefixes: RouteTable = {b"/v1/models/": {b"GET": partial(get_model, svc)}}
+    return PublicRouter(table, cross, ui=svc.config.ui.enabled, prefixes=prefixes)

@@ -144,6 +144,7 @@ RULES: Final[dict[str, Rule]] = {
     "server.port": _PORT,
     "server.timeout": _TIMEOUT,
     "server.max_body_bytes": _size_at_least(1),
+    "server.max_embedding_inputs": _int_at_least(1),
     "server.max_header_bytes": _size_at_least(1024),
     # "POST /v1/chat/completions HTTP/1.1" is 34 bytes; below 64 no real client gets through.
     "server.max_request_line_bytes": _size_at_least(64),

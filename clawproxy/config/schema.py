@@ -41,6 +41,9 @@ class ServerConfig:
     # Bounds the wait for Ollama's first byte and any silence between its chunks.
     timeout: float = field(default=30.0, metadata=DURATION)
     max_body_bytes: int = field(default=1 * MIB, metadata=SIZE)
+    # Inputs in one /v1/embeddings request: OpenAI's own limit (2048), so no client built
+    # for OpenAI is refused; the body limit bounds their total size.
+    max_embedding_inputs: int = 2048
     # h11's own default and what nginx/Envoy/HAProxy use in the same range (RELIABILITY 1.1).
     max_header_bytes: int = field(default=16 * KIB, metadata=SIZE)
     max_request_line_bytes: int = field(default=8 * KIB, metadata=SIZE)

@@ -1,7 +1,11 @@
-"""Exact-path route tables: path -> method -> handler; 404 and 405 otherwise.
+"""Route tables: exact paths, plus a few prefixes; 404 and 405 otherwise.
 
-Routes match the raw path exactly, so no encoding of ``..`` can reach another route, and
-only what a table names is ever served (nothing under Ollama's ``/api/*``).
+Routes match the raw path (percent-encoding untouched), so no encoding of ``..`` can reach
+another route, and only what a table names is ever served (nothing under Ollama's
+``/api/*``). A path is looked up exactly first; only if no exact route has it, a prefix
+route (its prefix ending in ``/``) takes any longer path under it and hands the handler the
+raw rest (``Request.path_rest``) to judge: a prefix route can only ever reach its own
+handler, whatever the rest says.
 """
 
 from __future__ import annotations
@@ -23,8 +27,24 @@ def not_allowed(allowed: list[bytes]) -> MethodNotAllowed:
 class Router:
     """One port's route table (``http.server.Routes``)."""
 
-    def __init__(self, table: RouteTable) -> None:
+    def __init__(self, table: RouteTable, prefixes: RouteTable | None = None) -> None:
         self.table = table
+        # Few (one today), so a scan costs less than anything cleverer; only paths no exact
+        # route has ever get here.
+        self.prefixes = tuple((prefix, methods) for prefix, methods in (prefixes or {}).items())
+        if not all(prefix.endswith(b"/") for prefix, _ in self.prefixes):
+            raise ValueError("a route prefix ends with '/'")
+
+    def methods_for(self, path: bytes) -> tuple[dict[bytes, Handler], bytes] | None:
+        """The methods of the route for ``path`` and the rest a prefix route matched
+        (empty for an exact route), or None."""
+        methods = self.table.get(path)
+        if methods is not None:
+            return methods, b""
+        for prefix, methods in self.prefixes:
+            if len(path) > len(prefix) and path.startswith(prefix):
+                return methods, path[len(prefix) :]
+        return None
 
     def resolve(self, request: Request) -> Handler:
         """The handler for ``request``; raises 404 or 405 (and what a subclass checks).
@@ -33,7 +53,11 @@ class Router:
         per request than a routing coroutine around it."""
         methods = self.table.get(request.path)
         if methods is None:
-            raise NotFound(f"no route for {request.path.decode('latin-1')!r}", code="not_found")
+            # Off the hot path: the exact routes (chat, health) never get here.
+            found = self.methods_for(request.path)
+            if found is None:
+                raise NotFound(f"no route for {request.path.decode('latin-1')!r}", code="not_found")
+            methods, request.path_rest = found
         handler = methods.get(request.method)
         if handler is None:
             if request.method == b"HEAD" and b"GET" in methods:

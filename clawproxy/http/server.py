@@ -536,6 +536,8 @@ class HttpConnection(asyncio.Protocol):
         per-request cost (bench/RESULTS.md). h11 still parses every request."""
         if request.response_headers:
             headers += request.response_headers
+        if request.request_id:
+            headers.append((b"x-request-id", request.request_id))
         if not self._keep_alive or self.host.draining:
             self._keep_alive = False
             headers.append((b"connection", b"close"))

@@ -87,7 +87,7 @@ class ChatAccumulator:
             + orjson.dumps(created)
             + b',"model":'
             + orjson.dumps(model)
-            + b',"choices":[{"index":0,"message":{"role":"assistant","content":"'
+            + b',"choices":[{"index":0,"message":{"role":"assistant","content":'
         )
         self._splitter = LineSplitter(max_line_bytes)
         self._max_content = max_content_bytes
@@ -130,7 +130,12 @@ class ChatAccumulator:
             raise self._error
         if not self.done:
             raise self._fail(MSG_STREAM_CUT, CODE_UPSTREAM_BROKEN)
-        parts: list[bytes | bytearray] = [self._head, self._content, b'"']
+        parts: list[bytes | bytearray] = [self._head]
+        if self._content or not self._calls:
+            parts += (b'"', self._content, b'"')
+        else:
+            # Only tool calls, no text: null, as OpenAI sends it (not an empty string).
+            parts.append(b"null")
         if self._thinking:
             parts += (b',"reasoning_content":"', self._thinking, b'"')
         if self._calls:

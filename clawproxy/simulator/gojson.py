@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import re
+import struct
 import time
 from collections.abc import Callable
 from decimal import Decimal
@@ -32,7 +33,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["go_dumps", "go_string", "go_time", "go_time_now", "http_date"]
+__all__ = ["go_dumps", "go_float32", "go_string", "go_time", "go_time_now", "http_date"]
 
 _HTML_AND_SEPARATORS = re.compile(rb"[<>&]|\xe2\x80[\xa8\xa9]")
 _GO_ESCAPES = {
@@ -48,6 +49,9 @@ _ESCAPED_REPLACEMENT_CHAR = b"\\ufffd"
 # Go's floatEncoder switches to exponent form outside [1e-6, 1e21).
 _EXPONENT_BELOW = 1e-6
 _EXPONENT_FROM = 1e21
+# Nine significant digits always identify a float32 (IEEE 754: ceil(1 + 24 log10 2)).
+_FLOAT32_MAX_DIGITS = 9
+_FLOAT32 = struct.Struct("<f")
 
 NANOS_PER_SECOND = 1_000_000_000
 
@@ -88,6 +92,24 @@ def _go_float(value: float) -> bytes:
     exp10 = exponent + len(digits) - 1
     text = f"{'-' if sign else ''}{mantissa}e{'+' if exp10 >= 0 else '-'}{abs(exp10)}"
     return text.encode()
+
+
+def go_float32(value: float) -> bytes:
+    """A float32 (held in a Python float) as Go's ``json.Marshal`` writes a ``float32``: the
+    fewest digits that read back as the same float32 (``0.1``, not ``0.10000000149011612``).
+
+    Those digits, read as a double, print back as themselves, so ``_go_float`` lays them out
+    (plain or exponent form) exactly as it does for a float64."""
+    for digits in range(1, _FLOAT32_MAX_DIGITS + 1):
+        text = f"{value:.{digits}g}"
+        if _to_float32(float(text)) == value:
+            return _go_float(float(text))
+    return _go_float(value)
+
+
+def _to_float32(value: float) -> float:
+    result: float = _FLOAT32.unpack(_FLOAT32.pack(value))[0]
+    return result
 
 
 def _encode(value: Any, out: list[bytes]) -> None:

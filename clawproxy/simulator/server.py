@@ -3,7 +3,8 @@
 Theory of operation: an asyncio server (stock loop or uvloop; it installs no policy) whose
 ``SimConnection`` objects hand complete requests to ``_dispatch``. Dispatch mirrors the
 order of Ollama's gin stack: host check, route, method, then the handler. Plain endpoints
-answer from ``ModelRegistry``; generation requests validate like Ollama's handlers (JSON,
+answer from ``ModelRegistry``, ``/api/embed`` from ``embed`` (deterministic vectors);
+generation requests validate like Ollama's handlers (JSON,
 model, keep_alive, think, tools), resolve a ``Reply`` from the queued replies or the
 script, pick the fault (``X-Sim-Fault`` header, else the reply's, else ``default_fault``),
 and play it with a ``Generation``. Everything observable is recorded by the ``Recorder``
@@ -31,6 +32,7 @@ from .catalog import (
     parse_keep_alive,
 )
 from .connection import ParsedRequest, SimConnection
+from .embed import embed_reply
 from .gojson import go_dumps
 from .records import DEFAULT_MAX_RECORDS, RecordedRequest, Recorder
 from .script import Fault, Reply, Script, demo_script
@@ -259,6 +261,25 @@ class OllamaSimulator(Recorder):
             conn, req, 200, go_dumps(self.registry.show_payload(model))
         ), self._idle()
 
+    async def _embed(self, conn: SimConnection, req: ParsedRequest, rec: RecordedRequest) -> Served:
+        body = parse_body(req.body, "EmbedRequest")
+        name = expect_field(body, "EmbedRequest", "model", str, "string")
+        try:
+            keep_alive_ns = parse_keep_alive(body.get("keep_alive"))
+        except ValueError as exc:
+            raise RequestError(400, str(exc)) from None
+        if not name:
+            raise RequestError(400, "model is required")
+        model = self.registry.lookup(name)
+        if model is None:
+            raise RequestError(404, f"model '{name}' not found")
+        options = body.get("options")
+        num_ctx = options.get("num_ctx") if isinstance(options, dict) else None
+        context_length = num_ctx if isinstance(num_ctx, int) and num_ctx > 0 else None
+        reply = embed_reply(model, name, body, context_length=context_length)
+        self.registry.load(model, keep_alive_ns or DEFAULT_KEEP_ALIVE_NS, context_length)
+        return self._respond(conn, req, 200, reply), self._idle()
+
     # -- generations -------------------------------------------------------------------
 
     async def _chat(self, conn: SimConnection, req: ParsedRequest, rec: RecordedRequest) -> Served:
@@ -370,4 +391,5 @@ _ROUTES: dict[str, dict[str, _Handler]] = {
     "/api/show": {"POST": OllamaSimulator._show},
     "/api/chat": {"POST": OllamaSimulator._chat},
     "/api/generate": {"POST": OllamaSimulator._generate},
+    "/api/embed": {"POST": OllamaSimulator._embed},
 }

@@ -134,22 +134,23 @@ def access_line(
     tokens: int,
     outcome: str,
     key: str = "-",
+    rid: str = "-",
 ) -> str:
     ttft_ms = f"{ttft * 1000:.1f}" if ttft is not None else "-"
     return (
         f'{client} "{escape_path(method)} {escape_path(path)}" {status} model={model} '
         f"ttft_ms={ttft_ms} duration_ms={duration * 1000:.1f} tokens={tokens} "
-        f"outcome={outcome or 'ok'} key={key}"
+        f"outcome={outcome or 'ok'} key={key} rid={rid}"
     )
 
 
 def refusal_line(client: str, method: bytes, path: bytes, status: int, reason: str) -> str:
     """The access line of a request refused before a handler ran: the fields of
     ``access_line``, ``-`` for what is not known (method and path when the head was never
-    parsed; model, times, key always), the reason as the outcome."""
+    parsed; model, times, key and request id always), the reason as the outcome."""
     return (
         f'{client} "{escape_path(method) or "-"} {escape_path(path) or "-"}" {status} model=- '
-        f"ttft_ms=- duration_ms=- tokens=0 outcome={reason} key=-"
+        f"ttft_ms=- duration_ms=- tokens=0 outcome={reason} key=- rid=-"
     )
 
 

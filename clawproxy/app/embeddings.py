@@ -1,0 +1,77 @@
+"""POST /v1/embeddings: validate, admit, one exchange with Ollama's ``/api/embed``, render.
+
+Theory of operation
+-------------------
+The same steps as chat (``app.chat``), in the same order, so a bad request costs no slot
+and an unknown model never reaches Ollama:
+
+1. The client is checked (key, rate); the body, already bounded by the HTTP layer
+   (``server.max_body_bytes``), is parsed and mapped (``openai.embeddings``), the number of
+   inputs bounded by ``server.max_embedding_inputs``.
+2. The model passes the catalog (the allow-list); only then is ``request.model`` set.
+3. Admission takes a slot, or queues, or refuses with 503: an embedding occupies the GPU
+   as a generation does.
+4. One exchange on the user path's pool: Ollama answers ``/api/embed`` with one JSON body
+   after the whole batch is done, read whole within a bound proportional to the inputs.
+   The slot goes back as soon as the reply is in; rendering it needs no GPU.
+
+Failures of Ollama (refused, silent, an error of its own, a reply of the wrong shape) are
+counted through ``svc.upstream_failed`` wherever they are met, as chat counts them.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+from clawproxy.app.services import UPSTREAM_ERRORS, Services
+from clawproxy.http.request import Request
+from clawproxy.http.server import HttpConnection
+from clawproxy.ollama.errors import MAX_ERROR_BODY_BYTES, upstream_status_error
+from clawproxy.openai.embeddings import EmbeddingsPlan, build_embeddings_plan, render_embeddings
+from clawproxy.openai.mapping import parse_json_body
+
+
+async def embeddings(svc: Services, request: Request, conn: HttpConnection) -> None:
+    svc.guard.check(request)
+    plan = build_embeddings_plan(
+        parse_json_body(request.body),
+        svc.state.model,
+        svc.config.model.context_length,
+        svc.config.server.max_embedding_inputs,
+    )
+    try:
+        request.model = await svc.catalog.check(plan.model)
+    except UPSTREAM_ERRORS as exc:
+        svc.upstream_failed(exc)
+        raise
+    admission = svc.state.admission
+    await admission.acquire(svc.queue_timeout)
+    try:
+        reply = await embed_upstream(svc, plan)
+    finally:
+        admission.release()
+    try:
+        body, _ = render_embeddings(plan, reply)
+    except UPSTREAM_ERRORS as exc:
+        svc.upstream_failed(exc)
+        raise
+    conn.send(request, 200, body)
+
+
+async def embed_upstream(svc: Services, plan: EmbeddingsPlan) -> bytes:
+    """Ollama's whole 200 reply to the plan's ``/api/embed`` request."""
+    try:
+        upstream = await svc.pool.send(b"POST", b"/api/embed", orjson.dumps(plan.payload))
+        try:
+            if upstream.status != 200:
+                raise upstream_status_error(
+                    upstream.status, await upstream.read_body(MAX_ERROR_BODY_BYTES)
+                )
+            return await upstream.read_body(plan.reply_limit)
+        finally:
+            # Back to the pool when the body was read to its end; closed otherwise (an
+            # error mid-body, a reply over the bound, a client gone meanwhile).
+            upstream.release()
+    except UPSTREAM_ERRORS as exc:
+        svc.upstream_failed(exc)
+        raise
