@@ -16,10 +16,10 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 
 import pytest
-from harness import CALL_TIMEOUT, HELLO, Harness, error_of
+from harness import CALL_TIMEOUT, HELLO, Harness, error_of, raw
 
 from clawproxy.app.ui import CSP
 from clawproxy.ollama import catalog
@@ -30,41 +30,6 @@ KEY = "sk-cross-site-0123456789"
 BODY = json.dumps(HELLO).encode()
 STREAM_BODY = json.dumps({**HELLO, "stream": True}).encode()
 SETTINGS = {"gpu.enabled": False}
-
-Response = tuple[int, dict[str, str], bytes]
-
-
-def raw(
-    h: Harness,
-    method: str,
-    path: str,
-    headers: Mapping[str, str] | None = None,
-    body: bytes = b"",
-    *,
-    host: str | None = None,
-) -> Response:
-    """One request written byte for byte, as a browser would send it; the connection closes
-    after it. ``host``: the Host header (default: the address connected to)."""
-    lines = [f"{method} {path} HTTP/1.1", f"Host: {host or f'127.0.0.1:{h.port}'}"]
-    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
-    if body or method == "POST":
-        lines.append(f"Content-Length: {len(body)}")
-    lines.append("Connection: close")
-    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-    with socket.create_connection(("127.0.0.1", h.port), timeout=CALL_TIMEOUT) as sock:
-        sock.sendall(head + body)
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    head_bytes, _, rest = data.partition(b"\r\n\r\n")
-    status_line, *fields = head_bytes.decode("latin-1").split("\r\n")
-    parsed: dict[str, str] = {}
-    for field in fields:
-        name, _, value = field.partition(":")
-        name = name.strip().lower()
-        # Repeated fields joined as a list would be, so a duplicate shows.
-        parsed[name] = f"{parsed[name]}, {value.strip()}" if name in parsed else value.strip()
-    return int(status_line.split(" ", 2)[1]), parsed, rest
 
 
 def chats(h: Harness) -> int:

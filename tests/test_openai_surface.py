@@ -13,13 +13,12 @@ from __future__ import annotations
 import json
 import logging
 import re
-import socket
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 
 import openai
 import pytest
-from harness import CALL_TIMEOUT, HELLO, Harness, ask, client, error_of
+from harness import HELLO, Harness, ask, client, error_of, raw
 
 from clawproxy.simulator import DEFAULT_MODELS, ModelInfo, Reply, tool_call
 
@@ -40,32 +39,6 @@ EXTRA_MODELS = [
     for name in (HF, LIBRARY)
 ]
 GENERATED_ID = re.compile(r"req_[0-9a-f]{24}")
-
-Response = tuple[int, dict[str, str], bytes]
-
-
-def raw(
-    h: Harness, method: str, path: str, headers: Mapping[str, str] | None = None, body: bytes = b""
-) -> Response:
-    """One request byte for byte on its own connection: (status, headers, body)."""
-    lines = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{h.port}", "Connection: close"]
-    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
-    if body or method == "POST":
-        lines.append(f"Content-Length: {len(body)}")
-    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-    with socket.create_connection(("127.0.0.1", h.port), timeout=CALL_TIMEOUT) as sock:
-        sock.sendall(head + body)
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    head_bytes, _, rest = data.partition(b"\r\n\r\n")
-    status_line, *fields = head_bytes.decode("latin-1").split("\r\n")
-    parsed: dict[str, str] = {}
-    for field in fields:
-        name, _, value = field.partition(":")
-        name = name.strip().lower()
-        parsed[name] = f"{parsed[name]}, {value.strip()}" if name in parsed else value.strip()
-    return int(status_line.split(" ", 2)[1]), parsed, rest
 
 
 @pytest.fixture(scope="module")

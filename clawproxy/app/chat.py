@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 
 from clawproxy.app.relay import relay_stream, relay_whole
-from clawproxy.app.services import UPSTREAM_ERRORS, Services
+from clawproxy.app.services import Services
 from clawproxy.http.request import Request
 from clawproxy.http.server import HttpConnection
 from clawproxy.openai.mapping import ChatPlan, build_chat_plan, parse_json_body
@@ -31,13 +31,8 @@ from clawproxy.openai.mapping import ChatPlan, build_chat_plan, parse_json_body
 async def chat_completions(svc: Services, request: Request, conn: HttpConnection) -> None:
     svc.guard.check(request)
     plan = plan_request(svc, request.body)
-    # Before admission and before any generation can start (RELIABILITY 3, model allow-list).
-    try:
-        request.model = await svc.catalog.check(plan.model)
-    except UPSTREAM_ERRORS as exc:
-        # The check may be the step that finds Ollama down: a failure like any other.
-        svc.upstream_failed(exc)
-        raise
+    # Only a name the catalog passed becomes the request's (and its metric label).
+    request.model = await svc.check_model(plan.model)
     admission = svc.state.admission
     await admission.acquire(svc.queue_timeout)
     try:

@@ -39,11 +39,7 @@ async def embeddings(svc: Services, request: Request, conn: HttpConnection) -> N
         svc.config.model.context_length,
         svc.config.server.max_embedding_inputs,
     )
-    try:
-        request.model = await svc.catalog.check(plan.model)
-    except UPSTREAM_ERRORS as exc:
-        svc.upstream_failed(exc)
-        raise
+    request.model = await svc.check_model(plan.model)
     admission = svc.state.admission
     await admission.acquire(svc.queue_timeout)
     try:

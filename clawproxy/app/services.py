@@ -122,6 +122,16 @@ class Services:
         """Count one failure talking to Ollama (``kind``: the error's code, a fixed set)."""
         self.state.upstream_errors[exc.code or "upstream_error"] += 1
 
+    async def check_model(self, name: str) -> str:
+        """The catalog's canonical name for ``name``, or its 404; before admission and
+        before anything is generated (RELIABILITY 3, model allow-list). The check may be
+        the step that finds Ollama down: counted like any other failure."""
+        try:
+            return await self.catalog.check(name)
+        except UPSTREAM_ERRORS as exc:
+            self.upstream_failed(exc)
+            raise
+
     async def model_list(self) -> list[dict[str, Any]]:
         """OpenAI's model objects for what Ollama has installed: the catalog's cached
         ``/api/tags``, so concurrent lists (and model checks) share one call to Ollama."""
