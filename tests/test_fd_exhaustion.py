@@ -7,6 +7,8 @@ accept() that fails anyway is logged (stock asyncio; uvloop never reports it).""
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import json
 import logging
 import os
@@ -19,11 +21,14 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 from harness import Harness, read_until_closed, stop_process
 
 from clawproxy.config import ConfigError, config_from_mapping
+from clawproxy.http.listener import ACCEPT_FAILURE_LOG_INTERVAL_S, _AcceptWatch
 from clawproxy.ollama.modelctl import ADMIN_POOL_IDLE
 from clawproxy.process.fds import (
     FD_MARGIN,
@@ -285,6 +290,11 @@ def test_accept_out_of_descriptors_is_logged_once_and_recovers(
     descriptor) and tells Python nothing; the start-up budget is what keeps that away."""
     caplog.set_level(logging.INFO)
     with Harness({"gpu.enabled": False}, loop_kind="asyncio") as h:
+        watch = h.gateway.connections._accepts
+
+        def accept_failing(failing: bool) -> bool:
+            return h.call(lambda: h.wait_until(lambda: watch.failing is failing, 10.0))
+
         clients = [socket.socket() for _ in range(2)]
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         lowest = os.open("/dev/null", os.O_RDONLY)
@@ -295,12 +305,11 @@ def test_accept_out_of_descriptors_is_logged_once_and_recovers(
             for sock in clients:
                 sock.settimeout(5)
                 sock.connect(("127.0.0.1", h.port))
-            # asyncio retries every second: three failures, one line.
-            time.sleep(2.3)
+            assert accept_failing(True)
         finally:
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-        # asyncio's retries (one per failure, a second later) all run while the port is open.
-        time.sleep(1.2)
+        # asyncio's own retry (a second later) accepts the waiting clients.
+        assert accept_failing(False)
         try:
             clients[0].sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             assert read_until_closed(clients[0]).startswith(b"HTTP/1.1 200")
@@ -318,3 +327,50 @@ def test_accept_out_of_descriptors_is_logged_once_and_recovers(
     assert any(m.startswith("accepting connections again after") for m in ours), ours
     # Handled: asyncio's own handler did not log it as an unexpected error.
     assert not [r for r in caplog.records if r.name == "asyncio"]
+
+
+class FakeClockLoop:
+    """Only what the accept watch reads of a loop: its clock (set by the test) and its
+    exception handler."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.handler: Any = None
+
+    def time(self) -> float:
+        return self.now
+
+    def get_exception_handler(self) -> Any:
+        return self.handler
+
+    def set_exception_handler(self, handler: Any) -> None:
+        self.handler = handler
+
+
+def test_accept_failures_are_told_once_per_interval(caplog: pytest.LogCaptureFixture) -> None:
+    loop = FakeClockLoop()
+    watch = _AcceptWatch(cast(asyncio.AbstractEventLoop, loop))
+    listening = socket.socket()
+    try:
+        server = SimpleNamespace(sockets=[listening])
+        watch.watch(cast(asyncio.AbstractServer, server), "server.port")
+        failure = {"exception": OSError(errno.EMFILE, "Too many open files"), "socket": listening}
+        for loop.now in (0.0, 1.0, 2.0, ACCEPT_FAILURE_LOG_INTERVAL_S - 0.1):
+            loop.handler(loop, failure)
+        told = [r.getMessage() for r in caplog.records if r.getMessage().startswith("cannot")]
+        assert len(told) == 1
+        loop.now = ACCEPT_FAILURE_LOG_INTERVAL_S + 0.5
+        loop.handler(loop, failure)
+        told = [r.getMessage() for r in caplog.records if r.getMessage().startswith("cannot")]
+        assert len(told) == 2
+        assert watch.failing
+        loop.now = 12.0
+        watch.recovered()
+        assert not watch.failing
+        assert caplog.records[-1].getMessage() == (
+            "accepting connections again after 12.0s out of file descriptors"
+        )
+    finally:
+        watch.close()
+        listening.close()
+    assert loop.handler is None
