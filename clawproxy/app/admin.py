@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 
 from clawproxy import __version__
-from clawproxy.app.services import UPSTREAM_ERRORS, Services
+from clawproxy.app.services import Services
 from clawproxy.errors import InvalidRequest
 from clawproxy.http.request import Request
 from clawproxy.http.router import Router, RouteTable
@@ -88,22 +88,16 @@ async def model_load(svc: Services, request: Request, conn: HttpConnection) -> N
     # A name, never a host or URL, so an admin call cannot make Ollama fetch from anywhere
     # (RELIABILITY 3, SSRF).
     name = parse_model_name(parse_admin_body(request.body, required=True))
-    try:
+    with svc.upstream_step():
         result = await svc.models.load(name)
-    except UPSTREAM_ERRORS as exc:
-        svc.upstream_failed(exc)
-        raise
     conn.send(request, 200, orjson.dumps(result))
 
 
 async def model_unload(svc: Services, request: Request, conn: HttpConnection) -> None:
     raw = parse_admin_body(request.body, required=False)
     name = None if raw is None else parse_model_name(raw)
-    try:
+    with svc.upstream_step():
         result = await svc.models.unload(name)
-    except UPSTREAM_ERRORS as exc:
-        svc.upstream_failed(exc)
-        raise
     conn.send(request, 200, orjson.dumps(result))
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import orjson
 
-from clawproxy.app.services import UPSTREAM_ERRORS, Services
+from clawproxy.app.services import Services
 from clawproxy.http.request import Request
 from clawproxy.http.server import HttpConnection
 from clawproxy.ollama.errors import MAX_ERROR_BODY_BYTES, upstream_status_error
@@ -46,17 +46,14 @@ async def embeddings(svc: Services, request: Request, conn: HttpConnection) -> N
         reply = await embed_upstream(svc, plan)
     finally:
         admission.release()
-    try:
+    with svc.upstream_step():
         body, _ = render_embeddings(plan, reply)
-    except UPSTREAM_ERRORS as exc:
-        svc.upstream_failed(exc)
-        raise
     conn.send(request, 200, body)
 
 
 async def embed_upstream(svc: Services, plan: EmbeddingsPlan) -> bytes:
     """Ollama's whole 200 reply to the plan's ``/api/embed`` request."""
-    try:
+    with svc.upstream_step():
         upstream = await svc.pool.send(b"POST", b"/api/embed", orjson.dumps(plan.payload))
         try:
             if upstream.status != 200:
@@ -68,6 +65,3 @@ async def embed_upstream(svc: Services, plan: EmbeddingsPlan) -> bytes:
             # Back to the pool when the body was read to its end; closed otherwise (an
             # error mid-body, a reply over the bound, a client gone meanwhile).
             upstream.release()
-    except UPSTREAM_ERRORS as exc:
-        svc.upstream_failed(exc)
-        raise

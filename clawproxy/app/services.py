@@ -21,6 +21,8 @@ Two rules every handler shares live here too, so no two of them can disagree:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,6 +124,17 @@ class Services:
         """Count one failure talking to Ollama (``kind``: the error's code, a fixed set)."""
         self.state.upstream_errors[exc.code or "upstream_error"] += 1
 
+    @contextlib.contextmanager
+    def upstream_step(self) -> Iterator[None]:
+        """Count an Ollama failure met inside the block (``upstream_failed``), then let it
+        go on. The chat path's own steps (``check_model``, ``relay.open_upstream``) spell
+        the same try/except out: a generator context costs a microsecond per request."""
+        try:
+            yield
+        except UPSTREAM_ERRORS as exc:
+            self.upstream_failed(exc)
+            raise
+
     async def check_model(self, name: str) -> str:
         """The catalog's canonical name for ``name``, or its 404; before admission and
         before anything is generated (RELIABILITY 3, model allow-list). The check may be
@@ -135,9 +148,6 @@ class Services:
     async def model_list(self) -> list[dict[str, Any]]:
         """OpenAI's model objects for what Ollama has installed: the catalog's cached
         ``/api/tags``, so concurrent lists (and model checks) share one call to Ollama."""
-        try:
+        with self.upstream_step():
             entries = await self.catalog.installed()
-        except UPSTREAM_ERRORS as exc:
-            self.upstream_failed(exc)
-            raise
         return [model_entry(m) for m in entries]

@@ -21,6 +21,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import orjson
 
@@ -54,6 +55,16 @@ _NO_FAULT = Fault()
 _LIBRARY_PREFIX = "registry.ollama.ai/library/"
 
 Served = tuple[bool, float | None]
+
+
+def keep_alive_of(body: dict[str, Any]) -> int:
+    """A request's ``keep_alive`` in nanoseconds (``parse_keep_alive``), or Ollama's 400."""
+    try:
+        return parse_keep_alive(body.get("keep_alive"))
+    except ValueError as exc:
+        raise RequestError(400, str(exc)) from None
+
+
 _Handler = Callable[
     ["OllamaSimulator", SimConnection, ParsedRequest, RecordedRequest], Awaitable[Served]
 ]
@@ -252,27 +263,25 @@ class OllamaSimulator(Recorder):
         name = expect_field(body, "ShowRequest", "model", str, "string") or expect_field(
             body, "ShowRequest", "name", str, "string"
         )
-        if not name:
-            raise RequestError(400, "model is required")
-        model = self.registry.lookup(name)
-        if model is None:
-            raise RequestError(404, f"model '{name}' not found")
+        model = self._known_model(name)
         return self._respond(
             conn, req, 200, go_dumps(self.registry.show_payload(model))
         ), self._idle()
 
-    async def _embed(self, conn: SimConnection, req: ParsedRequest, rec: RecordedRequest) -> Served:
-        body = parse_body(req.body, "EmbedRequest")
-        name = expect_field(body, "EmbedRequest", "model", str, "string")
-        try:
-            keep_alive_ns = parse_keep_alive(body.get("keep_alive"))
-        except ValueError as exc:
-            raise RequestError(400, str(exc)) from None
+    def _known_model(self, name: str) -> ModelInfo:
+        """The installed model ``name`` names, or Ollama's 400 (no name) or 404."""
         if not name:
             raise RequestError(400, "model is required")
         model = self.registry.lookup(name)
         if model is None:
             raise RequestError(404, f"model '{name}' not found")
+        return model
+
+    async def _embed(self, conn: SimConnection, req: ParsedRequest, rec: RecordedRequest) -> Served:
+        body = parse_body(req.body, "EmbedRequest")
+        name = expect_field(body, "EmbedRequest", "model", str, "string")
+        keep_alive_ns = keep_alive_of(body)
+        model = self._known_model(name)
         options = body.get("options")
         num_ctx = options.get("num_ctx") if isinstance(options, dict) else None
         context_length = num_ctx if isinstance(num_ctx, int) and num_ctx > 0 else None
@@ -307,15 +316,8 @@ class OllamaSimulator(Recorder):
             prompt_chars = len(prompt) + len(system)
             empty = not prompt
         think = check_think(body.get("think"))
-        try:
-            keep_alive_ns = parse_keep_alive(body.get("keep_alive"))
-        except ValueError as exc:
-            raise RequestError(400, str(exc)) from None
-        if not name:
-            raise RequestError(400, "model is required")
-        model = self.registry.lookup(name)
-        if model is None:
-            raise RequestError(404, f"model '{name}' not found")
+        keep_alive_ns = keep_alive_of(body)
+        model = self._known_model(name)
         lines = Lines(name, chat=chat)
         idle = self._idle()
         if empty and "keep_alive" in body and keep_alive_ns == 0:
