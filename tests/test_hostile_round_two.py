@@ -6,6 +6,7 @@ behind pipelined bytes, a parser message that echoed the request's bytes back.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import socket
@@ -153,3 +154,19 @@ def test_head_on_a_get_route_is_answered_like_get_without_a_body(gw: Harness) ->
     assert status_of(data) == 200
     assert b"content-length: " in head.lower()
     assert rest == b""
+
+
+def test_a_folded_header_line_sent_byte_by_byte_is_refused(gw: Harness) -> None:
+    head = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+        b"Transfer-Encoding:\r\n chunked\r\n\r\n0\r\n\r\n"
+    )
+    with connect(gw) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # The refusal may close the socket before the body's last bytes are sent.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            for i in range(len(head)):
+                sock.sendall(head[i : i + 1])
+        data = read_until_closed(sock)
+    assert status_of(data) == 400
+    assert b"bad_framing" in data

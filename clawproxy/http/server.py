@@ -176,7 +176,7 @@ class HttpConnection(asyncio.Protocol):
         # Bytes that arrived while a request runs (pipelining): the next parser's input.
         self._held_input = bytearray()
         # The bytes of a head h11 is still parsing (see folded_head).
-        self._head_in = bytearray()
+        self._head_in: bytes | bytearray = b""
         # The head's fields, listed once (h11's Headers is slow to iterate).
         self._headers: list[tuple[bytes, bytes]] = []
         self._close_asked = False
@@ -247,7 +247,15 @@ class HttpConnection(asyncio.Protocol):
                 self._arm(self.cfg.header_timeout)
         if self.phase is Phase.HEAD:
             # The head's own bytes, kept until h11 has parsed it (folded_head).
-            self._head_in += data
+            # Referenced, not copied, in the usual one-read head (often with its body);
+            # a head in pieces grows one bytearray (linear, even one byte at a time).
+            head_in = self._head_in
+            if not head_in:
+                self._head_in = data
+            elif type(head_in) is bytearray:
+                head_in += data
+            else:
+                self._head_in = bytearray(head_in) + data
         self.h11.receive_data(data)
         self._process()
 
@@ -317,7 +325,7 @@ class HttpConnection(asyncio.Protocol):
         if isinstance(verdict, Refusal):
             self._refuse(verdict, head)
             return False
-        head_in, self._head_in = self._head_in, bytearray()
+        head_in, self._head_in = self._head_in, b""
         if folded_head(head_in, len(head_in) - len(self.h11.trailing_data[0])):
             self._refuse(OBS_FOLD, head)
             return False
