@@ -281,6 +281,10 @@ def test_a_clamp_is_logged_naming_both_numbers(caplog: pytest.LogCaptureFixture)
 # --- accept() out of descriptors (stock asyncio; libuv handles it out of our sight) ------------
 
 
+# asyncio's constants.ACCEPT_RETRY_DELAY: a failed accept() is retried this much later.
+ASYNCIO_ACCEPT_RETRY_S = 1.0
+
+
 def test_accept_out_of_descriptors_is_logged_once_and_recovers(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -310,6 +314,12 @@ def test_accept_out_of_descriptors_is_logged_once_and_recovers(
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         # asyncio's own retry (a second later) accepts the waiting clients.
         assert accept_failing(False)
+        # It scheduled one retry per failed accept(), spread over the failing pass: let the
+        # last of them run while the port is open (after it closes they would fail loudly).
+        retried = ASYNCIO_ACCEPT_RETRY_S + 0.1
+        assert h.call(
+            lambda: h.wait_until(lambda: h.loop.time() > watch.last_failed_at + retried, 10.0)
+        )
         try:
             clients[0].sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             assert read_until_closed(clients[0]).startswith(b"HTTP/1.1 200")

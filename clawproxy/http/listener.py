@@ -319,6 +319,9 @@ class _AcceptWatch:
         # Whether accept() has failed since the last connection was accepted, and since when.
         self.failing = False
         self._since = 0.0
+        # When accept() last failed (loop time): stock asyncio retries each failure a
+        # second later (its ACCEPT_RETRY_DELAY), so none is pending a second after this.
+        self.last_failed_at = float("-inf")
         self._told_at = float("-inf")
 
     def watch(self, server: asyncio.AbstractServer, name: str) -> None:
@@ -355,6 +358,7 @@ class _AcceptWatch:
         # No count in the line: stock asyncio tries accept() up to the backlog's length per
         # wake-up and reports every failure, so a count would say little.
         now = self.loop.time()
+        self.last_failed_at = now
         if not self.failing:
             self.failing = True
             self._since = now
