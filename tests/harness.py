@@ -370,3 +370,14 @@ def raw(
         # Repeated fields joined as a list would be, so a duplicate shows.
         parsed[name] = f"{parsed[name]}, {value.strip()}" if name in parsed else value.strip()
     return int(status_line.split(" ", 2)[1]), parsed, rest
+
+
+def read_to_last_chunk(sock: socket.socket) -> bytes:
+    """A chunked response, head and all, up to its last chunk. The end is looked for after
+    the head: a head can end in "0\r\n\r\n" too (an x-request-id ending in 0)."""
+    data = b""
+    while not data.partition(b"\r\n\r\n")[2].endswith(b"0\r\n\r\n"):
+        chunk = sock.recv(65536)
+        assert chunk, "closed before the last chunk"
+        data += chunk
+    return data

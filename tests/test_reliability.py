@@ -17,6 +17,7 @@ from harness import (
     error_of,
     open_stream,
     post_json,
+    read_to_last_chunk,
     request,
 )
 
@@ -28,12 +29,8 @@ def test_heartbeats_keep_a_slow_first_token_alive() -> None:
     with Harness(settings) as h:
         h.sim.next_reply(Reply(tokens=["late", " answer"], fault=Fault(first_delay=0.45)))
         sock = open_stream(h)
-        data = b""
         sock.settimeout(5)
-        while not data.endswith(b"0\r\n\r\n"):
-            chunk = sock.recv(65536)
-            assert chunk, "closed before the end"
-            data += chunk
+        data = read_to_last_chunk(sock)
         sock.close()
         head, _, body = data.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200")

@@ -12,7 +12,7 @@ import socket
 from typing import Any
 
 import pytest
-from harness import Harness, ask, content_of, open_stream
+from harness import Harness, ask, content_of, open_stream, read_to_last_chunk
 
 from clawproxy.app.relay import SseRelay
 from clawproxy.http.server import HttpConnection
@@ -48,21 +48,12 @@ def writes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
     return recorded
 
 
-def read_whole_stream(sock: socket.socket) -> bytes:
-    data = b""
-    while not data.endswith(b"0\r\n\r\n"):
-        chunk = sock.recv(65536)
-        assert chunk, "closed before the last chunk"
-        data += chunk
-    return data
-
-
 def test_a_stream_is_one_write_per_token_plus_one(gw: Harness, writes: list[bytes]) -> None:
     # Paced, so each token is its own upstream read, as with a real model.
     gw.sim.token_rate = 50.0
     gw.sim.next_reply(Reply(tokens=["alpha", " beta", " gamma"]))
     with open_stream(gw) as sock:
-        body = read_whole_stream(sock)
+        body = read_to_last_chunk(sock)
     assert body.startswith(b"HTTP/1.1 200")
     # Head, role chunk and first token together; one write per later token; then the
     # finish chunk, [DONE] and the last chunk together.
@@ -78,7 +69,7 @@ def test_a_head_without_body_bytes_is_sent_at_once(gw: Harness, writes: list[byt
     # The simulator's slow head arrives byte by byte: Ollama's 200 comes before any token.
     gw.sim.next_reply(Reply(tokens=["late"], fault=Fault(slow_headers=0.001, first_delay=0)))
     with open_stream(gw) as sock:
-        body = read_whole_stream(sock)
+        body = read_to_last_chunk(sock)
     assert b'"late"' in body
     assert writes[0].startswith(b"HTTP/1.1 200") and writes[0].endswith(b"\r\n\r\n")
     assert b"data:" not in writes[0]
@@ -88,7 +79,7 @@ def test_a_client_leaving_after_the_whole_answer_is_no_abort(gw: Harness) -> Non
     # Ollama's 0-chunk comes 0.3 s after its done line; the client has everything before that.
     gw.sim.next_reply(Reply(tokens=["whole"], fault=Fault(end_delay=0.3)))
     with open_stream(gw) as sock:
-        body = read_whole_stream(sock)
+        body = read_to_last_chunk(sock)
         # The client has the whole answer while Ollama's reply is still open.
         assert gw.read(lambda: gw.sim.streams[-1].active)
     assert body.rstrip(b"\r\n0").endswith(b"data: [DONE]")
@@ -160,7 +151,7 @@ def test_what_came_with_ollamas_head_is_written_before_the_task_wakes(
     gw.sim.token_rate = 20.0
     gw.sim.next_reply(Reply(tokens=["first", " second"]))
     with open_stream(gw) as sock:
-        body = read_whole_stream(sock)
+        body = read_to_last_chunk(sock)
     assert b'" second"' in body
     # When the handler's task resumed after Ollama's head, head and first token were out.
     assert len(seen_at_run) == 1
