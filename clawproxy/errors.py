@@ -157,9 +157,19 @@ class UpstreamTimeout(GatewayError):
     default_code = "upstream_timeout"
 
 
+class ConnectTimeout(UpstreamTimeout):
+    """Ollama did not accept the connection in time: nothing was sent, so another node may
+    take the request (``upstream.connect_timeout``)."""
+
+
 class UpstreamFailed(GatewayError):
     """Ollama answered with an error of its own; the status is chosen by the mapper."""
 
     status = 502
     err_type = "api_error"
     default_code = "upstream_error"
+
+
+# Failures of Ollama itself (refused, silent, or an error of its own), as opposed to a
+# client's mistake that Ollama merely confirmed (an unknown model, a rejected field).
+UPSTREAM_ERRORS = (UpstreamUnavailable, UpstreamTimeout, UpstreamFailed)

@@ -26,11 +26,12 @@ import logging
 from clawproxy.app.admin import admin_router
 from clawproxy.app.public import public_router
 from clawproxy.app.services import Services
-from clawproxy.config import Config, queue_timeout_s
+from clawproxy.config import Config, ConfigError, queue_timeout_s
 from clawproxy.http.listener import Listener, ListenError
 from clawproxy.http.request import Request
-from clawproxy.ollama.catalog import ModelCatalog
-from clawproxy.ollama.modelctl import ADMIN_POOL_IDLE, ModelControl
+from clawproxy.nodes.models import ModelLoads
+from clawproxy.nodes.prober import Prober
+from clawproxy.nodes.table import NodeChangeError, NodeTable, node_specs
 from clawproxy.ollama.pool import UpstreamPool
 from clawproxy.openai.reframe import error_event
 from clawproxy.policy.auth import KeyStore
@@ -68,7 +69,27 @@ class Gateway:
         # workers; a lone gateway never does, so a second one on the port fails to start.
         self.reuse_port = reuse_port
         self.loop = loop = loop or asyncio.get_running_loop()
-        self.state = state = LiveState(config, loop.time())
+        # The Ollama nodes (model.endpoint alone without ``nodes:``), their slots and queue;
+        # no connection is opened before a request needs one.
+        try:
+            self.nodes = nodes = NodeTable(config, loop)
+        except NodeChangeError as exc:
+            raise ConfigError(str(exc)) from None
+        routing = config.routing
+        self.prober = Prober(
+            nodes,
+            loop,
+            interval=routing.probe_interval,
+            discovery_interval=routing.discovery_interval,
+        )
+        nodes.on_first_use = self.prober.start
+        self.state = state = LiveState(
+            config,
+            loop.time(),
+            nodes.scheduler,
+            # /stats and the UI: every node, without its URL (the UI is on the public port).
+            lambda: nodes.describe(with_url=False),
+        )
         # Two connection budgets: the public port's and the admin port's own.
         self.connections = Listener(
             config.server, loop, self, kept_open_max=config.gateway.admin_max_connections
@@ -80,32 +101,8 @@ class Gateway:
         self.limiter = RateLimiter.from_config(config.gateway.rate_limit, clock=loop.time)
         self.trusted = TrustedProxies(config.server.trusted_proxies)
         guard = ClientGuard(self.keys, self.limiter, self.trusted, state.refused)
-        up = config.upstream
-        # The user path's connections to Ollama; none is opened before a request needs it.
-        self.pool = UpstreamPool.for_endpoint(
-            config.model.endpoint,
-            connect_timeout=up.connect_timeout,
-            io_timeout=config.server.timeout,
-            max_idle=up.pool_size,
-            loop=loop,
-        )
-        self.catalog = ModelCatalog(self.pool, loop.time, config.model.allowed)
-        # Admin-side Ollama calls (hot load, details) on a pool of their own: a load may
-        # take minutes (gateway.model_load_timeout) and must not hold user connections.
-        admin_pool = UpstreamPool.for_endpoint(
-            config.model.endpoint,
-            connect_timeout=up.connect_timeout,
-            io_timeout=config.gateway.model_load_timeout,
-            max_idle=ADMIN_POOL_IDLE,
-            loop=loop,
-        )
-        self.models = ModelControl(
-            admin_pool,
-            self.catalog,
-            state,
-            keep_alive=config.gateway.model_keep_alive,
-            clock=loop.time,
-        )
+        # Hot loads across the nodes; they switch the default model held by the state.
+        self.models = ModelLoads(nodes, state)
         # GPU telemetry with its alerts.
         alerts = GpuAlerts(config.alerts, state, loop)
         self.gpu = GpuSampler(config.gpu, state, loop, alerts)
@@ -114,8 +111,7 @@ class Gateway:
             loop=loop,
             state=state,
             guard=guard,
-            pool=self.pool,
-            catalog=self.catalog,
+            nodes=nodes,
             models=self.models,
             connections=self.connections,
             queue_timeout=queue_timeout_s(config),
@@ -132,6 +128,19 @@ class Gateway:
     @property
     def draining(self) -> bool:
         return self.connections.draining
+
+    @property
+    def pool(self) -> UpstreamPool:
+        """The first node's user-path pool (the only one without ``nodes:``)."""
+        return self.nodes.first.pool
+
+    def reload_nodes(self, config: Config) -> list[str]:
+        """SIGHUP: make the node table match a reread ``nodes:`` list (changes the nodes
+        only; other keys need a restart). Raises NodeChangeError, changing nothing."""
+        changes = self.nodes.apply(node_specs(config))
+        if changes:
+            log.warning("nodes reloaded: %s", "; ".join(changes))
+        return changes
 
     # -- life cycle -----------------------------------------------------------------------------
 
@@ -157,7 +166,7 @@ class Gateway:
             "listening on http://%s:%d (upstream %s), admin on http://%s:%d",
             cfg.host,
             port,
-            self.config.model.endpoint,
+            ", ".join(f"{n.name}={n.url}" for n in self.nodes.nodes()),
             gw.debug_host,
             self.admin_port,
         )
@@ -176,8 +185,8 @@ class Gateway:
         timeout = self.config.server.drain_timeout if drain_timeout is None else drain_timeout
         # Past the deadline: streams end with an error event, the rest with a 503 or a close.
         await self.connections.drain(timeout, SHUTDOWN_EVENT)
-        self.pool.close()
-        self.models.close()
+        await self.prober.stop()
+        self.nodes.close()
         await self.gpu.stop()
         await self.connections.close(SHUTDOWN_EVENT)
         self.refusals.flush()
@@ -209,6 +218,7 @@ class Gateway:
                     request.tokens,
                     request.outcome,
                     request.extra.get("key", "-"),
+                    request.extra.get("node", "-"),
                     # Sane by construction (http.request): ASCII, nothing to escape.
                     request.request_id.decode("ascii") or "-",
                 )

@@ -1,8 +1,10 @@
-"""Addresses in the config: the Ollama endpoint and webhook URLs.
+"""Addresses in the config: the Ollama endpoint, the pool's node URLs and webhook URLs.
 
 Pure parsers that raise ``ValueError`` with a message fit for a config error; the loader
-(``config``) names the key. Only plain ``http://`` is accepted, with the host a name, an
-IPv4 address or a bracketed IPv6 address; user info is always refused.
+(``config``) names the key. The host is a name, an IPv4 address or a bracketed IPv6
+address; user info is always refused. The single ``model.endpoint`` and webhooks are plain
+``http://``; a node of the pool may also be ``https://`` (``parse_node_url``), for an
+Ollama behind a TLS-terminating proxy on a network that is not trusted.
 """
 
 from __future__ import annotations
@@ -32,14 +34,28 @@ def parse_endpoint(url: str) -> tuple[str, int]:
         )
     if not sep or scheme.lower() != "http":
         raise ValueError("the URL must start with http://")
-    if "?" in rest or "#" in rest:
-        raise ValueError("a query or fragment is not allowed")
-    authority, slash, path = rest.partition("/")
-    if slash and path:
-        raise ValueError("a path is not allowed (the gateway adds /api/chat itself)")
-    if "@" in authority:
-        raise ValueError("user info (user@host) is not allowed")
-    return _split_authority(authority)
+    return _split_authority(_base_authority(rest))
+
+
+#: Ports implied by a node URL's scheme (RFC 9110 section 4.2).
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def parse_node_url(url: str) -> tuple[str, str, int]:
+    """``(scheme, host, port)`` from ``http[s]://host[:port][/]`` (a node of the pool).
+
+    The scheme comes back lower-case; the port defaults to 80 for http and 443 for https.
+    Otherwise the rules of ``parse_endpoint``: no user info, path, query or fragment, an
+    IPv6 host in brackets (returned without them).
+    """
+    if not isinstance(url, str):
+        raise ValueError(f"expected an http:// or https:// URL string, got {show_value(url)}")
+    scheme, sep, rest = url.partition("://")
+    scheme = scheme.lower()
+    if not sep or scheme not in DEFAULT_PORTS:
+        raise ValueError("the URL must start with http:// or https://")
+    host, port = _split_authority(_base_authority(rest), DEFAULT_PORTS[scheme])
+    return scheme, host, port
 
 
 def parse_http_url(url: str) -> tuple[str, int, str]:
@@ -65,7 +81,19 @@ def parse_http_url(url: str) -> tuple[str, int, str]:
     return host, port, "/" + target if target.startswith("?") or not target else target
 
 
-def _split_authority(authority: str) -> tuple[str, int]:
+def _base_authority(rest: str) -> str:
+    """The authority of a base URL (after ``scheme://``): nothing may follow but one "/"."""
+    if "?" in rest or "#" in rest:
+        raise ValueError("a query or fragment is not allowed")
+    authority, slash, path = rest.partition("/")
+    if slash and path:
+        raise ValueError("a path is not allowed (the gateway adds /api/chat itself)")
+    if "@" in authority:
+        raise ValueError("user info (user@host) is not allowed")
+    return authority
+
+
+def _split_authority(authority: str, default_port: int = 80) -> tuple[str, int]:
     if authority.startswith("["):
         host, bracket, port_text = authority[1:].partition("]")
         if not bracket or (port_text and not port_text.startswith(":")):
@@ -84,7 +112,7 @@ def _split_authority(authority: str) -> tuple[str, int]:
         if not _HOST_NAME.fullmatch(host):
             raise ValueError(f"{host!r} is not a host name or IPv4 address")
     if not port_text:
-        return host, 80
+        return host, default_port
     if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
         raise ValueError(f"port {port_text!r} is not a number from 1 to 65535")
     return host, int(port_text)

@@ -3,20 +3,38 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import uvloop
 
 sys.path.insert(0, str(Path(__file__).parent))
 # The shared helpers assert too: rewrite their asserts as pytest does a test module's.
-pytest.register_assert_rewrite("harness", "sse_helpers", "contrib_helpers")
+pytest.register_assert_rewrite("harness", "sse_helpers", "contrib_helpers", "browser_helpers")
 
-from harness import Harness  # noqa: E402
+from harness import Harness, Runner  # noqa: E402
 
 LOOP_KINDS = ["uvloop", "asyncio"]
 # Messages that mean a task or callback failed where nobody was looking.
 SILENT_FAILURES = ("Task exception was never retrieved", "Exception in callback", "Traceback")
+
+
+# A whole test coroutine may take this long before it fails as hung.
+RUN_TIMEOUT = 30
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def run(request: pytest.FixtureRequest) -> Runner:
+    """Run a test's coroutine on a fresh stock asyncio loop, then on a fresh uvloop."""
+    factory = uvloop.new_event_loop if request.param == "uvloop" else None
+
+    def runner(coro: Coroutine[Any, Any, None]) -> None:
+        with asyncio.Runner(loop_factory=factory) as loop_runner:
+            loop_runner.run(asyncio.wait_for(coro, RUN_TIMEOUT))
+
+    return runner
 
 
 @pytest.fixture(params=LOOP_KINDS)

@@ -15,7 +15,7 @@ import signal
 import socket
 import subprocess
 import threading
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -27,6 +27,9 @@ if TYPE_CHECKING:
     import openai
 
 T = TypeVar("T")
+
+# The ``run`` fixture (conftest): runs a coroutine to its end on a fresh loop of each kind.
+Runner = Callable[[Coroutine[Any, Any, None]], None]
 
 # Seconds a test waits for the loop thread to do something; generous for a loaded CI box.
 CALL_TIMEOUT = 20.0
@@ -156,6 +159,52 @@ class Harness:
         )
 
 
+class NodesHarness(Harness):
+    """Several simulators, one per entry of ``nodes`` (simulator options plus the node's
+    config keys under ``"node"``), and a gateway with a ``nodes:`` list naming them
+    ``n0``, ``n1``... ``self.sims`` holds them in that order."""
+
+    def __init__(
+        self,
+        nodes: list[Mapping[str, Any]],
+        settings: Mapping[str, object] | None = None,
+        *,
+        loop_kind: str = "uvloop",
+    ) -> None:
+        super().__init__(settings, loop_kind=loop_kind)
+        self.node_entries = [dict(entry) for entry in nodes]
+        self.sims: list[OllamaSimulator] = []
+
+    async def _start(self) -> None:
+        specs: list[dict[str, object]] = []
+        for index, entry in enumerate(self.node_entries):
+            options = {k: v for k, v in entry.items() if k != "node"}
+            sim = OllamaSimulator(**{"token_rate": None, **options})
+            await sim.start()
+            self.sims.append(sim)
+            specs.append({"name": f"n{index}", "url": sim.endpoint, **entry.get("node", {})})
+        self.sim = self.sims[0]
+        data: dict[str, object] = {
+            "server.host": "127.0.0.1",
+            "server.port": 0,
+            "gateway.debug_port": 0,
+            "nodes": specs,
+            **self.settings,
+        }
+        self.gateway = Gateway(config_from_mapping({}, overrides=data))
+        self.port = await self.gateway.start()
+
+    async def _stop(self) -> None:
+        await self.gateway.stop(drain_timeout=1.0)
+        for sim in self.sims:
+            await sim.close()
+        await asyncio.sleep(0)
+
+    def node(self, name: str) -> Any:
+        """The gateway's live ``Node`` (read its fields through ``read``)."""
+        return self.gateway.nodes.get(name)
+
+
 def post_json(
     h: Harness, path: str, body: object, headers: Mapping[str, str] | None = None
 ) -> tuple[int, dict[str, str], bytes]:
@@ -176,6 +225,20 @@ def request(
         conn.request(method, path, body=body, headers=dict(headers or {}))
         resp = conn.getresponse()
         return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+def admin_call(h: Harness, method: str, path: str, body: object | None = None) -> tuple[int, Any]:
+    """One request to the admin port; returns the status and the parsed JSON body."""
+    conn = http.client.HTTPConnection("127.0.0.1", h.gateway.admin_port, timeout=CALL_TIMEOUT)
+    try:
+        data = None if body is None else json.dumps(body).encode()
+        headers = {} if data is None else {"Content-Type": "application/json"}
+        conn.request(method, path, body=data, headers=headers)
+        resp = conn.getresponse()
+        raw = resp.read()
+        return resp.status, json.loads(raw) if raw else None
     finally:
         conn.close()
 

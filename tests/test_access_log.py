@@ -98,7 +98,7 @@ def test_no_access_lines_above_info(log_file: Path) -> None:
 ACCESS_RE = re.compile(
     r'^(?P<client>\S+) "(?P<method>\S+) (?P<path>\S+)" (?P<status>\d{3}) model=(?P<model>\S+) '
     r"ttft_ms=(?P<ttft>[\d.]+|-) duration_ms=(?P<duration>[\d.]+|-) tokens=(?P<tokens>\d+) "
-    r"outcome=(?P<outcome>\S+) key=(?P<key>\S+) rid=(?P<rid>\S+)$"
+    r"outcome=(?P<outcome>\S+) key=(?P<key>\S+) node=(?P<node>\S+) rid=(?P<rid>\S+)$"
 )
 
 
@@ -120,6 +120,7 @@ def test_refusal_lines_parse_like_access_lines() -> None:
         "tokens": "0",
         "outcome": "request_too_large",
         "key": "-",
+        "node": "-",
         "rid": "-",
     }
     assert (fields[2]["method"], fields[2]["path"]) == ("-", "-")

@@ -31,6 +31,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("ollama", ("clawproxy.ollama.*",)),
     ("openai", ("clawproxy.openai.*",)),
     ("policy", ("clawproxy.policy.*",)),
+    ("nodes", ("clawproxy.nodes.*",)),
     ("telemetry", ("clawproxy.telemetry.*",)),
     ("app", ("clawproxy.app.*",)),
     ("gateway", ("clawproxy.gateway",)),

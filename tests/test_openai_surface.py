@@ -215,7 +215,8 @@ def test_streams_and_the_client_see_the_id_and_the_access_line_ends_with_it(
             break
         time.sleep(0.01)
     (line,) = [line for line in lines if "rid=trace-42" in line]
-    assert '"POST /v1/chat/completions" 200 ' in line and line.endswith(" key=- rid=trace-42")
+    assert '"POST /v1/chat/completions" 200 ' in line
+    assert line.endswith(" key=- node=default rid=trace-42")
 
 
 # --- content: null -------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from clawproxy.telemetry.logs import REFUSAL_LINES_PER_S
 ACCESS_RE = re.compile(
     r'^(?P<client>\S+) "(?P<method>\S+) (?P<path>\S+)" (?P<status>\d{3}) model=(?P<model>\S+) '
     r"ttft_ms=(?P<ttft>[\d.]+|-) duration_ms=(?P<duration>[\d.]+|-) tokens=(?P<tokens>\d+) "
-    r"outcome=(?P<outcome>\S+) key=(?P<key>\S+) rid=(?P<rid>\S+)$"
+    r"outcome=(?P<outcome>\S+) key=(?P<key>\S+) node=(?P<node>\S+) rid=(?P<rid>\S+)$"
 )
 CANARY = b"sk-CANARY-7f3a"
 SUPPRESSED_RE = re.compile(r"^(\d+) more refusals suppressed")

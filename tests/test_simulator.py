@@ -14,13 +14,13 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 import pytest
-import uvloop
+from harness import Runner
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -44,19 +44,6 @@ IO_TIMEOUT = 5.0
 # How long "nothing arrives" is watched for; short, the positive case would be instant.
 QUIET_WINDOW = 0.1
 ERROR_LINE = b'{"error":"an error was encountered while running the model"}\n'
-
-Runner = Callable[[Coroutine[Any, Any, None]], None]
-
-
-@pytest.fixture(params=["asyncio", "uvloop"])
-def run(request: pytest.FixtureRequest) -> Runner:
-    factory = uvloop.new_event_loop if request.param == "uvloop" else None
-
-    def runner(coro: Coroutine[Any, Any, None]) -> None:
-        with asyncio.Runner(loop_factory=factory) as loop_runner:
-            loop_runner.run(asyncio.wait_for(coro, 20))
-
-    return runner
 
 
 # -- a tiny HTTP/1.1 client ---------------------------------------------------------------

@@ -12,36 +12,20 @@ screenshot in ``test-artifacts/`` for a human to look at.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
+from browser_helpers import ARTIFACTS, DESKTOP, WAIT_MS, launched_browser
 from harness import Harness, post_json, request
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from clawproxy.http.request import Request
 from clawproxy.simulator import Reply
 from clawproxy.telemetry.gpusample import GpuReading, GpuSample
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
-DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
-# Playwright's waits (expect, wait_for_function) give up after this many milliseconds.
-WAIT_MS = 10_000
 # Between two looks at a streaming reply: short, so a 20 tokens/s stream shows its steps.
 SAMPLE_MS = 40
 CHAT = {"messages": [{"role": "user", "content": "hello"}]}
@@ -51,21 +35,7 @@ GIB = 1024**3
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    if os.environ.get("CLAWPROXY_SKIP_BROWSER") == "1":
-        pytest.skip("CLAWPROXY_SKIP_BROWSER=1: browser tests skipped on purpose")
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.fail(
-            f"{CHROMIUM} is missing: install Debian's chromium package (scripts/test does), "
-            "or set CLAWPROXY_SKIP_BROWSER=1 to skip the browser tests",
-            pytrace=False,
-        )
-    expect.set_options(timeout=WAIT_MS)
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            launched.close()
+    yield from launched_browser()
 
 
 @contextmanager

@@ -1,5 +1,5 @@
 """The admin listener (``gateway.debug_port``, loopback by default): health, metrics, stats,
-hot model load/unload.
+hot model load/unload, the nodes (``app.nodesadmin``).
 
 Theory of operation
 -------------------
@@ -24,6 +24,13 @@ from typing import Any
 import orjson
 
 from clawproxy import __version__
+from clawproxy.app.nodesadmin import (
+    add_node,
+    delete_node,
+    list_nodes,
+    node_action,
+    parse_node_names,
+)
 from clawproxy.app.services import Services
 from clawproxy.errors import InvalidRequest
 from clawproxy.http.request import Request
@@ -38,8 +45,15 @@ from clawproxy.telemetry.metrics import render
 class AdminRouter(Router):
     """The route table behind the access checks (every admin request passes them)."""
 
-    def __init__(self, table: RouteTable, hosts: frozenset[str], token: str | None) -> None:
-        super().__init__(table)
+    def __init__(
+        self,
+        table: RouteTable,
+        hosts: frozenset[str],
+        token: str | None,
+        *,
+        prefixes: RouteTable | None = None,
+    ) -> None:
+        super().__init__(table, prefixes)
         self._hosts = hosts
         self._token = token
 
@@ -87,33 +101,36 @@ async def stats(svc: Services, request: Request, conn: HttpConnection) -> None:
 async def model_load(svc: Services, request: Request, conn: HttpConnection) -> None:
     # A name, never a host or URL, so an admin call cannot make Ollama fetch from anywhere
     # (RELIABILITY 3, SSRF).
-    name = parse_model_name(parse_admin_body(request.body, required=True))
+    fields = parse_admin_body(request.body, required=True)
+    name = parse_model_name(fields.get("model"))
+    nodes = parse_node_names(fields.get("nodes"))
     with svc.upstream_step():
-        result = await svc.models.load(name)
+        result = await svc.models.load(name, nodes)
     conn.send(request, 200, orjson.dumps(result))
 
 
 async def model_unload(svc: Services, request: Request, conn: HttpConnection) -> None:
-    raw = parse_admin_body(request.body, required=False)
+    fields = parse_admin_body(request.body, required=False)
+    raw = fields.get("model")
     name = None if raw is None else parse_model_name(raw)
+    nodes = parse_node_names(fields.get("nodes"))
     with svc.upstream_step():
-        result = await svc.models.unload(name)
+        result = await svc.models.unload(name, nodes)
     conn.send(request, 200, orjson.dumps(result))
 
 
-def parse_admin_body(body: bytes, *, required: bool) -> object:
-    """The ``model`` field of an admin JSON body (None when absent and not required)."""
+def parse_admin_body(body: bytes, *, required: bool) -> dict[str, object]:
+    """An admin JSON body with its ``model`` field (which may be absent when not required)."""
     if not body.strip():
         if required:
             raise InvalidRequest("the body must be a JSON object with a 'model' field")
-        return None
+        return {}
     parsed = parse_json_body(body)
     if not isinstance(parsed, dict):
         raise InvalidRequest("the body must be a JSON object with a 'model' field")
-    model = parsed.get("model")
-    if model is None and required:
+    if parsed.get("model") is None and required:
         raise InvalidRequest("'model' is required", param="model")
-    return model
+    return parsed
 
 
 def admin_router(svc: Services) -> AdminRouter:
@@ -124,6 +141,13 @@ def admin_router(svc: Services) -> AdminRouter:
         b"/stats": {b"GET": partial(stats, svc)},
         b"/v1/model/load": {b"POST": partial(model_load, svc)},
         b"/v1/model/unload": {b"POST": partial(model_unload, svc)},
+        b"/nodes": {b"GET": partial(list_nodes, svc), b"POST": partial(add_node, svc)},
+    }
+    # /nodes/{name}/drain and /nodes/{name}: the node's name is the rest of the path.
+    prefixes: RouteTable = {
+        b"/nodes/": {b"POST": partial(node_action, svc), b"DELETE": partial(delete_node, svc)}
     }
     gateway = svc.config.gateway
-    return AdminRouter(table, allowed_hosts(gateway.debug_host), gateway.admin_token)
+    return AdminRouter(
+        table, allowed_hosts(gateway.debug_host), gateway.admin_token, prefixes=prefixes
+    )

@@ -12,9 +12,10 @@ Theory of operation
    not have (the client's to choose) never takes one of the bounded label slots
    (``telemetry.state.MAX_MODEL_LABELS``) nor reaches a dashboard; those requests show
    ``-``.
-3. Admission takes a slot (or queues, or refuses with 503) before anything goes upstream.
-4. The relay (``relay``) runs the exchange; whatever happens, ``finally`` gives the slot
-   back.
+3. The routing (``app.dispatch``) takes a slot on a node that serves the model (or
+   queues, or refuses with 503) before anything goes upstream, and moves the request to
+   another node while nothing has reached the client.
+4. The relay (``relay``) runs the exchange; whatever happens, the slot goes back.
 """
 
 from __future__ import annotations
@@ -32,16 +33,12 @@ async def chat_completions(svc: Services, request: Request, conn: HttpConnection
     svc.guard.check(request)
     plan = plan_request(svc, request.body)
     # Only a name the catalog passed becomes the request's (and its metric label).
-    request.model = await svc.check_model(plan.model)
-    admission = svc.state.admission
-    await admission.acquire(svc.queue_timeout)
-    try:
-        if plan.stream:
-            await relay_stream(svc, request, conn, plan)
-        else:
-            await relay_whole(svc, request, conn, plan)
-    finally:
-        admission.release()
+    route = await svc.route_model(plan.model)
+    request.model = route.model
+    if plan.stream:
+        await relay_stream(svc, request, conn, plan, route)
+    else:
+        await relay_whole(svc, request, conn, plan, route)
 
 
 def plan_request(svc: Services, body: bytes) -> ChatPlan:

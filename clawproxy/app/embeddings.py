@@ -9,9 +9,10 @@ and an unknown model never reaches Ollama:
    (``server.max_body_bytes``), is parsed and mapped (``openai.embeddings``), the number of
    inputs bounded by ``server.max_embedding_inputs``.
 2. The model passes the catalog (the allow-list); only then is ``request.model`` set.
-3. Admission takes a slot, or queues, or refuses with 503: an embedding occupies the GPU
-   as a generation does.
-4. One exchange on the user path's pool: Ollama answers ``/api/embed`` with one JSON body
+3. The routing (``app.dispatch``) takes a slot on a node that serves the model, or queues,
+   or refuses with 503: an embedding occupies the GPU as a generation does. It moves to
+   another node only while that node provably did nothing (refused, busy).
+4. One exchange on that node's pool: Ollama answers ``/api/embed`` with one JSON body
    after the whole batch is done, read whole within a bound proportional to the inputs.
    The slot goes back as soon as the reply is in; rendering it needs no GPU.
 
@@ -23,12 +24,15 @@ from __future__ import annotations
 
 import orjson
 
+from clawproxy.app.dispatch import open_on_node
 from clawproxy.app.services import Services
 from clawproxy.http.request import Request
 from clawproxy.http.server import HttpConnection
-from clawproxy.ollama.errors import MAX_ERROR_BODY_BYTES, upstream_status_error
+from clawproxy.nodes.scheduler import Route
 from clawproxy.openai.embeddings import EmbeddingsPlan, build_embeddings_plan, render_embeddings
 from clawproxy.openai.mapping import parse_json_body
+
+EMBED_TARGET = b"/api/embed"
 
 
 async def embeddings(svc: Services, request: Request, conn: HttpConnection) -> None:
@@ -39,29 +43,25 @@ async def embeddings(svc: Services, request: Request, conn: HttpConnection) -> N
         svc.config.model.context_length,
         svc.config.server.max_embedding_inputs,
     )
-    request.model = await svc.check_model(plan.model)
-    admission = svc.state.admission
-    await admission.acquire(svc.queue_timeout)
-    try:
-        reply = await embed_upstream(svc, plan)
-    finally:
-        admission.release()
+    route = await svc.route_model(plan.model)
+    request.model = route.model
+    reply = await embed_upstream(svc, request, conn, plan, route)
     with svc.upstream_step():
         body, _ = render_embeddings(plan, reply)
     conn.send(request, 200, body)
 
 
-async def embed_upstream(svc: Services, plan: EmbeddingsPlan) -> bytes:
+async def embed_upstream(
+    svc: Services, request: Request, conn: HttpConnection, plan: EmbeddingsPlan, route: Route
+) -> bytes:
     """Ollama's whole 200 reply to the plan's ``/api/embed`` request."""
-    with svc.upstream_step():
-        upstream = await svc.pool.send(b"POST", b"/api/embed", orjson.dumps(plan.payload))
-        try:
-            if upstream.status != 200:
-                raise upstream_status_error(
-                    upstream.status, await upstream.read_body(MAX_ERROR_BODY_BYTES)
-                )
+    payload = orjson.dumps(plan.payload)
+    lease, upstream = await open_on_node(svc, request, conn, route, EMBED_TARGET, payload)
+    try:
+        with svc.upstream_step():
             return await upstream.read_body(plan.reply_limit)
-        finally:
-            # Back to the pool when the body was read to its end; closed otherwise (an
-            # error mid-body, a reply over the bound, a client gone meanwhile).
-            upstream.release()
+    finally:
+        # Back to the pool when the body was read to its end; closed otherwise (an error
+        # mid-body, a reply over the bound, a client gone meanwhile).
+        upstream.release()
+        svc.nodes.scheduler.release(lease)

@@ -28,16 +28,19 @@ from collections.abc import Callable
 
 import orjson
 
-from clawproxy.app.services import UPSTREAM_ERRORS, Services
-from clawproxy.errors import GatewayError, UpstreamFailed
+from clawproxy.app.dispatch import open_on_node
+from clawproxy.app.services import Services
+from clawproxy.errors import UPSTREAM_ERRORS, GatewayError, UpstreamFailed
 from clawproxy.http.request import Request
 from clawproxy.http.server import HttpConnection
-from clawproxy.ollama.connection import BodyReader, ExchangeListener, UpstreamConnection
-from clawproxy.ollama.errors import MAX_ERROR_BODY_BYTES, upstream_status_error
+from clawproxy.nodes.scheduler import Route
+from clawproxy.ollama.connection import BodyReader, UpstreamConnection
 from clawproxy.openai.aggregate import ChatAccumulator
 from clawproxy.openai.heartbeat import Heartbeat
 from clawproxy.openai.mapping import ChatPlan
 from clawproxy.openai.reframe import SseReframer, error_event
+
+CHAT_TARGET = b"/api/chat"
 
 SSE_HEADERS = (
     (b"content-type", b"text/event-stream"),
@@ -45,28 +48,6 @@ SSE_HEADERS = (
     # nginx buffers proxied responses unless told not to (PROTOCOL 5.7).
     (b"x-accel-buffering", b"no"),
 )
-
-
-async def open_upstream(
-    svc: Services,
-    plan: ChatPlan,
-    meanwhile: Callable[[], None] | None = None,
-    listener: ExchangeListener | None = None,
-) -> UpstreamConnection:
-    """Send the chat request; return the connection once Ollama answered 200."""
-    try:
-        payload = orjson.dumps(plan.payload)
-        upstream = await svc.pool.send(b"POST", b"/api/chat", payload, meanwhile, listener)
-        if upstream.status != 200:
-            try:
-                body = await upstream.read_body(MAX_ERROR_BODY_BYTES)
-            finally:
-                upstream.abort()
-            raise upstream_status_error(upstream.status, body)
-    except UPSTREAM_ERRORS as exc:
-        svc.upstream_failed(exc)
-        raise
-    return upstream
 
 
 def finish_exchange(upstream: UpstreamConnection, clean: bool) -> None:
@@ -81,27 +62,39 @@ def finish_exchange(upstream: UpstreamConnection, clean: bool) -> None:
 
 
 async def relay_whole(
-    svc: Services, request: Request, conn: HttpConnection, plan: ChatPlan
+    svc: Services, request: Request, conn: HttpConnection, plan: ChatPlan, route: Route
 ) -> None:
-    upstream = await open_upstream(svc, plan)
+    payload = orjson.dumps(plan.payload)
+    lease, upstream = await open_on_node(svc, request, conn, route, CHAT_TARGET, payload)
     clean = False
     try:
         clean = await whole_reply(svc, request, conn, plan, upstream)
     except UPSTREAM_ERRORS as exc:
         svc.upstream_failed(exc)
+        svc.nodes.scheduler.node_failed(lease.node, exc.message)
         raise
     finally:
         finish_exchange(upstream, clean)
+        svc.nodes.scheduler.release(lease)
 
 
 async def relay_stream(
-    svc: Services, request: Request, conn: HttpConnection, plan: ChatPlan
+    svc: Services, request: Request, conn: HttpConnection, plan: ChatPlan, route: Route
 ) -> None:
-    """Stream the reply as SSE, with heartbeats until Ollama's head."""
+    """Stream the reply as SSE, with heartbeats from the moment a node took the request
+    until its head (never before: a byte sent rules out failover)."""
     relay = SseRelay(svc, request, conn, plan)
-    relay.heartbeat.start()
+    payload = orjson.dumps(plan.payload)
+    heartbeat = relay.heartbeat
+
+    def accepted() -> None:
+        heartbeat.start()
+        relay.prepare()
+
     try:
-        upstream = await open_upstream(svc, plan, relay.prepare, relay)
+        lease, upstream = await open_on_node(
+            svc, request, conn, route, CHAT_TARGET, payload, accepted, relay, heartbeat.stop
+        )
     except GatewayError as exc:
         if not conn.response_started:
             raise
@@ -111,8 +104,14 @@ async def relay_stream(
         conn.cut_stream()
         return
     finally:
-        relay.heartbeat.stop()
-    await relay.run(upstream)
+        heartbeat.stop()
+    try:
+        await relay.run(upstream)
+    finally:
+        if relay.upstream_error is not None:
+            # The node failed mid-stream: it counts against its health (never retried).
+            svc.nodes.scheduler.node_failed(lease.node, relay.upstream_error)
+        svc.nodes.scheduler.release(lease)
 
 
 class SseRelay:
@@ -140,6 +139,7 @@ class SseRelay:
         "reframer",
         "request",
         "svc",
+        "upstream_error",
     )
 
     # Closures built by prepare(), not methods: on the per-token path they read their
@@ -158,6 +158,8 @@ class SseRelay:
         self.heartbeat = Heartbeat(svc.loop, interval, self.commit, conn.write)
         # The client's stream ended: at the done line, or where Ollama's body ended.
         self.done: asyncio.Future[None] = svc.loop.create_future()
+        # Why the node failed mid-stream, if it did (for its health).
+        self.upstream_error: str | None = None
 
     def commit(self) -> None:
         """Send the 200 and the SSE head (held by the connection until the first chunk)."""
@@ -230,6 +232,7 @@ class SseRelay:
             # A clean end of the body without Ollama's done line: the answer was cut.
             self.request.outcome = "upstream_unavailable"
             self.svc.state.upstream_errors["upstream_unavailable"] += 1
+            self.upstream_error = "the reply ended without its done line"
         self._end(tail)
 
     def on_error(self, exc: GatewayError) -> None:
@@ -243,6 +246,7 @@ class SseRelay:
         self.request.outcome = code
         if isinstance(exc, UPSTREAM_ERRORS):
             self.svc.upstream_failed(exc)
+            self.upstream_error = exc.message
         self._end(tail)
 
     def _end(self, tail: bytes) -> None:

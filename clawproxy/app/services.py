@@ -27,18 +27,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clawproxy.config import Config
-from clawproxy.errors import GatewayError, UpstreamFailed, UpstreamTimeout, UpstreamUnavailable
+from clawproxy.errors import UPSTREAM_ERRORS, GatewayError
 from clawproxy.http.listener import Listener
-from clawproxy.ollama.catalog import ModelCatalog
-from clawproxy.ollama.modelctl import HEALTH_TIMEOUT_S, ModelControl
-from clawproxy.ollama.pool import UpstreamPool
+from clawproxy.nodes.models import ModelLoads
+from clawproxy.nodes.scheduler import Route
+from clawproxy.nodes.table import NodeTable
+from clawproxy.ollama.modelctl import HEALTH_TIMEOUT_S
 from clawproxy.openai.models import model_entry
 from clawproxy.policy.guard import ClientGuard
 from clawproxy.telemetry.state import LiveState
-
-# Failures of Ollama itself (refused, silent, or an error of its own), as opposed to a
-# client's mistake that Ollama merely confirmed (an unknown model, a rejected field).
-UPSTREAM_ERRORS = (UpstreamUnavailable, UpstreamTimeout, UpstreamFailed)
 
 # How long one answer from Ollama's /api/version is reused by /stats and the UI: any
 # number of open dashboards ask Ollama at most this often. It may take the health check's
@@ -58,7 +55,7 @@ def gateway_status(draining: bool, upstream: dict[str, Any]) -> str:
 class UpstreamProbe:
     """Ollama's reachability: one shared answer, asked at most every ``UPSTREAM_TTL_S``."""
 
-    def __init__(self, models: ModelControl, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, models: ModelLoads, loop: asyncio.AbstractEventLoop) -> None:
         self._models = models
         self._loop = loop
         # (loop time asked, answer).
@@ -75,7 +72,7 @@ class UpstreamProbe:
             if cached is not None and self._usable(cached[0], called_at, fresh):
                 return cached[1]
             asked_at = self._loop.time()
-            answer = await self._models.upstream_health(UPSTREAM_TIMEOUT_S)
+            answer = await self._models.health(UPSTREAM_TIMEOUT_S)
             self._cached = (asked_at, answer)
             return answer
 
@@ -95,12 +92,10 @@ class Services:
     state: LiveState
     # Key and rate checks for /v1 and the UI's data.
     guard: ClientGuard
-    # The user path's connections to Ollama.
-    pool: UpstreamPool
-    # Which model names may reach Ollama.
-    catalog: ModelCatalog
-    # Admin-side Ollama calls: hot load, details, reachability.
-    models: ModelControl
+    # The Ollama nodes: which serve a model, their slots and queue, their connections.
+    nodes: NodeTable
+    # Hot load/unload across nodes, the default model's details, reachability.
+    models: ModelLoads
     # The public and admin connections: whether the gateway is draining.
     connections: Listener
     # How long a request may wait in the admission queue (read on every request).
@@ -127,7 +122,7 @@ class Services:
     @contextlib.contextmanager
     def upstream_step(self) -> Iterator[None]:
         """Count an Ollama failure met inside the block (``upstream_failed``), then let it
-        go on. The chat path's own steps (``check_model``, ``relay.open_upstream``) spell
+        go on. The chat path's own steps (``route_model``, ``relay.open_upstream``) spell
         the same try/except out: a generator context costs a microsecond per request."""
         try:
             yield
@@ -135,19 +130,19 @@ class Services:
             self.upstream_failed(exc)
             raise
 
-    async def check_model(self, name: str) -> str:
-        """The catalog's canonical name for ``name``, or its 404; before admission and
-        before anything is generated (RELIABILITY 3, model allow-list). The check may be
-        the step that finds Ollama down: counted like any other failure."""
+    async def route_model(self, name: str) -> Route:
+        """The canonical name for ``name`` and the nodes that serve it, or its 404; before
+        admission and before anything is generated (RELIABILITY 3, model allow-list). The
+        check may be the step that finds Ollama down: counted like any other failure."""
         try:
-            return await self.catalog.check(name)
+            return await self.nodes.route(name)
         except UPSTREAM_ERRORS as exc:
             self.upstream_failed(exc)
             raise
 
     async def model_list(self) -> list[dict[str, Any]]:
-        """OpenAI's model objects for what Ollama has installed: the catalog's cached
-        ``/api/tags``, so concurrent lists (and model checks) share one call to Ollama."""
+        """OpenAI's model objects for what the nodes have installed: each node's cached
+        ``/api/tags``, so concurrent lists (and model checks) share one call per node."""
         with self.upstream_step():
-            entries = await self.catalog.installed()
+            entries = await self.nodes.installed()
         return [model_entry(m) for m in entries]

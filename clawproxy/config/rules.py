@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable
 from typing import Any, Final, NamedTuple
 
-from clawproxy.net import parse_endpoint, parse_http_url
+from clawproxy.net import parse_endpoint, parse_http_url, parse_node_url
 
 
 class Rule(NamedTuple):
@@ -44,6 +44,41 @@ def _size_at_least(low: int) -> Rule:
 
 def _valid_endpoint(url: str) -> bool:
     parse_endpoint(url)
+    return True
+
+
+def _valid_node_url(url: str) -> bool:
+    parse_node_url(url)
+    return True
+
+
+# Node names end up in logs, metrics labels and a response header: a conservative alphabet.
+_NODE_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def _valid_node(node: Any) -> bool:
+    """What one ``nodes`` entry needs beyond its keys' own rules."""
+    if not node.name:
+        raise ValueError("'name' is required")
+    if not node.url:
+        raise ValueError("'url' is required")
+    tls = node.tls
+    uses_tls = tls.ca_file or tls.cert_file or tls.key_file or not tls.verify
+    if uses_tls and not node.url.lower().startswith("https://"):
+        raise ValueError(f"node '{node.name}' has a tls block but an http:// url")
+    if tls.key_file and not tls.cert_file:
+        raise ValueError(f"node '{node.name}': tls.key_file needs tls.cert_file")
+    return True
+
+
+def _distinct_node_names(nodes: tuple[Any, ...]) -> bool:
+    first: dict[str, int] = {}
+    for index, node in enumerate(nodes):
+        if node.name in first:
+            raise ValueError(
+                f"entries [{first[node.name]}] and [{index}] share the name '{node.name}'"
+            )
+        first[node.name] = index
     return True
 
 
@@ -192,6 +227,25 @@ RULES: Final[dict[str, Rule]] = {
     "alerts.hysteresis_percent": Rule("a number from 0 to 50", lambda v: 0 <= v <= 50),
     "alerts.webhook_url": Rule("null or an http://host[:port][/path] URL", _valid_http_url),
     "alerts.webhook_timeout": _TIMEOUT,
+    "nodes": Rule("a list of nodes with distinct names", _distinct_node_names),
+    "nodes.name": Rule(
+        "1 to 64 of the characters A-Z a-z 0-9 . _ -", lambda v: _NODE_NAME.fullmatch(v) is not None
+    ),
+    "nodes.url": Rule("an http://host[:port] or https://host[:port] URL", _valid_node_url),
+    "nodes.max_concurrent": _int_at_least(1),
+    "nodes.weight": Rule("a number greater than 0", lambda v: v > 0),
+    "nodes.tls.ca_file": Rule("null or a non-empty path", lambda v: bool(v.strip())),
+    "nodes.tls.cert_file": Rule("null or a non-empty path", lambda v: bool(v.strip())),
+    "nodes.tls.key_file": Rule("null or a non-empty path", lambda v: bool(v.strip())),
+    "routing.max_attempts": _int_range(1, 16),
+    "routing.eject_after": _int_at_least(1),
+    "routing.eject_base": _TIMEOUT,
+    "routing.eject_max": _TIMEOUT,
+    "routing.busy_backoff": _TIMEOUT,
+    "routing.probe_interval": Rule("a duration of at least 100ms", lambda v: v >= 0.1),
+    "routing.discovery_interval": Rule("a duration of at least 1s", lambda v: v >= 1),
+    "routing.affinity": Rule("one of off, session", ("off", "session").__contains__, str.lower),
+    "routing.affinity_margin": Rule("a number >= 0", lambda v: v >= 0),
 }
 
 # Rules for each item of a list key, reported as ``key[index]``.
@@ -210,6 +264,8 @@ ITEM_RULES: Final[dict[str, Rule]] = {
         _valid_origin,
         origin_form,
     ),
+    "nodes": Rule("a node with a name and a url", _valid_node),
+    "nodes.models": Rule("a model name", lambda v: bool(v.strip()) and len(v) <= 256),
     "auth.api_keys": Rule(
         f"a non-empty string of printable ASCII without whitespace, at most "
         f"{MAX_API_KEY_BYTES} characters",
@@ -222,11 +278,16 @@ ITEM_RULES: Final[dict[str, Rule]] = {
 SECRET_KEYS: Final = frozenset({"auth", "auth.api_keys", "gateway.admin_token"})
 
 
+# An item's index in a dotted key: ``nodes[1].url`` has the rule of ``nodes.url``.
+_INDEX: Final = re.compile(r"\[\d+\]")
+
+
 def rule_for(key: str) -> Rule | None:
     """The rule for a dotted key, or for an item of a list key (``key[2]``); None if none."""
+    base = _INDEX.sub("", key)
     if key.endswith("]"):
-        return ITEM_RULES.get(key.partition("[")[0])
-    return RULES.get(key)
+        return ITEM_RULES.get(base)
+    return RULES.get(base)
 
 
 def is_secret(key: str) -> bool:

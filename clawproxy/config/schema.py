@@ -117,6 +117,8 @@ class GatewayConfig:
     model_keep_alive: float | None = field(default=300.0, metadata=DURATION)
     # A hot load waits this long for Ollama: a large model takes minutes to read from disk.
     model_load_timeout: float = field(default=300.0, metadata=DURATION)
+    # Send X-Clawproxy-Node (the node's name) with each reply; off: it shows the topology.
+    expose_node_header: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +162,61 @@ class UiConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class NodeTlsConfig:
+    # PEM bundle of the CA(s) that signed the node's certificate; None: the system's CAs.
+    ca_file: str | None = None
+    # A client certificate (and its key, if not in the same file) for nodes that ask for one.
+    cert_file: str | None = None
+    key_file: str | None = None
+    # false accepts any certificate: for a lab only, it gives up what https is for.
+    verify: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    """One Ollama server behind the gateway (``nodes:``); see ``clawproxy.nodes``."""
+
+    # Unique; names the node in logs, metrics, the admin API and X-Clawproxy-Node.
+    name: str = ""
+    url: str = ""
+    # The most generations this gateway sends it at once (its OLLAMA_NUM_PARALLEL);
+    # None: gateway.max_concurrent.
+    max_concurrent: int | None = None
+    # Share of the load relative to the other nodes of its tier.
+    weight: float = 1.0
+    # Higher tiers are used first; a lower one only when no higher node can take a request.
+    priority: int = 0
+    # Models it may serve; None: whatever its /api/tags lists.
+    models: tuple[str, ...] | None = None
+    enabled: bool = True
+    tls: NodeTlsConfig = field(default_factory=NodeTlsConfig)
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingConfig:
+    """How requests are spread over the nodes and how a failing node is set aside."""
+
+    # Nodes one request may be tried on before it fails (failover happens only while
+    # nothing has reached the client).
+    max_attempts: int = 3
+    # Failures in a row (refused, reset, a 5xx before the stream, a timeout) that eject a node.
+    eject_after: int = 3
+    # The first ejection lasts this long, each one after it twice as long, up to eject_max;
+    # then one trial request decides.
+    eject_base: float = field(default=5.0, metadata=DURATION)
+    eject_max: float = field(default=300.0, metadata=DURATION)
+    # After Ollama's own 503 (its queue is full), the node gets no new request this long.
+    busy_backoff: float = field(default=1.0, metadata=DURATION)
+    # The health probe (/api/version) of each node; /api/tags and /api/ps on discovery_interval.
+    probe_interval: float = field(default=5.0, metadata=DURATION)
+    discovery_interval: float = field(default=30.0, metadata=DURATION)
+    # "off", or "session": requests with the same X-Session-Id go to the same node while
+    # its load is within affinity_margin of the least loaded candidate.
+    affinity: str = "off"
+    affinity_margin: float = 0.5
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -170,6 +227,9 @@ class Config:
     gpu: GpuConfig = field(default_factory=GpuConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     ui: UiConfig = field(default_factory=UiConfig)
+    # Several Ollama servers; empty: model.endpoint is the one node, named "default".
+    nodes: tuple[NodeConfig, ...] = ()
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
 
 
 def queue_timeout_s(config: Config) -> float:

@@ -82,6 +82,21 @@ class ModelCatalog:
             return (await self._refresh()).entries
         return self._listing.entries
 
+    async def refresh(self) -> tuple[dict[str, Any], ...]:
+        """Ask Ollama's ``/api/tags`` now (discovery); the answer is cached as usual."""
+        return (await self._refresh()).entries
+
+    def lists(self, wanted: str) -> bool:
+        """Whether the last answer (or the configured list) has ``wanted`` (canonical),
+        asking nothing; True while nothing is known (no answer yet)."""
+        if self._static:
+            return wanted in self._static
+        return self._listing is EMPTY or wanted in self._listing.names
+
+    @property
+    def static(self) -> bool:
+        return bool(self._static)
+
     def _stale(self, ttl: float) -> bool:
         return self._clock() - self._fetched_at >= ttl
 

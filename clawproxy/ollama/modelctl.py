@@ -1,4 +1,4 @@
-"""Model control for the admin port: hot load/unload, model details, upstream reachability.
+"""Admin-side calls to one Ollama node: warm/unload a model, details, reachability, /api/ps.
 
 Theory of operation
 -------------------
@@ -6,15 +6,11 @@ Admin work talks to Ollama over its own small ``UpstreamPool``, separate from th
 path's: a model load may legitimately take minutes (``gateway.model_load_timeout`` bounds
 the wait), and admin calls must neither hold nor disturb user connections.
 
-A hot load is check, warm, switch. ``/api/show`` says whether Ollama has the model (404
+Warming is check, then load: ``/api/show`` says whether Ollama has the model (404
 otherwise, with nothing changed); an empty ``/api/generate`` with ``keep_alive`` makes
-Ollama load it, so the first user request does not pay for the load; only then is
-``LiveState.model`` assigned. That one assignment is the switch: chat reads the default
-per request, so requests already running keep the model they started with, and every
-request after it gets the new one. Loads are serialised by a lock, so the default is the
-model of the load that finished last, and a failed load changes nothing. Model names are
-checked with ``parse_model_name`` first: a name, never a host or URL, so an admin call
-cannot make Ollama fetch from anywhere (RELIABILITY 3, SSRF).
+Ollama load it, so the first user request does not pay for the load. Calls that change
+what Ollama holds are serialised per node by a lock. Which nodes to warm and the switch of
+the default model are decided above this module (``nodes.models``).
 
 Model details for /stats (``/api/show`` and ``/api/ps``) are cached for
 ``DETAILS_TTL_S`` per default model, so a UI polling /stats does not poll Ollama.
@@ -24,12 +20,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 
 from clawproxy.errors import GatewayError, NotFound, UpstreamUnavailable
-from clawproxy.ollama.catalog import ModelCatalog
 from clawproxy.ollama.errors import upstream_status_error
 from clawproxy.ollama.pool import UpstreamPool
 
@@ -52,36 +47,26 @@ def keep_alive_value(seconds: float | None) -> float | int:
     return int(seconds) if seconds == int(seconds) else seconds
 
 
-class DefaultModel(Protocol):
-    """Where the default model lives (``LiveState``): read per request, set by a load."""
-
-    model: str
-
-
 class ModelControl:
-    """Admin-side Ollama calls of one gateway.
+    """Admin-side Ollama calls to one node.
 
     ``pool`` is its own (``io_timeout`` = ``gateway.model_load_timeout``, ``ADMIN_POOL_IDLE``
-    idle connections), never the user path's; ``catalog`` is the chat path's allow-list;
-    ``default`` holds the model a load switches; ``keep_alive`` is
-    ``gateway.model_keep_alive``."""
+    idle connections), never the user path's; ``keep_alive`` is ``gateway.model_keep_alive``.
+    Which node to load and which model becomes the default is decided above it
+    (``nodes.models``)."""
 
     def __init__(
         self,
         pool: UpstreamPool,
-        catalog: ModelCatalog,
-        default: DefaultModel,
         *,
         keep_alive: float | None,
         clock: Callable[[], float],
     ) -> None:
         self.pool = pool
-        self._catalog = catalog
-        self._default = default
         self._keep_alive = keep_alive
         self._clock = clock
         self._lock = asyncio.Lock()
-        # (default model, loop time it expires, details) for /stats.
+        # (model, loop time it expires, details) for /stats.
         self._details: tuple[str, float, dict[str, Any]] | None = None
 
     def close(self) -> None:
@@ -125,14 +110,20 @@ class ModelControl:
             "latency_ms": latency_ms,
         }
 
+    async def running(self, timeout: float = HEALTH_TIMEOUT_S) -> list[str]:
+        """The names of the models Ollama has in memory (``/api/ps``)."""
+        async with asyncio.timeout(timeout):
+            status, body = await self.call(b"GET", b"/api/ps", None, MAX_REPLY_BYTES)
+        if status != 200:
+            raise UpstreamUnavailable(f"Ollama answered /api/ps with HTTP {status}")
+        return [str(m["name"]) for m in _ps_summary(_json_object(body)) if m.get("name")]
+
     # -- hot load / unload ------------------------------------------------------------------
 
-    async def load(self, name: str) -> dict[str, Any]:
-        """Check, warm and switch the default model; raise a GatewayError on any failure.
-
-        ``name`` was checked to be a model name (``openai.mapping.parse_model_name``)."""
-        # The same allow-list as chat requests (model.allowed, else Ollama's installed models).
-        await self._catalog.check(name)
+    async def warm(self, name: str) -> dict[str, Any]:
+        """Make Ollama load ``name`` (checked to be installed first); raise a GatewayError
+        on any failure. ``name`` was checked to be a model name
+        (``openai.mapping.parse_model_name``)."""
         clock = self._clock
         async with self._lock:
             started = clock()
@@ -140,16 +131,8 @@ class ModelControl:
             keep_alive = keep_alive_value(self._keep_alive)
             warm = {"model": name, "prompt": "", "stream": False, "keep_alive": keep_alive}
             await self._call_ok(name, b"/api/generate", warm, MAX_REPLY_BYTES)
-            default = self._default
-            previous, default.model = default.model, name
             self._details = None
-        return {
-            "status": "loaded",
-            "model": name,
-            "previous_model": previous,
-            "keep_alive": keep_alive,
-            "load_ms": round((clock() - started) * 1000, 1),
-        }
+        return {"keep_alive": keep_alive, "load_ms": round((clock() - started) * 1000, 1)}
 
     async def _call_ok(self, name: str, path: bytes, payload: dict[str, Any], limit: int) -> bytes:
         """POST to Ollama; 404 means the model is not installed, other errors map as chat's."""
@@ -162,21 +145,18 @@ class ModelControl:
             raise upstream_status_error(status, body)
         return body
 
-    async def unload(self, name: str | None) -> dict[str, Any]:
-        """Ask Ollama to unload a model (the default one if none is named)."""
-        name = self._default.model if name is None else name
+    async def unload(self, name: str) -> None:
+        """Ask Ollama to unload a model."""
         async with self._lock:
             request = {"model": name, "keep_alive": 0}
             await self._call_ok(name, b"/api/generate", request, MAX_REPLY_BYTES)
             self._details = None
-        return {"status": "unloaded", "model": name, "default_model": self._default.model}
 
     # -- details for /stats -----------------------------------------------------------------
 
-    async def details(self) -> dict[str, Any]:
-        """The default model's details and what Ollama has loaded (cached DETAILS_TTL_S)."""
+    async def details(self, model: str) -> dict[str, Any]:
+        """``model``'s details and what Ollama has loaded (cached DETAILS_TTL_S)."""
         clock = self._clock
-        model = self._default.model
         cached = self._details
         if cached is not None and cached[0] == model and cached[1] > clock():
             return cached[2]

@@ -16,6 +16,11 @@ one: Ollama closed it while it sat idle, so the request started nothing. Nothing
 ever retried. At most ``max_idle`` connections wait idle; one more is closed.
 
 Building a pool asks nothing of Ollama: connections open on the first ``send()``.
+
+With an ``ssl_context`` (an ``https://`` node, see ``clawproxy.ollama.tls``) every
+connection is TLS from its first byte; the handshake happens inside ``connect_timeout``, and
+a failed one (an untrusted certificate, a refused client certificate) is an
+``UpstreamUnavailable`` that names the host and OpenSSL's reason. Nothing else changes.
 """
 
 from __future__ import annotations
@@ -23,13 +28,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections import deque
 from collections.abc import Callable
 
 import h11
 
-from clawproxy.errors import UpstreamTimeout, UpstreamUnavailable
-from clawproxy.net import parse_endpoint
+from clawproxy.errors import ConnectTimeout, UpstreamUnavailable
+from clawproxy.net import parse_endpoint, parse_node_url
 from clawproxy.ollama.connection import ConnState, ExchangeListener, UpstreamConnection
 
 log = logging.getLogger("clawproxy.upstream")
@@ -50,9 +56,11 @@ class UpstreamPool:
         io_timeout: float,
         max_idle: int,
         loop: asyncio.AbstractEventLoop | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.host = host
         self.port = port
+        self.ssl_context = ssl_context
         self.loop = loop or asyncio.get_running_loop()
         self.connect_timeout = connect_timeout
         self.io_timeout = io_timeout
@@ -72,9 +80,17 @@ class UpstreamPool:
         io_timeout: float,
         max_idle: int,
         loop: asyncio.AbstractEventLoop,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> UpstreamPool:
-        """A pool for a validated ``http://host:port`` endpoint (``model.endpoint``)."""
-        host, port = parse_endpoint(endpoint)
+        """A pool for a validated ``http://host:port`` endpoint (``model.endpoint``), or
+        an ``https://`` one when ``ssl_context`` is given."""
+        if ssl_context is None:
+            host, port = parse_endpoint(endpoint)
+        else:
+            scheme, host, port = parse_node_url(endpoint)
+            if scheme != "https":
+                # A context for a plain-http URL is a caller's mistake, not a quiet no-op.
+                raise ValueError(f"an ssl_context needs an https:// URL, not {endpoint!r}")
         return cls(
             host,
             port,
@@ -82,6 +98,7 @@ class UpstreamPool:
             io_timeout=io_timeout,
             max_idle=max_idle,
             loop=loop,
+            ssl_context=ssl_context,
         )
 
     def __repr__(self) -> str:
@@ -188,12 +205,22 @@ class UpstreamPool:
             return UpstreamConnection(self)
 
         where = f"{self.host}:{self.port}"
+        tls = self.ssl_context
         try:
             async with asyncio.timeout(self.connect_timeout):
-                _, proto = await self.loop.create_connection(factory, self.host, self.port)
+                if tls is None:
+                    _, proto = await self.loop.create_connection(factory, self.host, self.port)
+                else:
+                    _, proto = await self.loop.create_connection(
+                        factory, self.host, self.port, ssl=tls, server_hostname=self.host
+                    )
         except TimeoutError:
-            raise UpstreamTimeout(
+            raise ConnectTimeout(
                 f"could not connect to Ollama at {where} within {self.connect_timeout:g}s"
+            ) from None
+        except ssl.SSLError as exc:  # before OSError, its base class
+            raise UpstreamUnavailable(
+                f"TLS handshake with Ollama at {where} failed: {_tls_reason(exc)}"
             ) from None
         except OSError as exc:
             reason = exc.strerror or type(exc).__name__
@@ -201,3 +228,10 @@ class UpstreamPool:
         self.connects += 1
         self._all.add(proto)
         return proto
+
+
+def _tls_reason(exc: ssl.SSLError) -> str:
+    """``certificate verify failed: self-signed certificate``-style text for a failure."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"certificate verify failed: {exc.verify_message}"
+    return str(exc.reason or exc.strerror or type(exc).__name__).replace("_", " ").lower()

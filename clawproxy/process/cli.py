@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import functools
 import os
 import sys
 
@@ -99,12 +100,15 @@ def log_file_problem(path: str, exc: OSError) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    # SIGHUP rereads the file the same way (its nodes: list applies live).
+    reread = functools.partial(
+        load_config,
+        args.config,
+        overrides=overrides_from(args),
+        defaults=DEMO_DEFAULTS if args.demo else None,
+    )
     try:
-        config = load_config(
-            args.config,
-            overrides=overrides_from(args),
-            defaults=DEMO_DEFAULTS if args.demo else None,
-        )
+        config = reread()
     except ConfigError as exc:
         print(f"clawproxy: config error: {exc}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
@@ -117,5 +121,5 @@ def main(argv: list[str] | None = None) -> None:
     if args.workers != 1:
         from clawproxy.process.workers import supervise
 
-        sys.exit(supervise(config, args.workers, demo=args.demo))
-    run(serve(config, demo=args.demo))
+        sys.exit(supervise(config, args.workers, demo=args.demo, reread=reread))
+    run(serve(config, demo=args.demo, reread=reread))

@@ -1,6 +1,6 @@
 """Running one gateway process: the event loop, start-up, signals, the drain.
 
-``serve()`` is one gateway's whole life on a running loop: the optional demo simulator,
+``serve()`` is one gateway's whole life on a running loop: the optional demo simulators,
 ``server.max_connections`` fitted to the open-file limit (``fds``), start (exit 2 when a
 port cannot be had, with one line that names the listener by its key and the flag that
 changes it), the start-up heap settled, signals installed, then wait for a stop and drain.
@@ -17,13 +17,16 @@ import gc
 import logging
 import sys
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from clawproxy.config import Config, ConfigError
+from clawproxy.config import Config, ConfigError, NodeConfig, NodeTlsConfig
 from clawproxy.gateway import Gateway
 from clawproxy.http.listener import ListenError, show_address
 from clawproxy.process import signals
 from clawproxy.process.fds import fit_open_files
+
+if TYPE_CHECKING:
+    from clawproxy.simulator import OllamaSimulator
 
 log = logging.getLogger("clawproxy")
 
@@ -54,16 +57,11 @@ async def serve(
     *,
     demo: bool = False,
     make_gateway: Callable[[Config], Gateway] = Gateway,
+    reread: signals.Reread | None = None,
 ) -> None:
-    simulator = None
+    simulators: list[OllamaSimulator] = []
     if demo:
-        from clawproxy.simulator import OllamaSimulator
-
-        simulator = OllamaSimulator()
-        await simulator.start()
-        config = dataclasses.replace(
-            config, model=dataclasses.replace(config.model, endpoint=simulator.endpoint)
-        )
+        simulators, config = await demo_nodes(config)
     try:
         # max_connections within the open-file limit (raised as far as needed, else clamped).
         config = fit_open_files(config)
@@ -75,7 +73,7 @@ async def serve(
         port = await gateway.start()
     except ListenError as exc:
         report(listen_failure(exc))
-        if simulator is not None:
+        for simulator in simulators:
             await simulator.close()
         sys.exit(EXIT_CONFIG)
     settle_heap()
@@ -83,12 +81,35 @@ async def serve(
         admin = f"http://{show_address(config.gateway.debug_host, gateway.admin_port)}"
         print(demo_banner(port, config.model.name, admin), file=sys.stderr, flush=True)
     stop = asyncio.Event()
-    signals.install(gateway, stop)
+    # The demo's nodes are its simulators: a reread file would point them elsewhere.
+    signals.install(gateway, stop, None if demo else reread)
     await stop.wait()
     log.info("shutting down: draining for up to %gs", config.server.drain_timeout)
     await gateway.stop()
-    if simulator is not None:
+    for simulator in simulators:
         await simulator.close()
+
+
+# --demo's simulated nodes, so the UI's nodes table has rows to show.
+DEMO_NODES = ("sim-a", "sim-b")
+
+
+async def demo_nodes(config: Config) -> tuple[list[OllamaSimulator], Config]:
+    """Start the demo's simulators: two nodes (``DEMO_NODES``), or one per configured node
+    name when the config has ``nodes:`` (their URLs replaced by the simulators')."""
+    from clawproxy.simulator import OllamaSimulator
+
+    names = [node.name for node in config.nodes] or list(DEMO_NODES)
+    simulators = [OllamaSimulator() for _ in names]
+    for simulator in simulators:
+        await simulator.start()
+    specs = config.nodes or tuple(NodeConfig(name=name) for name in names)
+    nodes = tuple(
+        dataclasses.replace(spec, url=sim.endpoint, tls=NodeTlsConfig())
+        for spec, sim in zip(specs, simulators, strict=True)
+    )
+    model = dataclasses.replace(config.model, endpoint=simulators[0].endpoint)
+    return simulators, dataclasses.replace(config, model=model, nodes=nodes)
 
 
 def listen_failure(exc: ListenError) -> str:

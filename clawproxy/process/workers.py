@@ -73,12 +73,14 @@ import signal
 import socket
 import sys
 import time
+from functools import partial
 from typing import Any, NoReturn
 
 from clawproxy.config import Config, ConfigError
 from clawproxy.gateway import Gateway
 from clawproxy.http.listener import ListenError
 from clawproxy.process.runner import listen_failure, report, run, serve
+from clawproxy.process.signals import Reread
 
 log = logging.getLogger("clawproxy.workers")
 
@@ -124,6 +126,14 @@ def check_workers(config: Config, workers: int) -> None:
             "gateway.max_concurrent",
             key="gateway.max_concurrent",
         )
+    for index, node in enumerate(config.nodes):
+        cap = node.max_concurrent
+        if cap is not None and workers > cap:
+            raise ConfigError(
+                f"nodes[{index}].max_concurrent: node '{node.name}' has {cap} slot(s), which "
+                f"cannot be split across {workers} workers; use --workers {cap} or fewer",
+                key=f"nodes[{index}].max_concurrent",
+            )
 
 
 def worker_config(config: Config, index: int, workers: int, port: int) -> Config:
@@ -135,13 +145,28 @@ def worker_config(config: Config, index: int, workers: int, port: int) -> Config
         max_concurrent=share(gw.max_concurrent, workers, index),
         queue_size=share(gw.queue_size, workers, index),
     )
+    # Each node's own cap is split the same way, so the workers together never send a GPU
+    # more than its cap.
+    nodes = tuple(
+        node
+        if node.max_concurrent is None
+        else dataclasses.replace(node, max_concurrent=share(node.max_concurrent, workers, index))
+        for node in config.nodes
+    )
     gpu = config.gpu
     if index != 0:
         gateway = dataclasses.replace(gateway, debug_host="127.0.0.1", debug_port=0)
         # One sampler per host is enough, and N would send N webhooks per alert.
         gpu = dataclasses.replace(gpu, enabled=False)
     server = dataclasses.replace(config.server, port=port)
-    return dataclasses.replace(config, gateway=gateway, server=server, gpu=gpu)
+    return dataclasses.replace(config, gateway=gateway, server=server, gpu=gpu, nodes=nodes)
+
+
+def reread_share(reread: Reread, index: int, workers: int, port: int) -> Config:
+    """SIGHUP in a worker: the file reread, checked for the split, and this worker's share."""
+    config = reread()
+    check_workers(config, workers)
+    return worker_config(config, index, workers, port)
 
 
 def _addresses(host: str, port: int) -> list[tuple[int, int, int, tuple[Any, ...]]]:
@@ -228,8 +253,10 @@ class _Slot:
 class Supervisor:
     """Forks the workers, restarts the dead ones and forwards signals; see the module doc."""
 
-    def __init__(self, config: Config, workers: int) -> None:
+    def __init__(self, config: Config, workers: int, reread: Reread | None = None) -> None:
         self.config = config
+        # How a worker rereads the file on SIGHUP (its nodes: list), before taking its share.
+        self.reread = reread
         self.slots = [_Slot(i) for i in range(workers)]
         self.port = 0
         # The port's lock and reservation (module doc); workers close their copies.
@@ -375,12 +402,15 @@ def _worker_main(sup: Supervisor, index: int, parent: int, old_mask: _SigSet) ->
         os.setpgid(0, 0)
         _die_with_parent(parent)
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-        config = worker_config(sup.config, index, len(sup.slots), sup.port)
+        workers, port = len(sup.slots), sup.port
+        config = worker_config(sup.config, index, workers, port)
 
         def make_gateway(cfg: Config) -> Gateway:
             return Gateway(cfg, reuse_port=True)
 
-        run(serve(config, make_gateway=make_gateway))
+        reread = sup.reread
+        share_of = None if reread is None else partial(reread_share, reread, index, workers, port)
+        run(serve(config, make_gateway=make_gateway, reread=share_of))
         code = EXIT_OK
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else EXIT_FAILED
@@ -408,7 +438,9 @@ def _die_with_parent(parent: int) -> None:
         os._exit(EXIT_FAILED)
 
 
-def supervise(config: Config, workers: int, *, demo: bool = False) -> int:
+def supervise(
+    config: Config, workers: int, *, demo: bool = False, reread: Reread | None = None
+) -> int:
     """Run ``workers`` gateway processes on one port; return the exit status.
 
     A configuration that cannot be split prints one line and returns 2, as cli.py does.
@@ -420,4 +452,4 @@ def supervise(config: Config, workers: int, *, demo: bool = False) -> int:
     except ConfigError as exc:
         print(f"clawproxy: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    return Supervisor(config, workers).run()
+    return Supervisor(config, workers, reread).run()

@@ -6,6 +6,10 @@ request loads its model for ``keep_alive``; ``keep_alive: 0`` unloads it; ``/api
 expired entries lazily when it is asked. Names resolve the way Ollama resolves them: case
 does not matter and a missing tag means ``latest``. Payload builders return dicts in Go
 struct field order, ready for ``go_dumps``.
+
+A node can be given a catalog by name (``installed_models``): a name of ``DEFAULT_MODELS``
+takes that entry, any other name gets a plausible chat model derived from the name, so a
+test can invent a model that only one node of a pool has.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +29,8 @@ __all__ = [
     "KEEP_FOREVER_NS",
     "ModelInfo",
     "ModelRegistry",
+    "installed_models",
+    "invented_model",
     "normalize_name",
     "parse_keep_alive",
 ]
@@ -35,6 +42,11 @@ DEFAULT_KEEP_ALIVE_NS = 5 * 60 * NANOS_PER_SECOND
 KEEP_FOREVER_NS = 2**63 - 1
 _DEFAULT_CONTEXT_LENGTH = 4096  # what a runner gets without num_ctx (FAQ)
 _DEFAULT_TAG = "latest"
+# Invented models: 1 to 14 billion parameters, stored at Q4_K_M's ~4.8 bits (0.6 bytes)
+# per parameter, with the 32 Ki-token context common to current chat models.
+_INVENTED_MAX_BILLIONS = 14
+_Q4_K_M_BYTES_PER_PARAMETER = 0.6
+_INVENTED_CONTEXT_LENGTH = 32_768
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +122,48 @@ def normalize_name(name: str) -> str:
     if last and ":" not in last:
         name += ":" + _DEFAULT_TAG
     return name
+
+
+def invented_model(name: str) -> ModelInfo:
+    """A plausible chat model called ``name`` (``:latest`` added when it has no tag).
+
+    Sizes derive from a hash of the name, so the same name always gives the same entry.
+    """
+    name = name.strip()
+    last = name.rsplit("/", 1)[-1]
+    if ":" not in last:
+        name += ":" + _DEFAULT_TAG
+    seed = int.from_bytes(hashlib.sha256(name.lower().encode()).digest()[:8], "big")
+    parameter_count = (1 + seed % _INVENTED_MAX_BILLIONS) * 1_000_000_000 + seed % 999_999_937
+    family = re.sub(r"[^a-z0-9]", "", name.rsplit("/", 1)[-1].split(":", 1)[0].lower())
+    return ModelInfo(
+        name=name,
+        family=family or "llama",
+        parameter_size=f"{parameter_count / 1e9:.1f}B",
+        quantization_level="Q4_K_M",
+        size=int(parameter_count * _Q4_K_M_BYTES_PER_PARAMETER),
+        parameter_count=parameter_count,
+        context_length=_INVENTED_CONTEXT_LENGTH,
+    )
+
+
+def installed_models(models: Sequence[str | ModelInfo]) -> tuple[ModelInfo, ...]:
+    """The catalog for ``models``: entries kept, names resolved (see the module doc).
+
+    Names resolve like requests do (case and a missing ``:latest`` do not matter); a model
+    named twice is installed once, where it first appears.
+    """
+    known = {normalize_name(model.name): model for model in DEFAULT_MODELS}
+    catalog: dict[str, ModelInfo] = {}
+    for item in models:
+        if isinstance(item, str):
+            if not item.strip():
+                raise ValueError("a model name must not be empty")
+            model = known.get(normalize_name(item)) or invented_model(item)
+        else:
+            model = item
+        catalog.setdefault(normalize_name(model.name), model)
+    return tuple(catalog.values())
 
 
 _DURATION_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)")

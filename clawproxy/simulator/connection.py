@@ -9,6 +9,8 @@ A complete request (head and body) is recorded synchronously and handed to one h
 task; while it runs, further bytes are only buffered. ``connection_lost`` (or EOF: like Go's
 net/http, a client half-close counts as gone) ends the active stream record with the
 moment it happened and cancels the handler, so a paced or stalled stream stops at once.
+It also gives back the generation's ``Slot`` there and then (see ``gate``), before the
+cancelled handler unwinds, so the simulator's concurrency count drops with the connection.
 
 Flow control: the transport's ``pause_writing``/``resume_writing`` flip one flag, and
 writers ``await drain()`` whenever it is set, so a slow reader stops the generator instead
@@ -27,6 +29,7 @@ from typing import Protocol, cast
 
 import h11
 
+from .gate import Slot
 from .records import RecordedRequest, StreamRecord
 
 __all__ = ["ParsedRequest", "SimConnection", "SimHost"]
@@ -95,6 +98,8 @@ class SimConnection(asyncio.Protocol):
         self.closed = False
         #: The generation being served on this connection, if any.
         self.stream: StreamRecord | None = None
+        #: Its place in the simulator's generation gate, waiting or running, if any.
+        self.slot: Slot | None = None
 
     # -- asyncio callbacks -------------------------------------------------------------
 
@@ -133,6 +138,8 @@ class SimConnection(asyncio.Protocol):
             self._sim._finish_stream(
                 self.stream, "shutdown" if self._sim.closing else "client_closed"
             )
+        if self.slot is not None:
+            self.slot.release()
         if self._resume is not None and not self._resume.done():
             self._resume.set_result(None)
         if self._task is not None:

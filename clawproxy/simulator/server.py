@@ -10,6 +10,13 @@ script, pick the fault (``X-Sim-Fault`` header, else the reply's, else ``default
 and play it with a ``Generation``. Everything observable is recorded by the ``Recorder``
 base class.
 
+Generations pass the ``GenerationGate`` first (``num_parallel``/``max_queue``, Ollama's
+``OLLAMA_NUM_PARALLEL``/``OLLAMA_MAX_QUEUE``): after validation, as Ollama schedules only
+requests it accepted, so an unknown model is still a 404 on a full node. Load and unload
+requests (no prompt, no messages) do not take a place. ``models`` may name the installed
+models (see ``catalog.installed_models``), so the nodes of a pool can differ; an
+``ssl_context`` makes the node serve HTTPS.
+
 The simulator only ever listens where it is told (127.0.0.1 by default) and is meant for
 tests, demos and benchmarks, not as a real model server.
 """
@@ -19,8 +26,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import orjson
@@ -30,10 +38,12 @@ from .catalog import (
     DEFAULT_MODELS,
     ModelInfo,
     ModelRegistry,
+    installed_models,
     parse_keep_alive,
 )
 from .connection import ParsedRequest, SimConnection
 from .embed import embed_reply
+from .gate import BUSY_MESSAGE, GenerationGate
 from .gojson import go_dumps
 from .records import DEFAULT_MAX_RECORDS, RecordedRequest, Recorder
 from .script import Fault, Reply, Script, demo_script
@@ -76,6 +86,11 @@ class OllamaSimulator(Recorder):
     ``token_rate`` is tokens per second per stream (``None``: as fast as possible);
     ``first_token_delay`` is model-load time before each generation's first byte. Both,
     ``script`` and ``default_fault`` may be changed between requests.
+
+    ``models``: the installed models, as ``ModelInfo`` entries or names (default:
+    ``DEFAULT_MODELS``). ``num_parallel``: at most this many generations at once, the
+    next ``max_queue`` wait in order and any more get Ollama's 503 (``None``: no limit).
+    ``ssl_context``: serve HTTPS with this server-side context.
     """
 
     def __init__(
@@ -83,18 +98,25 @@ class OllamaSimulator(Recorder):
         *,
         host: str = "127.0.0.1",
         port: int = 0,
-        models: Sequence[ModelInfo] | None = None,
+        models: Sequence[str | ModelInfo] | None = None,
         token_rate: float | None = 40.0,
         first_token_delay: float = 0.0,
         script: Script | None = None,
         default_fault: Fault | None = None,
         check_host: bool = True,
         max_records: int = DEFAULT_MAX_RECORDS,
+        num_parallel: int | None = None,
+        max_queue: int = 0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         super().__init__(max_records)
         self.host = host
         self._port = port
-        self.registry = ModelRegistry(list(models) if models is not None else list(DEFAULT_MODELS))
+        self.registry = ModelRegistry(
+            installed_models(models) if models is not None else DEFAULT_MODELS
+        )
+        self.gate = GenerationGate(num_parallel, max_queue, self._changed)
+        self.ssl_context = ssl_context
         self.token_rate = token_rate
         self.first_token_delay = first_token_delay
         self.script: Script = script if script is not None else demo_script
@@ -113,7 +135,11 @@ class OllamaSimulator(Recorder):
         """Start listening; ``port`` is known afterwards."""
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            self._new_connection, self.host, self._port, backlog=LISTEN_BACKLOG
+            self._new_connection,
+            self.host,
+            self._port,
+            backlog=LISTEN_BACKLOG,
+            ssl=self.ssl_context,
         )
         self._port = self._server.sockets[0].getsockname()[1]
 
@@ -145,9 +171,10 @@ class OllamaSimulator(Recorder):
 
     @property
     def endpoint(self) -> str:
-        """The base URL, e.g. ``http://127.0.0.1:11434``."""
+        """The base URL, e.g. ``http://127.0.0.1:11434`` (``https://`` with TLS)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self._port}"
+        scheme = "http" if self.ssl_context is None else "https"
+        return f"{scheme}://{host}:{self._port}"
 
     @property
     def closing(self) -> bool:
@@ -157,6 +184,25 @@ class OllamaSimulator(Recorder):
     def loaded_models(self) -> list[str]:
         """What ``/api/ps`` would list now."""
         return self.registry.loaded_names()
+
+    @property
+    def active_generations(self) -> int:
+        """Generations running now: accepted, response not ended, connection not lost."""
+        return self.gate.active
+
+    @property
+    def peak_generations(self) -> int:
+        """The most generations that ran at once since start or ``reset_peak()``."""
+        return self.gate.peak
+
+    @property
+    def busy_rejections(self) -> int:
+        """Generations refused with the 503 because every place and queue slot was taken."""
+        return self.gate.rejections
+
+    def reset_peak(self) -> None:
+        """Restart ``peak_generations`` from the number running now."""
+        self.gate.reset_peak()
 
     def next_reply(self, *replies: Reply) -> None:
         """Queue replies for the next generations (FIFO), ahead of the script."""
@@ -285,9 +331,24 @@ class OllamaSimulator(Recorder):
         options = body.get("options")
         num_ctx = options.get("num_ctx") if isinstance(options, dict) else None
         context_length = num_ctx if isinstance(num_ctx, int) and num_ctx > 0 else None
-        reply = embed_reply(model, name, body, context_length=context_length)
-        self.registry.load(model, keep_alive_ns or DEFAULT_KEEP_ALIVE_NS, context_length)
-        return self._respond(conn, req, 200, reply), self._idle()
+        async with self._generation_slot(conn):
+            reply = embed_reply(model, name, body, context_length=context_length)
+            self.registry.load(model, keep_alive_ns or DEFAULT_KEEP_ALIVE_NS, context_length)
+            return self._respond(conn, req, 200, reply), self._idle()
+
+    @contextlib.asynccontextmanager
+    async def _generation_slot(self, conn: SimConnection) -> AsyncIterator[None]:
+        """Hold a place in the gate (waiting for one first), or raise Ollama's 503."""
+        slot = self.gate.enter()
+        if slot is None:
+            raise RequestError(503, BUSY_MESSAGE)
+        conn.slot = slot
+        try:
+            await slot.running()
+            yield
+        finally:
+            slot.release()
+            conn.slot = None
 
     # -- generations -------------------------------------------------------------------
 
@@ -334,10 +395,34 @@ class OllamaSimulator(Recorder):
         options = body.get("options")
         num_ctx = options.get("num_ctx") if isinstance(options, dict) else None
         context_length = num_ctx if isinstance(num_ctx, int) and num_ctx > 0 else None
-        # keep_alive 0 still loads for the request and expires right after it.
-        self.registry.load(model, keep_alive_ns or DEFAULT_KEEP_ALIVE_NS, context_length)
         if empty:
+            # keep_alive 0 still loads for the request and expires right after it.
+            self.registry.load(model, keep_alive_ns or DEFAULT_KEEP_ALIVE_NS, context_length)
             return self._respond(conn, req, 200, lines.final("load", {})), idle
+        async with self._generation_slot(conn):
+            self.registry.load(model, keep_alive_ns or DEFAULT_KEEP_ALIVE_NS, context_length)
+            try:
+                keep, fault = await self._play(
+                    conn, req, rec, body, name, lines, prompt_chars, stream
+                )
+            finally:
+                self.registry.load(model, keep_alive_ns, context_length)
+        if fault.close_idle_after is not None:
+            idle = fault.close_idle_after
+        return keep, idle
+
+    async def _play(
+        self,
+        conn: SimConnection,
+        req: ParsedRequest,
+        rec: RecordedRequest,
+        body: dict[str, Any],
+        name: str,
+        lines: Lines,
+        prompt_chars: int,
+        stream: bool | None,
+    ) -> tuple[bool, Fault]:
+        """Pick the reply and fault, play them; whether keep-alive holds, and the fault."""
         header_fault = self._header_fault(rec)
         try:
             reply = self._replies.popleft() if self._replies else self.script(body)
@@ -361,18 +446,14 @@ class OllamaSimulator(Recorder):
             prompt_chars=prompt_chars,
         )
         try:
-            keep = await generation.run()
+            return await generation.run(), fault
         except Exception:
             _log.exception("simulator generation failed")
             self._finish_stream(record, "fault")
             conn.abort()
-            return False, None
+            return False, fault
         finally:
             conn.stream = None
-            self.registry.load(model, keep_alive_ns, context_length)
-        if fault.close_idle_after is not None:
-            idle = fault.close_idle_after
-        return keep, idle
 
     def _header_fault(self, rec: RecordedRequest) -> Fault | None:
         # One fake can serve a whole test module when clients pick faults per request.

@@ -134,13 +134,14 @@ def access_line(
     tokens: int,
     outcome: str,
     key: str = "-",
+    node: str = "-",
     rid: str = "-",
 ) -> str:
     ttft_ms = f"{ttft * 1000:.1f}" if ttft is not None else "-"
     return (
         f'{client} "{escape_path(method)} {escape_path(path)}" {status} model={model} '
         f"ttft_ms={ttft_ms} duration_ms={duration * 1000:.1f} tokens={tokens} "
-        f"outcome={outcome or 'ok'} key={key} rid={rid}"
+        f"outcome={outcome or 'ok'} key={key} node={node} rid={rid}"
     )
 
 
@@ -150,7 +151,7 @@ def refusal_line(client: str, method: bytes, path: bytes, status: int, reason: s
     parsed; model, times, key and request id always), the reason as the outcome."""
     return (
         f'{client} "{escape_path(method) or "-"} {escape_path(path) or "-"}" {status} model=- '
-        f"ttft_ms=- duration_ms=- tokens=0 outcome={reason} key=- rid=-"
+        f"ttft_ms=- duration_ms=- tokens=0 outcome={reason} key=- node=- rid=-"
     )
 
 

@@ -98,9 +98,45 @@ def render(state: LiveState, now: float, *, draining: bool, version: str) -> byt
     for event, count in sorted(state.alerts.items()):
         w.sample("clawproxy_alerts_total", (("event", event),), count)
 
+    _render_nodes(w, state)
     _render_gpu(w, state)
     w.lines.append("")
     return "\n".join(w.lines).encode()
+
+
+# A node's states, one gauge each (1 for the state it is in), so an alert rule can say
+# ``clawproxy_node_state{state="ejected"} == 1``.
+NODE_STATES = ("up", "ejected", "draining", "disabled")
+
+
+def _render_nodes(w: _Writer, state: LiveState) -> None:
+    rows = state.nodes()
+    w.family("clawproxy_node_inflight", "gauge", "Generations running on each node.")
+    for row in rows:
+        w.sample("clawproxy_node_inflight", (("node", row["name"]),), row["inflight"])
+    w.family("clawproxy_node_capacity", "gauge", "Each node's cap (its max_concurrent).")
+    for row in rows:
+        w.sample("clawproxy_node_capacity", (("node", row["name"]),), row["max_concurrent"])
+    w.family("clawproxy_node_state", "gauge", "1 for the state each node is in.")
+    for row in rows:
+        for name in NODE_STATES:
+            labels = (("node", row["name"]), ("state", name))
+            w.sample("clawproxy_node_state", labels, int(row["state"] == name))
+    w.family("clawproxy_node_requests_total", "counter", "Requests given a slot on each node.")
+    for row in rows:
+        w.sample("clawproxy_node_requests_total", (("node", row["name"]),), row["requests"])
+    w.family(
+        "clawproxy_node_failovers_total",
+        "counter",
+        "Requests moved off each node before any byte reached the client, by reason.",
+    )
+    for row in rows:
+        for reason, count in sorted(row["failovers"].items()):
+            labels = (("node", row["name"]), ("reason", reason))
+            w.sample("clawproxy_node_failovers_total", labels, count)
+    w.family("clawproxy_node_ejections_total", "counter", "Times each node was ejected.")
+    for row in rows:
+        w.sample("clawproxy_node_ejections_total", (("node", row["name"]),), row["ejections"])
 
 
 def _render_gpu(w: _Writer, state: LiveState) -> None:

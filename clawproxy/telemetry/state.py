@@ -29,13 +29,14 @@ import math
 import time
 from bisect import bisect_left, bisect_right
 from collections import Counter, deque
+from collections.abc import Callable
 from itertools import accumulate
 from operator import add
 from typing import Any
 
 from clawproxy.config import Config
 from clawproxy.http.request import Request
-from clawproxy.policy.admission import Admission
+from clawproxy.nodes.scheduler import Scheduler
 from clawproxy.telemetry.gpusample import GpuSample
 from clawproxy.telemetry.histogram import DURATION_BUCKETS_S, TTFT_BUCKETS_S, Histogram
 
@@ -259,8 +260,18 @@ def _percentiles_ms(counts: list[int]) -> dict[str, float | None]:
 class LiveState:
     """Counters, gauges and the current default model of one gateway process."""
 
-    def __init__(self, config: Config, now: float) -> None:
-        self.admission = Admission(config.gateway.max_concurrent, config.gateway.queue_size)
+    def __init__(
+        self,
+        config: Config,
+        now: float,
+        admission: Scheduler | None = None,
+        nodes: Callable[[], list[dict[str, Any]]] | None = None,
+    ) -> None:
+        # The slots and the queue (the gateway's node table owns them); a table with no
+        # nodes when there is none (a state built alone, for a test).
+        self.admission = admission or Scheduler(tuple, config.gateway.queue_size, time.monotonic)
+        # Each node as ``NodeTable.describe`` tells it (GET /nodes, /stats, /metrics).
+        self.nodes = nodes or list
         # The default model; a hot load (admin port) swaps it atomically between requests.
         self.model = config.model.name
         self.started_mono = now
@@ -365,5 +376,6 @@ class LiveState:
         out["requests_per_second_series"] = self.window.per_second(now, 60)
         out["recent"] = list(reversed(self.recent))
         out["gpu"] = self.gpu.as_dict()
+        out["nodes"] = self.nodes()
         out["alerts"] = dict(self.alerts)
         return out

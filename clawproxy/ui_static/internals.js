@@ -1,4 +1,5 @@
-// The internals page: model details, GPUs and the last requests, from /ui/api/stats every 2 s.
+// The internals page: model details, GPUs, the nodes and the last requests, from /ui/api/stats
+// every 2 s.
 // Every value is written as text (el() / textContent).
 
 import {byId, el, fmtBytes, fmtClock, fmtMs, fmtNumber, getJson, poll} from './common.js';
@@ -65,6 +66,69 @@ function renderGpus(gpu) {
   target.replaceChildren(table);
 }
 
+// A node's state as a class the stylesheet already has; draining has none, so it takes the
+// warning colour through the CSSOM below (the CSP refuses inline style attributes).
+const NODE_STATE_CLASS = {
+  up: 'status-ok', ejected: 'status-bad', draining: 'node-draining', disabled: 'muted',
+};
+// Longer errors are cut in the table; the whole text is the cell's tooltip.
+const ERROR_CHARS = 48;
+
+function truncate(text, limit) {
+  return text.length > limit ? `${text.slice(0, limit - 1)}…` : text;
+}
+
+function nodeStateText(n) {
+  const parts = [n.state];
+  if (n.state === 'ejected' && n.trial_in_seconds !== null && n.trial_in_seconds !== undefined) {
+    parts.push(`trial in ${Math.ceil(n.trial_in_seconds)}s`);
+  }
+  if (n.busy) parts.push('busy');
+  return parts.join(' · ');
+}
+
+function renderNodes(nodes) {
+  const target = byId('nodes');
+  if (!nodes.length) {
+    target.replaceChildren(el('p', {class: 'muted', id: 'no-nodes', text: 'No nodes in the pool.'}));
+    return;
+  }
+  const rows = nodes.map((n) => {
+    const cap = Number(n.max_concurrent) || 0;
+    const percent = cap > 0 ? Math.min(100, Math.round((100 * n.inflight) / cap)) : 0;
+    const failovers = Object.values(n.failovers || {}).reduce((sum, v) => sum + Number(v || 0), 0);
+    const loaded = (n.loaded_models || []).join(', ');
+    const serves = Array.isArray(n.models) ? n.models.join(', ') || 'none' : 'discovered';
+    const error = n.last_error || '';
+    return el('tr', {'data-node': n.name, 'data-state': n.state},
+      el('td', {class: 'node-name', title: n.version ? `Ollama ${n.version}` : null, text: n.name}),
+      el('td', {class: `node-state ${NODE_STATE_CLASS[n.state] || ''}`, text: nodeStateText(n)}),
+      el('td', {class: 'node-load', title: `peak ${fmtNumber(n.peak_inflight)}`},
+        el('div', {class: 'meter'}, el('span', {'data-percent': percent})),
+        `${fmtNumber(n.inflight)} / ${fmtNumber(cap)}`),
+      el('td', {class: 'num', text: fmtNumber(n.requests)}),
+      el('td', {class: n.failures ? 'num status-bad' : 'num', text: fmtNumber(n.failures)}),
+      el('td', {class: 'num', text: fmtNumber(n.ejections)}),
+      el('td', {class: 'num', title: joinCounts(n.failovers), text: fmtNumber(failovers)}),
+      el('td', {title: `serves: ${serves}`, text: loaded || '–'}),
+      el('td', {class: error ? 'status-bad' : 'muted', title: error || null,
+        text: error ? truncate(error, ERROR_CHARS) : '–'}));
+  });
+  const num = (text) => el('th', {class: 'num', text});
+  const table = el('table', {id: 'nodes-table'},
+    el('thead', {}, el('tr', {},
+      el('th', {text: 'Node'}), el('th', {text: 'State'}), el('th', {text: 'In flight'}),
+      num('Requests'), num('Failures'), num('Ejections'), num('Failovers'),
+      el('th', {text: 'Loaded models'}), el('th', {text: 'Last error'}))),
+    el('tbody', {}, ...rows));
+  for (const bar of table.querySelectorAll('[data-percent]')) bar.style.width = `${bar.dataset.percent}%`;
+  for (const cell of table.querySelectorAll('.node-draining')) {
+    cell.style.color = 'var(--warn)';
+    cell.style.fontWeight = '600';
+  }
+  target.replaceChildren(table);
+}
+
 function renderRecent(recent) {
   const rows = recent.map((r) => {
     const bad = r.status >= 400 || r.outcome !== 'ok';
@@ -105,6 +169,7 @@ poll(async () => {
   const s = await getJson('/ui/api/stats');
   renderModel(s.model_details || {name: s.model});
   renderGpus(s.gpu);
+  renderNodes(s.nodes || []);
   renderRecent(s.recent);
   renderCounters(s);
 }, POLL_MS);
