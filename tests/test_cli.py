@@ -121,6 +121,11 @@ def test_demo_streams_with_the_official_client_and_stops_cleanly() -> None:
         assert "Hello!" in text  # the demo model repeats what it was told
         assert len(chunks) > 10  # token by token, not one lump
         assert chunks[-1].choices[0].finish_reason == "stop"
+        # Two simulated nodes, so the UI's nodes table has rows; one of them served it.
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ui/api/stats", timeout=10) as r:
+            nodes = json.loads(r.read())["nodes"]
+        assert [n["name"] for n in nodes] == ["sim-a", "sim-b"]
+        assert sum(n["requests"] for n in nodes) == 1
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)

@@ -25,6 +25,7 @@ from harness import (
     request,
     status_of,
 )
+from tls_certs import server_context, session_certs
 
 from clawproxy.config import ConfigError, config_from_mapping
 from clawproxy.simulator.script import Fault
@@ -395,3 +396,34 @@ def test_a_node_that_never_accepts_the_connection_fails_over() -> None:
             for sock in fillers:
                 sock.close()
             full.close()
+
+
+def test_https_node_with_its_own_ca() -> None:
+    """A node behind TLS (real TLS on loopback, a throwaway CA given to the gateway)."""
+    certs = session_certs()
+    nodes = [
+        {
+            "ssl_context": server_context(certs),
+            "node": {"tls": {"ca_file": certs.ca_file}},
+        }
+    ]
+    with NodesHarness(nodes) as h:
+        assert h.sims[0].endpoint.startswith("https://")
+        status, _, body = chat(h, stream=True)
+        assert status == 200 and b"data: [DONE]" in body
+        assert chat(h)[0] == 200
+        assert generations(h, 0) == 2
+
+
+def test_https_node_with_an_unknown_ca_is_a_clear_502() -> None:
+    certs = session_certs()
+    nodes = [
+        {
+            "ssl_context": server_context(certs),
+            "node": {"tls": {"ca_file": certs.other_ca_file}},
+        }
+    ]
+    with NodesHarness(nodes) as h:
+        status, _, body = chat(h)
+        assert status == 502
+        assert "certificate verify failed" in json.loads(body)["error"]["message"]

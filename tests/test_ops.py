@@ -284,3 +284,41 @@ def test_second_signal_exits_at_once(start: StartFn) -> None:
         gw.wait_for_log("shutting down")
         gw.proc.send_signal(signal.SIGINT)
         assert gw.proc.wait(CALL_TIMEOUT) == signals.EXIT_FORCED
+
+
+def test_sighup_rereads_the_nodes_and_keeps_them_on_a_bad_file(
+    start: StartFn, tmp_path: Path
+) -> None:
+    """SIGHUP rereads the config file's nodes: list (README, Several Ollama nodes): the
+    lone default node is drained and forgotten, the listed ones serve; a broken file is
+    logged and changes nothing."""
+    sim = start_simulator(tmp_path, rate=1000, tokens=5)
+    try:
+        url = f"http://127.0.0.1:{sim.port}"
+        gw = start(url)
+        assert get(gw.port, "/health") == 200
+        conf = tmp_path / "config.yaml"
+        config = yaml.safe_load(conf.read_text())
+        config["nodes"] = [
+            {"name": "gpu-a", "url": url, "max_concurrent": 2},
+            {"name": "gpu-b", "url": url, "max_concurrent": 3},
+        ]
+        conf.write_text(yaml.safe_dump(config))
+        gw.proc.send_signal(signal.SIGHUP)
+        gw.wait_for_log("nodes reloaded: added gpu-a; added gpu-b; draining default")
+        status, body = fetch(gw.admin_port, "/nodes")
+        nodes = json.loads(body)["nodes"]
+        assert status == 200
+        assert [(n["name"], n["max_concurrent"]) for n in nodes] == [("gpu-a", 2), ("gpu-b", 3)]
+        with open_stream(gw.port, 3) as resp:
+            assert b"data: [DONE]" in resp.read()
+        config["nodes"][0]["url"] = "ftp://nowhere"
+        conf.write_text(yaml.safe_dump(config))
+        gw.proc.send_signal(signal.SIGHUP)
+        gw.wait_for_log("SIGHUP: config error: ")
+        assert "nodes[0].url" in gw.log_text()
+        assert len(json.loads(fetch(gw.admin_port, "/nodes")[1])["nodes"]) == 2
+        gw.proc.send_signal(signal.SIGTERM)
+        assert gw.proc.wait(CALL_TIMEOUT) == 0
+    finally:
+        simulator_stats(sim)  # stops it and closes its pipe

@@ -59,6 +59,24 @@ def test_worker_configs_split_the_limits_and_the_admin_port() -> None:
     assert [w.gpu.enabled for w in workers] == [True, False]
 
 
+def test_each_node_cap_is_split_across_the_workers() -> None:
+    nodes = [
+        {"name": "a", "url": "http://127.0.0.1:1", "max_concurrent": 5},
+        {"name": "b", "url": "http://127.0.0.1:2"},  # gateway.max_concurrent's share
+    ]
+    cfg = config(**{"gateway.max_concurrent": 4, "nodes": nodes})
+    workers = [worker_config(cfg, i, 2, 8123) for i in range(2)]
+    assert [w.nodes[0].max_concurrent for w in workers] == [3, 2]
+    assert [(w.nodes[1].max_concurrent, w.gateway.max_concurrent) for w in workers] == [
+        (None, 2),
+        (None, 2),
+    ]
+    # Each worker needs a slot on each node: 5 slots cannot go to 6 workers.
+    roomy = config(**{"gateway.max_concurrent": 8, "nodes": nodes})
+    with pytest.raises(ConfigError, match=r"nodes\[0\]\.max_concurrent: node 'a' has 5 slot"):
+        check_workers(roomy, 6)
+
+
 @pytest.mark.parametrize("workers", [0, 5])
 def test_impossible_worker_counts_are_config_errors(workers: int) -> None:
     with pytest.raises(ConfigError):
