@@ -21,12 +21,18 @@ Theory of operation
 from __future__ import annotations
 
 import dataclasses
+import time
 
-from clawproxy.app.relay import relay_stream, relay_whole
+import orjson
+
+from clawproxy.app.relay import SseRelay, new_completion_id, relay_stream, relay_whole
 from clawproxy.app.services import Services
 from clawproxy.http.request import Request
 from clawproxy.http.server import HttpConnection
+from clawproxy.openai.aggregate import ChatAccumulator
 from clawproxy.openai.mapping import ChatPlan, build_chat_plan, parse_json_body
+
+CHAT_TARGET = b"/api/chat"
 
 
 async def chat_completions(svc: Services, request: Request, conn: HttpConnection) -> None:
@@ -35,10 +41,18 @@ async def chat_completions(svc: Services, request: Request, conn: HttpConnection
     # Only a name the catalog passed becomes the request's (and its metric label).
     route = await svc.route_model(plan.model)
     request.model = route.model
+    payload = orjson.dumps(plan.payload)
     if plan.stream:
-        await relay_stream(svc, request, conn, plan, route)
-    else:
-        await relay_whole(svc, request, conn, plan, route)
+        relay = SseRelay(svc, request, conn, plan)
+        await relay_stream(svc, request, conn, route, CHAT_TARGET, payload, relay)
+        return
+    acc = ChatAccumulator(
+        completion_id=new_completion_id(),
+        created=int(time.time()),
+        model=plan.model,
+        max_line_bytes=svc.config.upstream.max_line_bytes,
+    )
+    await relay_whole(svc, request, conn, route, CHAT_TARGET, payload, acc)
 
 
 def plan_request(svc: Services, body: bytes) -> ChatPlan:

@@ -1,7 +1,11 @@
-"""The chat relay: one admitted request's exchange with Ollama, re-framed for the client.
+"""The relays: one admitted request's exchange with Ollama, re-framed for the client.
 
 Theory of operation
 -------------------
+Chat (``SseRelay``, ``ChatAccumulator``) and legacy completions (``app.completions``) share
+everything here but the re-framing itself: ``relay_stream`` with a ``StreamRelay`` subclass,
+``relay_whole`` with an accumulator.
+
 Ollama is always asked to stream: the silence deadline then protects non-streaming clients
 too, and one code path reads every reply. Streaming clients: the SSE head goes out once
 Ollama's 200 arrives; from then on each upstream read is re-framed and written inside the
@@ -25,8 +29,7 @@ import asyncio
 import random
 import time
 from collections.abc import Callable
-
-import orjson
+from typing import Protocol
 
 from clawproxy.app.dispatch import open_on_node
 from clawproxy.app.services import Services
@@ -35,12 +38,9 @@ from clawproxy.http.request import Request
 from clawproxy.http.server import HttpConnection
 from clawproxy.nodes.scheduler import Route
 from clawproxy.ollama.connection import BodyReader, UpstreamConnection
-from clawproxy.openai.aggregate import ChatAccumulator
 from clawproxy.openai.heartbeat import Heartbeat
 from clawproxy.openai.mapping import ChatPlan
 from clawproxy.openai.reframe import SseReframer, error_event
-
-CHAT_TARGET = b"/api/chat"
 
 SSE_HEADERS = (
     (b"content-type", b"text/event-stream"),
@@ -61,14 +61,37 @@ def finish_exchange(upstream: UpstreamConnection, clean: bool) -> None:
         upstream.abort()
 
 
+class Accumulator(Protocol):
+    """A whole reply built from Ollama's stream (``ChatAccumulator`` and its kin)."""
+
+    @property
+    def done(self) -> bool: ...
+
+    @property
+    def extra_after_done(self) -> bool: ...
+
+    @property
+    def completion_tokens(self) -> int: ...
+
+    def feed(self, data: bytes) -> None: ...
+
+    def result(self) -> bytes: ...
+
+
 async def relay_whole(
-    svc: Services, request: Request, conn: HttpConnection, plan: ChatPlan, route: Route
+    svc: Services,
+    request: Request,
+    conn: HttpConnection,
+    route: Route,
+    target: bytes,
+    payload: bytes,
+    acc: Accumulator,
 ) -> None:
-    payload = orjson.dumps(plan.payload)
-    lease, upstream = await open_on_node(svc, request, conn, route, CHAT_TARGET, payload)
+    """One non-streaming answer: ``acc`` fed from Ollama's stream, sent whole at its end."""
+    lease, upstream = await open_on_node(svc, request, conn, route, target, payload)
     clean = False
     try:
-        clean = await whole_reply(svc, request, conn, plan, upstream)
+        clean = await whole_reply(svc, request, conn, acc, upstream)
     except UPSTREAM_ERRORS as exc:
         svc.upstream_failed(exc)
         svc.nodes.scheduler.node_failed(lease.node, exc.message)
@@ -79,12 +102,16 @@ async def relay_whole(
 
 
 async def relay_stream(
-    svc: Services, request: Request, conn: HttpConnection, plan: ChatPlan, route: Route
+    svc: Services,
+    request: Request,
+    conn: HttpConnection,
+    route: Route,
+    target: bytes,
+    payload: bytes,
+    relay: StreamRelay,
 ) -> None:
-    """Stream the reply as SSE, with heartbeats from the moment a node took the request
-    until its head (never before: a byte sent rules out failover)."""
-    relay = SseRelay(svc, request, conn, plan)
-    payload = orjson.dumps(plan.payload)
+    """Stream the reply as SSE through ``relay``, with heartbeats from the moment a node took
+    the request until its head (never before: a byte sent rules out failover)."""
     heartbeat = relay.heartbeat
 
     def accepted() -> None:
@@ -93,7 +120,7 @@ async def relay_stream(
 
     try:
         lease, upstream = await open_on_node(
-            svc, request, conn, route, CHAT_TARGET, payload, accepted, relay, heartbeat.stop
+            svc, request, conn, route, target, payload, accepted, relay, heartbeat.stop
         )
     except GatewayError as exc:
         if not conn.response_started:
@@ -114,46 +141,51 @@ async def relay_stream(
         svc.nodes.scheduler.release(lease)
 
 
-class SseRelay:
-    """Ollama's NDJSON to one client as SSE: one re-frame and one write per upstream read.
+class StreamState(Protocol):
+    """What a relay reads of its re-framer (``SseReframer`` and its kin)."""
 
-    The upstream connection's ``ExchangeListener`` for one streaming request. ``prepare()``
-    builds the re-framer and the two per-read calls, ``on_raw`` and ``on_data``; it runs
-    while Ollama works on the request (``send``'s ``meanwhile``), so the first token does
-    not wait for it. ``on_head()`` stops the heartbeats, sends our head and couples the
-    flow control; it runs inside the upstream read that brings Ollama's 200, so the bytes
-    that came with that head, often the first token, reach the client in the same
-    callback. The stream ends at Ollama's done line (``on_data``: ``[DONE]`` and the last
-    chunk, then ``_answered``), or else where Ollama's body ends, ``on_end`` or ``on_error``
-    (``_end``). ``run()`` is what the handler's task does meanwhile: wait for that end, and
-    hand the upstream connection back.
+    @property
+    def done(self) -> bool: ...
+
+    @property
+    def error(self) -> object: ...
+
+    @property
+    def deltas(self) -> int: ...
+
+    @property
+    def extra_after_done(self) -> bool: ...
+
+    def eof(self) -> bytes: ...
+
+    def fail(self, message: str, code: str) -> bytes: ...
+
+
+class StreamRelay:
+    """Ollama's NDJSON to one client as SSE: the upstream connection's ``ExchangeListener``
+    for one streaming request, all but the re-framing (a subclass's ``prepare``).
+
+    ``prepare()`` builds the re-framer (``stream``) and the per-read calls, ``on_data`` and
+    ``on_raw``; it runs while Ollama works on the request (``send``'s ``meanwhile``), so the
+    first token does not wait for it. ``on_head()`` stops the heartbeats, sends our head and
+    couples the flow control; it runs inside the upstream read that brings Ollama's 200, so
+    the bytes that came with that head, often the first token, reach the client in the same
+    callback. The stream ends at Ollama's done line (the subclass's ``on_data`` writes the
+    last bytes and calls ``_answered``), or else where Ollama's body ends, ``on_end`` or
+    ``on_error`` (``_end``). ``run()`` is what the handler's task does meanwhile: wait for
+    that end, and hand the upstream connection back.
     """
 
-    __slots__ = (
-        "conn",
-        "done",
-        "heartbeat",
-        "on_data",
-        "on_raw",
-        "plan",
-        "reframer",
-        "request",
-        "svc",
-        "upstream_error",
-    )
+    __slots__ = ("conn", "done", "heartbeat", "request", "stream", "svc", "upstream_error")
 
-    # Closures built by prepare(), not methods: on the per-token path they read their
-    # collaborators from closure cells; methods reading them from self's slots measured
-    # about 30 ns a token slower (115 vs 145 ns a call, min of 15 runs, Python 3.11).
-    on_raw: Callable[[bytes], bool]
+    on_raw: Callable[[bytes], bool] | None
     on_data: Callable[[bytes], None]
 
-    def __init__(self, svc: Services, request: Request, conn: HttpConnection, plan: ChatPlan):
+    def __init__(self, svc: Services, request: Request, conn: HttpConnection) -> None:
         self.svc = svc
         self.request = request
         self.conn = conn
-        self.plan = plan
-        self.reframer: SseReframer | None = None
+        self.stream: StreamState | None = None
         interval = svc.config.server.heartbeat_interval
         self.heartbeat = Heartbeat(svc.loop, interval, self.commit, conn.write)
         # The client's stream ended: at the done line, or where Ollama's body ended.
@@ -167,10 +199,115 @@ class SseRelay:
             self.conn.start_stream(self.request, 200, SSE_HEADERS)
 
     def prepare(self) -> None:
-        if self.reframer is not None:
+        """Build ``stream``, ``on_data`` and ``on_raw`` (idempotent)."""
+        raise NotImplementedError
+
+    # -- ExchangeListener: called by the upstream connection inside its reads ----------------
+
+    def on_head(self, conn: UpstreamConnection) -> None:
+        """Ollama answered 200: our head, and every body read from now on, to the client."""
+        self.heartbeat.stop()
+        self.commit()
+        self.prepare()
+        self.conn.flow.attach(conn)
+
+    def on_end(self) -> None:
+        stream = self.stream
+        assert stream is not None
+        if stream.done:
+            return  # answered at the done line already
+        tail = stream.eof()
+        if stream.error is not None:
+            # A clean end of the body without Ollama's done line: the answer was cut.
+            self.request.outcome = self.request.outcome or "upstream_unavailable"
+            self.svc.state.upstream_errors["upstream_unavailable"] += 1
+            self.upstream_error = "the reply ended without its done line"
+        self._end(tail)
+
+    def on_error(self, exc: GatewayError) -> None:
+        stream = self.stream
+        assert stream is not None
+        if stream.done:
+            # After the done line the answer stands: the connection's end is housekeeping.
+            return
+        code = exc.code or "upstream_error"
+        tail = stream.fail(exc.message, code)
+        self.request.outcome = code
+        if isinstance(exc, UPSTREAM_ERRORS):
+            self.svc.upstream_failed(exc)
+            self.upstream_error = exc.message
+        self._end(tail)
+
+    def _end(self, tail: bytes) -> None:
+        """Where the stream ends: the tail, then the last chunk, or a cut without it."""
+        request, conn = self.request, self.conn
+        self._settle()
+        if not self.done.done():
+            # Before the client writes: the task wakes ahead of a cut's connection_lost.
+            self.done.set_result(None)
+        if tail:
+            conn.write(tail)
+        request.outcome = request.outcome or "upstream_error"
+        conn.cut_stream()
+
+    def _answered(self) -> None:
+        """Ollama's done line was relayed: the client has its whole answer."""
+        self._settle()
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def _settle(self) -> None:
+        """Uncouple the flow control and count the tokens (idempotent)."""
+        self.conn.flow.detach()
+        if self.stream is not None:
+            self.request.tokens = self.stream.deltas
+
+    # -- the handler task ----------------------------------------------------------------
+
+    async def run(self, upstream: UpstreamConnection) -> bool:
+        """Wait for the stream's end, then hand the upstream connection back (or close it).
+        Returns True when the stream ended cleanly.
+
+        ``on_head`` ran already, inside the read that brought Ollama's 200: ``send()``
+        returns a 200 connection only after it ran."""
+        clean = False
+        try:
+            # What came with Ollama's head was relayed with our head already; if nothing
+            # did, the head goes out alone now so the client sees its 200 at once.
+            self.conn.flush()
+            await self.done
+            # Read now, not at the done line: bytes after it may have come meanwhile.
+            stream = self.stream
+            clean = stream is not None and stream.done and not stream.extra_after_done
+        except asyncio.CancelledError:
+            # The client left (or the drain cut it): the stream just stops.
+            self._settle()
+            raise
+        finally:
+            finish_exchange(upstream, clean)
+        return clean
+
+
+class SseRelay(StreamRelay):
+    """Chat: ``SseReframer`` with its one-token fast path (``on_raw``)."""
+
+    __slots__ = ("on_data", "on_raw", "plan")
+
+    # Closures built by prepare(), not methods: on the per-token path they read their
+    # collaborators from closure cells; methods reading them from self's slots measured
+    # about 30 ns a token slower (115 vs 145 ns a call, min of 15 runs, Python 3.11).
+    on_raw: Callable[[bytes], bool]
+    on_data: Callable[[bytes], None]
+
+    def __init__(self, svc: Services, request: Request, conn: HttpConnection, plan: ChatPlan):
+        super().__init__(svc, request, conn)
+        self.plan = plan
+
+    def prepare(self) -> None:
+        if self.stream is not None:
             return
         plan, request, conn = self.plan, self.request, self.conn
-        reframer = self.reframer = SseReframer(
+        reframer = self.stream = SseReframer(
             completion_id=new_completion_id(),
             created=int(time.time()),
             model=plan.model,
@@ -213,93 +350,6 @@ class SseRelay:
         self.on_data = on_data
         self.on_raw = on_raw
 
-    # -- ExchangeListener: called by the upstream connection inside its reads ----------------
-
-    def on_head(self, conn: UpstreamConnection) -> None:
-        """Ollama answered 200: our head, and every body read from now on, to the client."""
-        self.heartbeat.stop()
-        self.commit()
-        self.prepare()
-        self.conn.flow.attach(conn)
-
-    def on_end(self) -> None:
-        reframer = self.reframer
-        assert reframer is not None
-        if reframer.done:
-            return  # answered at the done line already
-        tail = reframer.eof()
-        if reframer.error is not None:
-            # A clean end of the body without Ollama's done line: the answer was cut.
-            self.request.outcome = "upstream_unavailable"
-            self.svc.state.upstream_errors["upstream_unavailable"] += 1
-            self.upstream_error = "the reply ended without its done line"
-        self._end(tail)
-
-    def on_error(self, exc: GatewayError) -> None:
-        reframer = self.reframer
-        assert reframer is not None
-        if reframer.done:
-            # After the done line the answer stands: the connection's end is housekeeping.
-            return
-        code = exc.code or "upstream_error"
-        tail = reframer.fail(exc.message, code)
-        self.request.outcome = code
-        if isinstance(exc, UPSTREAM_ERRORS):
-            self.svc.upstream_failed(exc)
-            self.upstream_error = exc.message
-        self._end(tail)
-
-    def _end(self, tail: bytes) -> None:
-        """Where the stream ends: the tail, then the last chunk, or a cut without it."""
-        reframer = self.reframer
-        assert reframer is not None
-        request, conn = self.request, self.conn
-        self._settle()
-        if not self.done.done():
-            # Before the client writes: the task wakes ahead of a cut's connection_lost.
-            self.done.set_result(None)
-        if tail:
-            conn.write(tail)
-        request.outcome = request.outcome or "upstream_error"
-        conn.cut_stream()
-
-    def _answered(self) -> None:
-        """Ollama's done line was relayed: the client has its whole answer."""
-        self._settle()
-        if not self.done.done():
-            self.done.set_result(None)
-
-    def _settle(self) -> None:
-        """Uncouple the flow control and count the tokens (idempotent)."""
-        self.conn.flow.detach()
-        if self.reframer is not None:
-            self.request.tokens = self.reframer.deltas
-
-    # -- the handler task ----------------------------------------------------------------
-
-    async def run(self, upstream: UpstreamConnection) -> bool:
-        """Wait for the stream's end, then hand the upstream connection back (or close it).
-        Returns True when the stream ended cleanly.
-
-        ``on_head`` ran already, inside the read that brought Ollama's 200: ``send()``
-        returns a 200 connection only after it ran."""
-        clean = False
-        try:
-            # What came with Ollama's head was relayed with our head already; if nothing
-            # did, the head goes out alone now so the client sees its 200 at once.
-            self.conn.flush()
-            await self.done
-            # Read now, not at the done line: bytes after it may have come meanwhile.
-            reframer = self.reframer
-            clean = reframer is not None and reframer.done and not reframer.extra_after_done
-        except asyncio.CancelledError:
-            # The client left (or the drain cut it): the stream just stops.
-            self._settle()
-            raise
-        finally:
-            finish_exchange(upstream, clean)
-        return clean
-
 
 def new_completion_id() -> str:
     # OpenAI-shaped and unique (Ollama's own ids are 0-998 and collide: PROTOCOL 3.2).
@@ -312,16 +362,10 @@ async def whole_reply(
     svc: Services,
     request: Request,
     conn: HttpConnection,
-    plan: ChatPlan,
+    acc: Accumulator,
     upstream: UpstreamConnection,
 ) -> bool:
-    """Accumulate the stream and answer with one ``chat.completion`` object."""
-    acc = ChatAccumulator(
-        completion_id=new_completion_id(),
-        created=int(time.time()),
-        model=plan.model,
-        max_line_bytes=svc.config.upstream.max_line_bytes,
-    )
+    """Feed ``acc`` from the stream and answer with its one object at the done line."""
     feed = acc.feed
 
     def on_data(data: bytes) -> None:

@@ -121,7 +121,7 @@ def build_chat_plan(body: object, defaults: ModelConfig) -> ChatPlan:
     if present & _REFUSED_FIELDS:
         _refuse_unsupported(body)
     model = _read_model(body, defaults)
-    stream, include_usage = _read_stream(body)
+    stream, include_usage = read_stream(body)
     options = _read_options(body, defaults, present)
     think = _read_think(body) if present & _THINK_FIELDS else None
     fmt = _read_format(body["response_format"]) if "response_format" in present else None
@@ -183,7 +183,7 @@ def _read_model(body: dict[str, Any], defaults: ModelConfig) -> str:
 # --- stream --------------------------------------------------------------------------------
 
 
-def _read_stream(body: dict[str, Any]) -> tuple[bool, bool]:
+def read_stream(body: dict[str, Any]) -> tuple[bool, bool]:
     stream = body.get("stream")
     if stream is None:
         stream = False
@@ -217,17 +217,17 @@ def _number(body: dict[str, Any], key: str, low: float, high: float) -> float | 
     return float(value)
 
 
-def _temperature(body: dict[str, Any], defaults: ModelConfig) -> float:
+def read_temperature(body: dict[str, Any], defaults: ModelConfig) -> float:
     value = _number(body, "temperature", 0.0, 2.0)
     return defaults.temperature if value is None else value
 
 
-def _top_p(body: dict[str, Any], defaults: ModelConfig) -> float:
+def read_top_p(body: dict[str, Any], defaults: ModelConfig) -> float:
     value = _number(body, "top_p", 0.0, 1.0)
     return defaults.top_p if value is None else value
 
 
-def _token_limit(body: dict[str, Any], key: str) -> int | None:
+def read_token_limit(body: dict[str, Any], key: str) -> int | None:
     value = body.get(key)
     if value is None:
         return None
@@ -240,12 +240,12 @@ def _token_limit(body: dict[str, Any], key: str) -> int | None:
 def _num_predict(body: dict[str, Any], defaults: ModelConfig) -> int | None:
     # max_completion_tokens is the current name, max_tokens the deprecated one; both are
     # validated so a broken value never passes unnoticed.
-    legacy = _token_limit(body, "max_tokens")
-    current = _token_limit(body, "max_completion_tokens")
+    legacy = read_token_limit(body, "max_tokens")
+    current = read_token_limit(body, "max_completion_tokens")
     return legacy if current is None else current
 
 
-def _stop(body: dict[str, Any], defaults: ModelConfig) -> list[str] | None:
+def read_stop(body: dict[str, Any], defaults: ModelConfig) -> list[str] | None:
     value = body.get("stop")
     if value is None:
         return None
@@ -265,7 +265,7 @@ def _stop(body: dict[str, Any], defaults: ModelConfig) -> list[str] | None:
     return value or None
 
 
-def _seed(body: dict[str, Any], defaults: ModelConfig) -> int | None:
+def read_seed(body: dict[str, Any], defaults: ModelConfig) -> int | None:
     value = body.get("seed")
     if value is None:
         return None
@@ -289,11 +289,11 @@ OptionReader = Callable[[dict[str, Any], ModelConfig], object]
 # appear in the payload (after num_ctx, which no request sets). A reader returns None when
 # the option is to be left to Ollama's (or the Modelfile's) default.
 _OPTION_READERS: tuple[tuple[str, frozenset[str], OptionReader], ...] = (
-    ("temperature", frozenset({"temperature"}), _temperature),
-    ("top_p", frozenset({"top_p"}), _top_p),
+    ("temperature", frozenset({"temperature"}), read_temperature),
+    ("top_p", frozenset({"top_p"}), read_top_p),
     ("num_predict", frozenset({"max_tokens", "max_completion_tokens"}), _num_predict),
-    ("stop", frozenset({"stop"}), _stop),
-    ("seed", frozenset({"seed"}), _seed),
+    ("stop", frozenset({"stop"}), read_stop),
+    ("seed", frozenset({"seed"}), read_seed),
     ("presence_penalty", frozenset({"presence_penalty"}), _presence_penalty),
     ("frequency_penalty", frozenset({"frequency_penalty"}), _frequency_penalty),
 )

@@ -1,0 +1,111 @@
+"""POST /v1/completions (legacy): validate, route, one streamed exchange with ``/api/generate``.
+
+Theory of operation
+-------------------
+The same steps as chat (``app.chat``), in the same order: the client is checked, the body
+mapped (``openai.completions``), the model routed (allow-list, the nodes that serve it), a
+slot taken on one of them, with failover only before any byte. Ollama is always asked to
+stream, and the relays are chat's (``app.relay``): only the re-framing differs.
+
+Streaming clients get ``text_completion`` chunks, one write per upstream read (no one-token
+fast path: ``on_raw`` is None), the end of the stream at Ollama's done line; an error line or
+a cut before it is an SSE error event and a cut stream without ``[DONE]``. Non-streaming
+clients get one ``text_completion`` object.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+
+import orjson
+
+from clawproxy.app.relay import StreamRelay, relay_stream, relay_whole
+from clawproxy.app.services import Services
+from clawproxy.http.request import Request
+from clawproxy.http.server import HttpConnection
+from clawproxy.openai.completions import (
+    CompletionAccumulator,
+    CompletionPlan,
+    CompletionStream,
+    build_completion_plan,
+)
+from clawproxy.openai.mapping import parse_json_body
+
+GENERATE_TARGET = b"/api/generate"
+
+
+async def completions(svc: Services, request: Request, conn: HttpConnection) -> None:
+    svc.guard.check(request)
+    defaults = svc.config.model
+    if defaults.name != svc.state.model:
+        defaults = dataclasses.replace(defaults, name=svc.state.model)
+    plan = build_completion_plan(parse_json_body(request.body), defaults)
+    route = await svc.route_model(plan.model)
+    request.model = route.model
+    payload = orjson.dumps(plan.payload)
+    if plan.stream:
+        relay = CompletionRelay(svc, request, conn, plan)
+        await relay_stream(svc, request, conn, route, GENERATE_TARGET, payload, relay)
+        return
+    acc = CompletionAccumulator(
+        completion_id=new_completion_id(),
+        created=int(time.time()),
+        model=plan.model,
+        max_line_bytes=svc.config.upstream.max_line_bytes,
+    )
+    await relay_whole(svc, request, conn, route, GENERATE_TARGET, payload, acc)
+
+
+def new_completion_id() -> str:
+    # OpenAI's shape for completions ("cmpl-"); see relay.new_completion_id for chat.
+    return f"cmpl-{random.getrandbits(96):024x}"
+
+
+class CompletionRelay(StreamRelay):
+    """Ollama's generate NDJSON to ``text_completion`` SSE: every read decoded, re-framed
+    and written in its callback."""
+
+    __slots__ = ("on_data", "plan")
+
+    # Every read goes to on_data (no one-token fast path for legacy completions).
+    on_raw = None
+
+    def __init__(
+        self, svc: Services, request: Request, conn: HttpConnection, plan: CompletionPlan
+    ) -> None:
+        super().__init__(svc, request, conn)
+        self.plan = plan
+
+    def prepare(self) -> None:
+        if self.stream is not None:
+            return
+        plan, request, conn = self.plan, self.request, self.conn
+        stream = self.stream = CompletionStream(
+            completion_id=new_completion_id(),
+            created=int(time.time()),
+            model=plan.model,
+            include_usage=plan.include_usage,
+            max_line_bytes=self.svc.config.upstream.max_line_bytes,
+        )
+        now = self.svc.loop.time
+        answered = self._answered
+
+        def on_data(data: bytes) -> None:
+            out = stream.feed(data)
+            if request.first_token_at is None and stream.deltas:
+                request.first_token_at = now()
+            if stream.error is not None:
+                # An error line or a broken line: its event goes out, then stop reading.
+                if out:
+                    conn.write(out)
+                raise stream.error
+            if out:
+                if stream.done:
+                    conn.end_stream(out)
+                    answered()
+                else:
+                    conn.write(out)
+
+        self.on_data = on_data
