@@ -82,6 +82,17 @@ def _distinct_node_names(nodes: tuple[Any, ...]) -> bool:
     return True
 
 
+def _valid_redis_url(url: str) -> bool:
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in ("redis", "rediss"):
+        raise ValueError("the URL must start with redis:// or rediss://")
+    authority, _, db = rest.partition("/")
+    if db and not db.isdigit():
+        raise ValueError("the database must be a number, as in redis://host:6379/0")
+    parse_endpoint("http://" + authority.rpartition("@")[2])
+    return True
+
+
 def _valid_http_url(url: str) -> bool:
     parse_http_url(url)
     return True
@@ -246,6 +257,20 @@ RULES: Final[dict[str, Rule]] = {
     "routing.discovery_interval": Rule("a duration of at least 1s", lambda v: v >= 1),
     "routing.affinity": Rule("one of off, session", ("off", "session").__contains__, str.lower),
     "routing.affinity_margin": Rule("a number >= 0", lambda v: v >= 0),
+    "coordination.backend": Rule("one of local, redis", ("local", "redis").__contains__, str.lower),
+    "coordination.url": Rule(
+        "null or a redis://host[:port][/db] or rediss:// URL", _valid_redis_url
+    ),
+    "coordination.password_file": Rule("null or a non-empty path", lambda v: bool(v.strip())),
+    "coordination.key_prefix": Rule(
+        "1 to 64 of the characters A-Z a-z 0-9 . _ : -",
+        lambda v: re.fullmatch(r"[A-Za-z0-9._:-]{1,64}", v) is not None,
+    ),
+    "coordination.op_timeout": Rule("a duration from 1ms to 5s", lambda v: 0.001 <= v <= 5),
+    "coordination.lease_ttl": Rule("a duration of at least 1s", lambda v: v >= 1),
+    "coordination.on_error": Rule(
+        "one of degrade, fail_closed", ("degrade", "fail_closed").__contains__, str.lower
+    ),
 }
 
 # Rules for each item of a list key, reported as ``key[index]``.
@@ -275,7 +300,9 @@ ITEM_RULES: Final[dict[str, Rule]] = {
 
 # Keys (and everything under them) whose values may be API keys: errors never show a value.
 # "auth" itself is here because "auth: sk-..." is an easy mistake to make.
-SECRET_KEYS: Final = frozenset({"auth", "auth.api_keys", "gateway.admin_token"})
+SECRET_KEYS: Final = frozenset(
+    {"auth", "auth.api_keys", "gateway.admin_token", "coordination.url"}
+)
 
 
 # An item's index in a dotted key: ``nodes[1].url`` has the rule of ``nodes.url``.

@@ -217,6 +217,27 @@ class RoutingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CoordinationConfig:
+    """Whether several gateway instances share each node's slots and the rate limits."""
+
+    # "local": this process alone (no Redis); "redis": shared through Redis (clawproxy[redis]).
+    backend: str = "local"
+    # redis://[:password@]host[:port][/db] or rediss:// (TLS); with backend redis.
+    url: str | None = None
+    # A file holding the Redis password (one line), instead of putting it in the URL.
+    password_file: str | None = None
+    # Every key this gateway writes starts with it (several gateway fleets on one Redis).
+    key_prefix: str = "clawproxy"
+    # Longest wait for one Redis call; past it the call counts as failed.
+    op_timeout: float = field(default=0.05, metadata=DURATION)
+    # A lease nobody renews is reclaimed after this long (a killed or frozen instance).
+    lease_ttl: float = field(default=15.0, metadata=DURATION)
+    # Redis unreachable: "degrade" (each instance takes its share of every node's slots)
+    # or "fail_closed" (503 until it is back).
+    on_error: str = "degrade"
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -230,6 +251,7 @@ class Config:
     # Several Ollama servers; empty: model.endpoint is the one node, named "default".
     nodes: tuple[NodeConfig, ...] = ()
     routing: RoutingConfig = field(default_factory=RoutingConfig)
+    coordination: CoordinationConfig = field(default_factory=CoordinationConfig)
 
 
 def queue_timeout_s(config: Config) -> float:

@@ -109,6 +109,9 @@ class Scheduler:
         self._queue: deque[_Waiter] = deque()
         self._wake: asyncio.TimerHandle | None = None
         self._wake_at = math.inf
+        # Told of each node's ejection ("ejected", node, reason) and return ("back", node,
+        # ""), for alerts; set by whoever wants them (the gateway).
+        self.on_node_event: Callable[[str, Node, str], None] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -192,6 +195,7 @@ class Scheduler:
         node = lease.node
         if node.health.succeeded():
             log.warning("node %s is back in service after its trial request", node.name)
+            self._tell("back", node, "")
             self.dispatch()
 
     def failed(self, lease: Lease, reason: str) -> None:
@@ -218,12 +222,14 @@ class Scheduler:
                 reason,
                 health.backoff,
             )
+            self._tell("ejected", node, reason)
             self._arm(health.ready_at())
 
     def node_recovered(self, node: Node) -> None:
         """The node's trial probe was answered: back in service."""
         if node.health.succeeded():
             log.warning("node %s is back in service after its trial probe", node.name)
+            self._tell("back", node, "")
             self.dispatch()
 
     def dispatch(self) -> None:
@@ -247,6 +253,11 @@ class Scheduler:
             self._arm(min(self._ready_at(w) for w in kept))
 
     # -- internals --------------------------------------------------------------------------
+
+    def _tell(self, event: str, node: Node, reason: str) -> None:
+        listener = self.on_node_event
+        if listener is not None:
+            listener(event, node, reason)
 
     def _preferred(self, session: str | None) -> Node | None:
         if session is None:
