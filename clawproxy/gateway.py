@@ -27,6 +27,7 @@ from clawproxy.app.admin import admin_router
 from clawproxy.app.public import public_router
 from clawproxy.app.services import Services
 from clawproxy.config import Config, ConfigError, queue_timeout_s
+from clawproxy.coordination.backend import Coordination
 from clawproxy.http.listener import Listener, ListenError
 from clawproxy.http.request import Request
 from clawproxy.nodes.models import ModelLoads
@@ -101,6 +102,16 @@ class Gateway:
         self.limiter = RateLimiter.from_config(config.gateway.rate_limit, clock=loop.time)
         self.trusted = TrustedProxies(config.server.trusted_proxies)
         guard = ClientGuard(self.keys, self.limiter, self.trusted, state.refused)
+        # Slots and rate limits shared with other instances through Redis, or none.
+        self.coordination: Coordination | None = None
+        if config.coordination.backend == "redis":
+            try:
+                self.coordination = Coordination(
+                    config.coordination, config.gateway.rate_limit, nodes, guard, loop
+                )
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+            state.coordination = self.coordination
         # Hot loads across the nodes; they switch the default model held by the state.
         self.models = ModelLoads(nodes, state)
         # GPU telemetry with its alerts.
@@ -170,6 +181,8 @@ class Gateway:
             gw.debug_host,
             self.admin_port,
         )
+        if self.coordination is not None:
+            await self.coordination.start()
         warning = forwarded_for_warning(self.limiter is not None, self.keys.enabled, self.trusted)
         if warning:
             log.warning("%s", warning)
@@ -186,6 +199,8 @@ class Gateway:
         # Past the deadline: streams end with an error event, the rest with a 503 or a close.
         await self.connections.drain(timeout, SHUTDOWN_EVENT)
         await self.prober.stop()
+        if self.coordination is not None:
+            await self.coordination.stop()
         self.nodes.close()
         await self.gpu.stop()
         await self.connections.close(SHUTDOWN_EVENT)

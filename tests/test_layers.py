@@ -33,6 +33,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("policy", ("clawproxy.policy.*",)),
     ("nodes", ("clawproxy.nodes.*",)),
     ("telemetry", ("clawproxy.telemetry.*",)),
+    ("coordination", ("clawproxy.coordination.*",)),
     ("app", ("clawproxy.app.*",)),
     ("gateway", ("clawproxy.gateway",)),
     # ``python -m clawproxy`` is the process's entry point: it runs process.cli.

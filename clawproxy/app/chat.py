@@ -36,7 +36,7 @@ CHAT_TARGET = b"/api/chat"
 
 
 async def chat_completions(svc: Services, request: Request, conn: HttpConnection) -> None:
-    svc.guard.check(request)
+    await svc.check_client(request)
     plan = plan_request(svc, request.body)
     # Only a name the catalog passed becomes the request's (and its metric label).
     route = await svc.route_model(plan.model)

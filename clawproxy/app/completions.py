@@ -37,7 +37,7 @@ GENERATE_TARGET = b"/api/generate"
 
 
 async def completions(svc: Services, request: Request, conn: HttpConnection) -> None:
-    svc.guard.check(request)
+    await svc.check_client(request)
     defaults = svc.config.model
     if defaults.name != svc.state.model:
         defaults = dataclasses.replace(defaults, name=svc.state.model)

@@ -36,7 +36,7 @@ EMBED_TARGET = b"/api/embed"
 
 
 async def embeddings(svc: Services, request: Request, conn: HttpConnection) -> None:
-    svc.guard.check(request)
+    await svc.check_client(request)
     plan = build_embeddings_plan(
         parse_json_body(request.body),
         svc.state.model,

@@ -108,13 +108,13 @@ async def health(svc: Services, request: Request, conn: HttpConnection) -> None:
 
 async def list_models(svc: Services, request: Request, conn: HttpConnection) -> None:
     """OpenAI's model list, from Ollama's ``/api/tags`` (the catalog's cached copy)."""
-    svc.guard.check(request)
+    await svc.check_client(request)
     conn.send(request, 200, orjson.dumps({"object": "list", "data": await svc.model_list()}))
 
 
 async def get_model(svc: Services, request: Request, conn: HttpConnection) -> None:
     """One model object of the list above, by id (``/v1/models/{id}``); 404 for any other."""
-    svc.guard.check(request)
+    await svc.check_client(request)
     wanted = model_id(request.path_rest)
     found = None if wanted is None else find_model(await svc.model_list(), wanted)
     if found is None:

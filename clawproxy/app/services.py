@@ -29,6 +29,7 @@ from typing import Any
 from clawproxy.config import Config
 from clawproxy.errors import UPSTREAM_ERRORS, GatewayError
 from clawproxy.http.listener import Listener
+from clawproxy.http.request import Request
 from clawproxy.nodes.models import ModelLoads
 from clawproxy.nodes.scheduler import Route
 from clawproxy.nodes.table import NodeTable
@@ -129,6 +130,12 @@ class Services:
         except UPSTREAM_ERRORS as exc:
             self.upstream_failed(exc)
             raise
+
+    async def check_client(self, request: Request) -> None:
+        """The key and rate checks (``ClientGuard``), the shared bucket's included."""
+        identity = self.guard.check(request)
+        if identity is not None:
+            await self.guard.check_shared(identity)
 
     async def route_model(self, name: str) -> Route:
         """The canonical name for ``name`` and the nodes that serve it, or its 404; before

@@ -159,14 +159,14 @@ def build_manifest(root: Path) -> dict[bytes, Asset]:
 
 async def ui_stats(svc: Services, request: Request, conn: HttpConnection) -> None:
     request.counted = False
-    svc.guard.check(request)
+    await svc.check_client(request)
     send_data(request, conn, await stats_body(svc))
 
 
 async def ui_models(svc: Services, request: Request, conn: HttpConnection) -> None:
     """The chat page's model picker: Ollama's installed models and the default one."""
     request.counted = False
-    svc.guard.check(request)
+    await svc.check_client(request)
     models = await svc.model_list()
     send_data(request, conn, {"object": "list", "data": models, "default_model": svc.state.model})
 

@@ -300,9 +300,7 @@ ITEM_RULES: Final[dict[str, Rule]] = {
 
 # Keys (and everything under them) whose values may be API keys: errors never show a value.
 # "auth" itself is here because "auth: sk-..." is an easy mistake to make.
-SECRET_KEYS: Final = frozenset(
-    {"auth", "auth.api_keys", "gateway.admin_token", "coordination.url"}
-)
+SECRET_KEYS: Final = frozenset({"auth", "auth.api_keys", "gateway.admin_token", "coordination.url"})
 
 
 # An item's index in a dotted key: ``nodes[1].url`` has the rule of ``nodes.url``.

@@ -45,6 +45,7 @@ class Node:
         "pool",
         "priority",
         "requests",
+        "room",
         "spec",
         "static_models",
         "url",
@@ -65,6 +66,9 @@ class Node:
         self.name = spec.name
         self.url = spec.url
         self.cap = cap
+        # The slots this gateway may use on its own: the cap, or its share of it while
+        # shared slots are degraded (coordination); what routing checks.
+        self.room = cap
         # The load measure's divisor, fixed per node: inflight / (cap * weight).
         self.weight = spec.weight
         self.priority = spec.priority

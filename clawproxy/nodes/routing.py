@@ -28,7 +28,28 @@ MAX_SESSIONS = 10_000
 
 
 def can_take(node: Node, now: float) -> bool:
-    return node.inflight < node.cap and node.routable and node.health.available(now)
+    return node.inflight < node.room and node.routable and node.health.available(now)
+
+
+def rank(
+    candidates: Sequence[Node],
+    model: str,
+    now: float,
+    rng: random.Random,
+    preferred: Node | None = None,
+    margin: float = 0.0,
+) -> list[Node]:
+    """Every candidate that may take a request now, best first by ``choose``'s order (for
+    shared slots: the first of them with a free slot in Redis takes it)."""
+    free = [node for node in candidates if can_take(node, now)]
+    rng.shuffle(free)  # ties in random order: a stable sort keeps it
+    free.sort(key=lambda node: (-node.priority, model not in node.loaded, node.load()))
+    if preferred is not None and preferred in free and free[0] is not preferred:
+        best = free[0]
+        if preferred.priority == best.priority and preferred.load() <= best.load() + margin:
+            free.remove(preferred)
+            free.insert(0, preferred)
+    return free
 
 
 def choose(

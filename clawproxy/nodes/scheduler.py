@@ -17,6 +17,14 @@ to the waiters in order by ``dispatch()``. A waiter whose candidates are only ou
 while (busy, or ejected until a trial) is woken by one timer at the earliest such time.
 
 With one node this is the old single admission: same decisions, same counts, same errors.
+
+Shared slots (several gateway instances, ``coordination.backend: redis``): a ``SlotLedger``
+holds the truth of who has which slot. A request then ranks the nodes that may take it here
+(``routing.rank``) and asks the ledger for a slot on the first with room, in one call; the
+queue is served by one pump task, woken by a local release, by another instance's release
+(the ledger's channel) and by the timers, which asks the ledger for each waiter in order.
+While the ledger is down, each node's ``room`` is this instance's share of its cap and the
+local rules above apply as they are (or every request gets 503, ``fail_closed``).
 """
 
 from __future__ import annotations
@@ -27,11 +35,11 @@ import math
 import random
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from clawproxy.errors import Overloaded, overloaded
 from clawproxy.nodes.node import Node
-from clawproxy.nodes.routing import Affinity, can_take, choose
+from clawproxy.nodes.routing import Affinity, can_take, choose, rank
 
 log = logging.getLogger("clawproxy.nodes")
 
@@ -43,13 +51,38 @@ class Route(NamedTuple):
     candidates: tuple[Node, ...]
 
 
+class LedgerDown(Exception):
+    """The shared ledger could not answer (Redis down or slow): use the local rules."""
+
+
+class SlotLedger(Protocol):
+    """Slots shared with other gateway instances (``coordination.slots.SharedSlots``)."""
+
+    @property
+    def active(self) -> bool:
+        """True while the ledger is in use (False: degraded, the local rules apply)."""
+
+    @property
+    def fail_closed(self) -> bool:
+        """While not active: refuse every request (503) instead of the local rules."""
+
+    async def take(self, ranked: list[Node]) -> tuple[Node, str] | None:
+        """A slot on the first of ``ranked`` with room: the node and the lease's token, or
+        None when all are full. Raises ``LedgerDown``."""
+
+    def release(self, node: Node, token: str) -> None:
+        """Give the slot back (in the background: the caller does not wait)."""
+
+
 class Lease:
     """One slot on one node, from admission to ``Scheduler.release``."""
 
-    __slots__ = ("node", "released", "settled", "trial")
+    __slots__ = ("node", "released", "settled", "token", "trial")
 
-    def __init__(self, node: Node, trial: bool) -> None:
+    def __init__(self, node: Node, trial: bool, token: str | None = None) -> None:
         self.node = node
+        # The shared ledger's lease id, when the slot is shared with other instances.
+        self.token = token
         # This request decides whether an ejected node comes back.
         self.trial = trial
         self.settled = False
@@ -112,6 +145,10 @@ class Scheduler:
         # Told of each node's ejection ("ejected", node, reason) and return ("back", node,
         # ""), for alerts; set by whoever wants them (the gateway).
         self.on_node_event: Callable[[str, Node, str], None] | None = None
+        # Slots shared with other instances (coordination); None: this process alone.
+        self.ledger: SlotLedger | None = None
+        self._pump_task: asyncio.Task[None] | None = None
+        self._pump_again = False
 
     def __repr__(self) -> str:
         return (
@@ -129,13 +166,23 @@ class Scheduler:
     async def acquire(self, route: Route, timeout: float, *, session: str | None = None) -> Lease:
         """A slot on one of ``route``'s nodes, waiting up to ``timeout`` s; 503 otherwise."""
         now = self._clock()
-        if self.waiting:
-            self.dispatch()
         preferred = self._preferred(session)
-        node = choose(route.candidates, route.model, now, self._rng, preferred, self._margin)
-        if node is not None:
-            lease = self._take(node, now)
+        ledger = self.ledger
+        if ledger is None or not ledger.active:
+            if ledger is not None and ledger.fail_closed:
+                raise self._coordination_down()
+            if self.waiting:
+                self.dispatch()
+            node = choose(route.candidates, route.model, now, self._rng, preferred, self._margin)
+            lease = None if node is None else self._take(node, now)
+        elif self.waiting:
+            lease = None  # first come, first served: the queue is ahead of this request
         else:
+            try:
+                lease = await self._take_shared(route, now, preferred)
+            except LedgerDown:
+                raise self._coordination_down() from None
+        if lease is None:
             if not any(not n.health.ejected or n.health.available(now) for n in route.candidates):
                 self.rejected["no_healthy_node"] += 1
                 ready = min((n.health.ready_at() for n in route.candidates), default=math.inf)
@@ -153,6 +200,14 @@ class Scheduler:
             self.affinity.remember(session, lease.node.name)
         return lease
 
+    def _coordination_down(self) -> Overloaded:
+        self.rejected["coordination_unavailable"] += 1
+        return overloaded(
+            "the gateways cannot agree on free slots right now (their Redis is unreachable); "
+            "retry shortly",
+            "coordination_unavailable",
+        )
+
     def release(self, lease: Lease) -> None:
         """The request is over: its slot goes to the oldest waiter that can use the node."""
         if lease.released:
@@ -163,8 +218,14 @@ class Scheduler:
             node.health.end_trial()
         node.inflight -= 1
         self.active -= 1
+        ledger = self.ledger
+        if lease.token is not None and ledger is not None:
+            ledger.release(node, lease.token)
         if self._queue:
-            self._hand_over(node)
+            if ledger is not None and ledger.active:
+                self.pump()
+            else:
+                self._hand_over(node)
 
     def shed(self) -> int:
         """Shutting down: every queued request gets 503 now. Returns how many."""
@@ -234,6 +295,9 @@ class Scheduler:
 
     def dispatch(self) -> None:
         """Offer every free slot to the waiters, oldest first (capacity appeared)."""
+        if self.ledger is not None and self.ledger.active:
+            self.pump()
+            return
         now = self._clock()
         kept: deque[_Waiter] = deque()
         while self._queue:
@@ -251,6 +315,66 @@ class Scheduler:
         self._queue = kept
         if kept:
             self._arm(min(self._ready_at(w) for w in kept))
+
+    # -- shared slots -------------------------------------------------------------------------
+
+    def pump(self) -> None:
+        """Serve the queue from the shared ledger (a slot was freed here or elsewhere)."""
+        if not self._queue:
+            return
+        if self._pump_task is not None:
+            self._pump_again = True
+            return
+        self._pump_task = asyncio.get_running_loop().create_task(self._pump())
+
+    async def _pump(self) -> None:
+        try:
+            again = True
+            while again and self._queue:
+                self._pump_again = False
+                for waiter in list(self._queue):
+                    if waiter.future.done():
+                        continue
+                    lease = await self._take_shared(
+                        Route(waiter.model, waiter.candidates), self._clock(), waiter.preferred
+                    )
+                    if lease is None:
+                        continue
+                    if waiter.future.done():  # it left while Redis answered
+                        self.release(lease)
+                        continue
+                    self._queue.remove(waiter)
+                    self.waiting -= 1
+                    waiter.future.set_result(lease)
+                again = self._pump_again
+        except LedgerDown:
+            pass  # degraded: the local rules serve the queue from here (dispatch)
+        finally:
+            self._pump_task = None
+        if self.ledger is not None and not self.ledger.active:
+            self.dispatch()
+        elif self._queue:
+            self._arm(min(self._ready_at(w) for w in self._queue))
+
+    async def _take_shared(self, route: Route, now: float, preferred: Node | None) -> Lease | None:
+        """A slot from the shared ledger on the best node with room there, or None."""
+        ledger = self.ledger
+        assert ledger is not None
+        ranked = rank(route.candidates, route.model, now, self._rng, preferred, self._margin)
+        if not ranked:
+            return None
+        try:
+            got = await ledger.take(ranked)
+        except LedgerDown:
+            # Redis failed: this request goes by the local rules (the ledger degraded).
+            if ledger.fail_closed:
+                raise
+            node = choose(route.candidates, route.model, now, self._rng, preferred, self._margin)
+            return None if node is None else self._take(node, now)
+        if got is None:
+            return None
+        node, token = got
+        return self._take(node, self._clock(), token)
 
     # -- internals --------------------------------------------------------------------------
 
@@ -270,13 +394,13 @@ class Scheduler:
                 return node
         return None
 
-    def _take(self, node: Node, now: float) -> Lease:
+    def _take(self, node: Node, now: float, token: str | None = None) -> Lease:
         node.inflight += 1
         if node.inflight > node.peak:
             node.peak = node.inflight
         node.requests += 1
         self.active += 1
-        return Lease(node, node.health.begin(now))
+        return Lease(node, node.health.begin(now), token)
 
     def _hand_over(self, node: Node) -> None:
         """``node`` has one free slot: the oldest live waiter that can use it gets it."""
@@ -301,6 +425,9 @@ class Scheduler:
         self._queue.append(waiter)
         self.waiting += 1
         self._arm(self._ready_at(waiter))
+        if self.ledger is not None and self.ledger.active:
+            # Behind others in the queue: the pump serves them, then this one, in order.
+            self.pump()
         timer = loop.call_later(timeout, self._expire, future)
         try:
             return await future

@@ -273,7 +273,7 @@ class NodeTable:
 
     def _update(self, node: Node, spec: NodeConfig) -> None:
         node.spec = spec
-        node.cap = self._cap(spec)
+        node.cap = node.room = self._cap(spec)
         node.weight = spec.weight
         node.priority = spec.priority
         node.enabled = spec.enabled

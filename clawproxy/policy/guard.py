@@ -6,11 +6,16 @@ than the check (and a flood of bad keys grows no state: nothing is stored per fa
 The bucket is keyed by the API key's label when keys are configured, otherwise by the
 client address (``X-Forwarded-For`` counts only from ``server.trusted_proxies``).
 ``/health`` never comes here: load balancers probe it without a key.
+
+With limits shared by several gateway instances (``coordination``), the bucket lives in
+Redis and its check is asynchronous: ``check`` then returns the client's identity and the
+caller awaits ``check_shared`` with it (``app.services.Services.check_client``).
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from typing import Protocol
 
 from clawproxy.errors import AuthenticationFailed, RateLimited
 from clawproxy.http.request import Request
@@ -19,10 +24,15 @@ from clawproxy.policy.clientaddr import TrustedProxies
 from clawproxy.policy.ratelimit import RateLimiter, rate_identity
 
 
+class SharedLimiter(Protocol):
+    async def check(self, identity: str) -> None:
+        """Take one token from ``identity``'s shared bucket, or raise RateLimited."""
+
+
 class ClientGuard:
     """The key and rate checks of one gateway; refusals count in ``refused`` by reason."""
 
-    __slots__ = ("keys", "limiter", "refused", "trusted")
+    __slots__ = ("keys", "limiter", "refused", "shared", "trusted")
 
     def __init__(
         self,
@@ -35,9 +45,12 @@ class ClientGuard:
         self.limiter = limiter
         self.trusted = trusted
         self.refused = refused
+        # The buckets shared through Redis (then ``limiter`` is None); set by the gateway.
+        self.shared: SharedLimiter | None = None
 
-    def check(self, request: Request) -> None:
-        """Raise 401 for a missing or wrong key, 429 over the rate limit; else return."""
+    def check(self, request: Request) -> str | None:
+        """Raise 401 for a missing or wrong key, 429 over the (local) rate limit; return the
+        client's identity when its shared bucket is still to be checked, else None."""
         label: str | None = None
         keys = self.keys
         if keys.enabled:
@@ -55,3 +68,15 @@ class ClientGuard:
             except RateLimited:
                 self.refused["rate_limited"] += 1
                 raise
+        elif self.shared is not None:
+            return rate_identity(label, request.client, request.headers, self.trusted)
+        return None
+
+    async def check_shared(self, identity: str) -> None:
+        shared = self.shared
+        assert shared is not None
+        try:
+            await shared.check(identity)
+        except RateLimited:
+            self.refused["rate_limited"] += 1
+            raise

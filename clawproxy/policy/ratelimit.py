@@ -171,12 +171,18 @@ class RateLimiter:
             buckets.popitem(last=False)
 
     def _refusal(self, wait_s: float) -> RateLimited:
-        retry_after = max(MIN_RETRY_AFTER_S, math.ceil(wait_s - self._slack))
-        return RateLimited(
-            f"rate limit exceeded ({self.rate:g} requests per second, burst {self.burst}); "
-            f"retry after {retry_after} s",
-            headers=((b"retry-after", str(retry_after).encode("ascii")),),
-        )
+        return rate_limited(self.rate, self.burst, wait_s - self._slack)
+
+
+def rate_limited(rate: float, burst: int, wait_s: float) -> RateLimited:
+    """The 429 for a client that must wait ``wait_s`` seconds for its next token (shared by
+    the local buckets and the ones shared through Redis)."""
+    retry_after = max(MIN_RETRY_AFTER_S, math.ceil(wait_s))
+    return RateLimited(
+        f"rate limit exceeded ({rate:g} requests per second, burst {burst}); "
+        f"retry after {retry_after} s",
+        headers=((b"retry-after", str(retry_after).encode("ascii")),),
+    )
 
 
 def rate_identity(

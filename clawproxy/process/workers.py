@@ -118,6 +118,8 @@ def check_workers(config: Config, workers: int) -> None:
     """Raise ``ConfigError`` when ``workers`` cannot run with this configuration."""
     if workers < 1:
         raise ConfigError(f"--workers: must be at least 1, got {workers}")
+    if config.coordination.backend == "redis":
+        return  # the slots are shared in Redis, not split
     slots = config.gateway.max_concurrent
     if workers > slots:
         raise ConfigError(
@@ -140,18 +142,26 @@ def worker_config(config: Config, index: int, workers: int, port: int) -> Config
     """The configuration worker ``index`` runs with: its shares, the shared port, and an
     admin listener of its own unless it is worker 0."""
     gw = config.gateway
+    shared = config.coordination.backend == "redis"
     gateway = dataclasses.replace(
         gw,
-        max_concurrent=share(gw.max_concurrent, workers, index),
+        # With Redis the workers share the slots there: each may use any free one.
+        max_concurrent=gw.max_concurrent if shared else share(gw.max_concurrent, workers, index),
         queue_size=share(gw.queue_size, workers, index),
     )
     # Each node's own cap is split the same way, so the workers together never send a GPU
-    # more than its cap.
-    nodes = tuple(
-        node
-        if node.max_concurrent is None
-        else dataclasses.replace(node, max_concurrent=share(node.max_concurrent, workers, index))
-        for node in config.nodes
+    # more than its cap (unless Redis keeps the count for all of them).
+    nodes = (
+        config.nodes
+        if shared
+        else tuple(
+            node
+            if node.max_concurrent is None
+            else dataclasses.replace(
+                node, max_concurrent=share(node.max_concurrent, workers, index)
+            )
+            for node in config.nodes
+        )
     )
     gpu = config.gpu
     if index != 0:

@@ -99,6 +99,7 @@ def render(state: LiveState, now: float, *, draining: bool, version: str) -> byt
         w.sample("clawproxy_alerts_total", (("event", event),), count)
 
     _render_nodes(w, state)
+    _render_coordination(w, state)
     _render_gpu(w, state)
     w.lines.append("")
     return "\n".join(w.lines).encode()
@@ -137,6 +138,32 @@ def _render_nodes(w: _Writer, state: LiveState) -> None:
     w.family("clawproxy_node_ejections_total", "counter", "Times each node was ejected.")
     for row in rows:
         w.sample("clawproxy_node_ejections_total", (("node", row["name"]),), row["ejections"])
+
+
+COORDINATION_MODES = ("local", "redis", "degraded", "fail_closed")
+
+
+def _render_coordination(w: _Writer, state: LiveState) -> None:
+    status = state.coordination_status()
+    w.family(
+        "clawproxy_coordination_mode", "gauge", "1 for how slots and rate limits are shared now."
+    )
+    for mode in COORDINATION_MODES:
+        w.sample("clawproxy_coordination_mode", (("mode", mode),), int(status["mode"] == mode))
+    coordination = state.coordination
+    if coordination is None:
+        return
+    w.family("clawproxy_coordination_instances", "gauge", "Gateway instances alive in Redis.")
+    w.sample("clawproxy_coordination_instances", (), status["live_instances"])
+    for name, what in (
+        ("lease_lost", "Leases found gone from Redis at renewal."),
+        ("lease_reclaimed", "Expired leases (of stopped instances) dropped from Redis."),
+        ("breaker_trips", "Times Redis failed enough for coordination to degrade."),
+    ):
+        w.family(f"clawproxy_{name}_total", "counter", what)
+        w.sample(f"clawproxy_{name}_total", (), status[name])
+    w.family("clawproxy_redis_op_seconds", "histogram", "Latency of the calls to Redis.")
+    w.histogram("clawproxy_redis_op_seconds", (), coordination.latency)
 
 
 def _render_gpu(w: _Writer, state: LiveState) -> None:

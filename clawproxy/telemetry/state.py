@@ -32,7 +32,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from itertools import accumulate
 from operator import add
-from typing import Any
+from typing import Any, Protocol
 
 from clawproxy.config import Config
 from clawproxy.http.request import Request
@@ -257,6 +257,14 @@ def _percentiles_ms(counts: list[int]) -> dict[str, float | None]:
     return out
 
 
+class CoordinationView(Protocol):
+    """The shared-limits backend as telemetry reads it (``coordination.backend``)."""
+
+    latency: Histogram
+
+    def status(self) -> dict[str, Any]: ...
+
+
 class LiveState:
     """Counters, gauges and the current default model of one gateway process."""
 
@@ -272,6 +280,8 @@ class LiveState:
         self.admission = admission or Scheduler(tuple, config.gateway.queue_size, time.monotonic)
         # Each node as ``NodeTable.describe`` tells it (GET /nodes, /stats, /metrics).
         self.nodes = nodes or list
+        # Slots and rate limits shared through Redis; None: this process alone ("local").
+        self.coordination: CoordinationView | None = None
         # The default model; a hot load (admin port) swaps it atomically between requests.
         self.model = config.model.name
         self.started_mono = now
@@ -361,12 +371,17 @@ class LiveState:
             "rejected": dict(adm.rejected),
             "refused": dict(self.refused),
             "upstream_errors": dict(self.upstream_errors),
+            "coordination": self.coordination_status(),
             "tokens_streamed": self.tokens_streamed,
             "requests": [
                 {"endpoint": endpoint, "model": model, "status": status, "count": count}
                 for (endpoint, model, status), count in sorted(self.requests.items())
             ],
         }
+
+    def coordination_status(self) -> dict[str, Any]:
+        coordination = self.coordination
+        return {"mode": "local"} if coordination is None else coordination.status()
 
     def stats(self, now: float) -> dict[str, Any]:
         """The UI's view: the snapshot plus windows, the recent requests and the GPU."""
