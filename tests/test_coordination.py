@@ -216,3 +216,11 @@ def test_config_errors_name_the_key() -> None:
     with pytest.raises(ConfigError) as info:
         config_from_mapping({}, overrides={"coordination.url": "redis://:hunter2@[::1"})
     assert "hunter2" not in str(info.value)
+
+
+def test_stats_show_the_mode_and_the_live_instances(redis: RedisServer) -> None:
+    with Harness(shared(redis.url)) as h:
+        status, stats = admin_call(h, "GET", "/stats")
+        assert status == 200
+        assert stats["coordination"]["mode"] == "redis"
+        assert stats["coordination"]["live_instances"] == 1

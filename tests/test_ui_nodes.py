@@ -95,6 +95,8 @@ def test_internals_lists_nodes_and_follows_a_drain(browser: Browser) -> None:
         expect(n1.locator(".node-load")).to_have_text("0 / 2")
         expect(n1.locator(".node-load .meter > span")).to_have_attribute("data-percent", "0")
         assert page.locator("#no-nodes").count() == 0
+        # Without Redis the slots are this gateway's alone, and the page says so.
+        expect(page.locator("#coordination")).to_contain_text("local (this gateway alone)")
 
         status, body = admin_call(h, "POST", "/nodes/n1/drain")
         assert status == 200, body

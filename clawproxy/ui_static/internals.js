@@ -87,6 +87,13 @@ function nodeStateText(n) {
   return parts.join(' · ');
 }
 
+// How the slots are shared: this gateway alone ("local") or with its peers through Redis.
+function renderCoordination(c) {
+  const rows = [['Slots shared', c.mode === 'local' ? 'local (this gateway alone)' : c.mode]];
+  if (c.mode !== 'local') rows.push(['Gateway instances', c.live_instances]);
+  facts(byId('coordination'), rows);
+}
+
 function renderNodes(nodes) {
   const target = byId('nodes');
   if (!nodes.length) {
@@ -170,6 +177,7 @@ poll(async () => {
   renderModel(s.model_details || {name: s.model});
   renderGpus(s.gpu);
   renderNodes(s.nodes || []);
+  renderCoordination(s.coordination || {mode: 'local'});
   renderRecent(s.recent);
   renderCounters(s);
 }, POLL_MS);
