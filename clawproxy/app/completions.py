@@ -21,7 +21,7 @@ import time
 
 import orjson
 
-from clawproxy.app.relay import StreamRelay, relay_stream, relay_whole
+from clawproxy.app.relay import StreamRelay, decoded_reader, relay_stream, relay_whole
 from clawproxy.app.services import Services
 from clawproxy.http.request import Request
 from clawproxy.http.server import HttpConnection
@@ -81,7 +81,7 @@ class CompletionRelay(StreamRelay):
     def prepare(self) -> None:
         if self.stream is not None:
             return
-        plan, request, conn = self.plan, self.request, self.conn
+        plan = self.plan
         stream = self.stream = CompletionStream(
             completion_id=new_completion_id(),
             created=int(time.time()),
@@ -89,23 +89,4 @@ class CompletionRelay(StreamRelay):
             include_usage=plan.include_usage,
             max_line_bytes=self.svc.config.upstream.max_line_bytes,
         )
-        now = self.svc.loop.time
-        answered = self._answered
-
-        def on_data(data: bytes) -> None:
-            out = stream.feed(data)
-            if request.first_token_at is None and stream.deltas:
-                request.first_token_at = now()
-            if stream.error is not None:
-                # An error line or a broken line: its event goes out, then stop reading.
-                if out:
-                    conn.write(out)
-                raise stream.error
-            if out:
-                if stream.done:
-                    conn.end_stream(out)
-                    answered()
-                else:
-                    conn.write(out)
-
-        self.on_data = on_data
+        self.on_data = decoded_reader(self, stream)

@@ -28,6 +28,7 @@ import orjson
 from clawproxy.app.chat import chat_completions
 from clawproxy.app.completions import completions
 from clawproxy.app.embeddings import embeddings
+from clawproxy.app.responses import responses
 from clawproxy.app.services import Services
 from clawproxy.app.ui import SECURITY_HEADERS, ui_routes
 from clawproxy.errors import NotFound
@@ -131,6 +132,7 @@ def public_router(svc: Services) -> PublicRouter:
         b"/v1/chat/completions": {b"POST": partial(chat_completions, svc)},
         b"/v1/completions": {b"POST": partial(completions, svc)},
         b"/v1/embeddings": {b"POST": partial(embeddings, svc)},
+        b"/v1/responses": {b"POST": partial(responses, svc)},
         b"/v1/models": {b"GET": partial(list_models, svc)},
         b"/health": {b"GET": health_handler, b"HEAD": health_handler},
     }

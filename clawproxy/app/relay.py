@@ -125,9 +125,14 @@ async def relay_stream(
     except GatewayError as exc:
         if not conn.response_started:
             raise
-        # A heartbeat already committed the 200: the error can only travel in-band.
-        request.outcome = exc.code or "upstream_error"
-        conn.write(error_event(exc.message, exc.code or "upstream_error"))
+        # A heartbeat already committed the 200: the error can only travel in-band, in the
+        # stream's own shape (a node took the request, so ``prepare`` built it).
+        code = exc.code or "upstream_error"
+        request.outcome = code
+        stream = relay.stream
+        conn.write(
+            error_event(exc.message, code) if stream is None else stream.fail(exc.message, code)
+        )
         conn.cut_stream()
         return
     finally:
@@ -171,7 +176,7 @@ class StreamRelay:
     couples the flow control; it runs inside the upstream read that brings Ollama's 200, so
     the bytes that came with that head, often the first token, reach the client in the same
     callback. The stream ends at Ollama's done line (the subclass's ``on_data`` writes the
-    last bytes and calls ``_answered``), or else where Ollama's body ends, ``on_end`` or
+    last bytes and calls ``answered``), or else where Ollama's body ends, ``on_end`` or
     ``on_error`` (``_end``). ``run()`` is what the handler's task does meanwhile: wait for
     that end, and hand the upstream connection back.
     """
@@ -250,7 +255,7 @@ class StreamRelay:
         request.outcome = request.outcome or "upstream_error"
         conn.cut_stream()
 
-    def _answered(self) -> None:
+    def answered(self) -> None:
         """Ollama's done line was relayed: the client has its whole answer."""
         self._settle()
         if not self.done.done():
@@ -288,6 +293,42 @@ class StreamRelay:
         return clean
 
 
+class DecodedStream(StreamState, Protocol):
+    """A re-framer fed decoded reads whose failure is an exception to raise."""
+
+    def feed(self, data: bytes) -> bytes: ...
+
+    @property
+    def error(self) -> Exception | None: ...
+
+
+def decoded_reader(relay: StreamRelay, stream: DecodedStream) -> Callable[[bytes], None]:
+    """``on_data`` for a relay without a one-token fast path (completions, responses):
+    each read re-framed and written; an error line's event goes out, then reading stops;
+    the done line ends the client's stream."""
+    request, conn = relay.request, relay.conn
+    now = relay.svc.loop.time
+    answered = relay.answered
+
+    def on_data(data: bytes) -> None:
+        out = stream.feed(data)
+        if request.first_token_at is None and stream.deltas:
+            request.first_token_at = now()
+        error = stream.error
+        if error is not None:
+            if out:
+                conn.write(out)
+            raise error
+        if out:
+            if stream.done:
+                conn.end_stream(out)
+                answered()
+            else:
+                conn.write(out)
+
+    return on_data
+
+
 class SseRelay(StreamRelay):
     """Chat: ``SseReframer`` with its one-token fast path (``on_raw``)."""
 
@@ -316,7 +357,7 @@ class SseRelay(StreamRelay):
         )
         write = conn.write
         now = self.svc.loop.time
-        answered = self._answered
+        answered = self.answered
 
         def on_data(data: bytes) -> None:
             out = reframer.feed(data)
