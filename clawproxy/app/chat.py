@@ -51,6 +51,7 @@ async def chat_completions(svc: Services, request: Request, conn: HttpConnection
         created=int(time.time()),
         model=plan.model,
         max_line_bytes=svc.config.upstream.max_line_bytes,
+        reasoning_field=svc.config.openai.reasoning_field,
     )
     await relay_whole(svc, request, conn, route, CHAT_TARGET, payload, acc)
 

@@ -354,6 +354,7 @@ class SseRelay(StreamRelay):
             model=plan.model,
             include_usage=plan.include_usage,
             max_line_bytes=self.svc.config.upstream.max_line_bytes,
+            reasoning_field=self.svc.config.openai.reasoning_field,
         )
         write = conn.write
         now = self.svc.loop.time

@@ -257,6 +257,10 @@ RULES: Final[dict[str, Rule]] = {
     "routing.discovery_interval": Rule("a duration of at least 1s", lambda v: v >= 1),
     "routing.affinity": Rule("one of off, session", ("off", "session").__contains__, str.lower),
     "routing.affinity_margin": Rule("a number >= 0", lambda v: v >= 0),
+    "openai.reasoning_field": Rule(
+        "one of reasoning_content, reasoning, both",
+        ("reasoning_content", "reasoning", "both").__contains__,
+    ),
     "coordination.backend": Rule("one of local, redis", ("local", "redis").__contains__, str.lower),
     "coordination.url": Rule(
         "null or a redis://host[:port][/db] or rediss:// URL", _valid_redis_url

@@ -217,6 +217,17 @@ class RoutingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class OpenAIConfig:
+    """How replies are shaped where OpenAI-compatible clients differ."""
+
+    # The delta/message field that carries the model's reasoning (thinking): the
+    # "reasoning_content" most OpenAI-compatible clients read (DeepSeek's name: LangChain,
+    # LiteLLM, the AI SDK's openai-compatible provider, Open WebUI), "reasoning" (Ollama's
+    # own /v1 and OpenRouter), or "both".
+    reasoning_field: str = "reasoning_content"
+
+
+@dataclass(frozen=True, slots=True)
 class CoordinationConfig:
     """Whether several gateway instances share each node's slots and the rate limits."""
 
@@ -252,6 +263,7 @@ class Config:
     nodes: tuple[NodeConfig, ...] = ()
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     coordination: CoordinationConfig = field(default_factory=CoordinationConfig)
+    openai: OpenAIConfig = field(default_factory=OpenAIConfig)
 
 
 def queue_timeout_s(config: Config) -> float:

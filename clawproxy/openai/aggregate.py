@@ -44,6 +44,7 @@ from clawproxy.ollama.ndjson import (
     parse_line,
     usage_counts,
 )
+from clawproxy.openai.reframe import reasoning_keys
 
 # Far beyond any context window in tokens times bytes per token, yet a hard stop for a
 # runaway generation (num_predict defaults to unlimited, PROTOCOL 1.1).
@@ -62,6 +63,7 @@ class ChatAccumulator:
         "_head",
         "_kept_bytes",
         "_max_content",
+        "_reasoning_keys",
         "_splitter",
         "_thinking",
         "completion_tokens",
@@ -79,7 +81,10 @@ class ChatAccumulator:
         model: str,
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
         max_content_bytes: int = DEFAULT_MAX_CONTENT_BYTES,
+        reasoning_field: str = "reasoning_content",
     ) -> None:
+        first, twice = reasoning_keys(reasoning_field)
+        self._reasoning_keys = (first,) if twice is None else (first, twice)
         self._head = (
             b'{"id":'
             + orjson.dumps(completion_id)
@@ -137,7 +142,8 @@ class ChatAccumulator:
             # Only tool calls, no text: null, as OpenAI sends it (not an empty string).
             parts.append(b"null")
         if self._thinking:
-            parts += (b',"reasoning_content":"', self._thinking, b'"')
+            for key in self._reasoning_keys:
+                parts += (b',"', key, b'":"', self._thinking, b'"')
         if self._calls:
             parts += (b',"tool_calls":[', self._calls, b"]")
         usage = {

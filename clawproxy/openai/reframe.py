@@ -48,6 +48,19 @@ from clawproxy.ollama.ndjson import (
 )
 
 _DONE_EVENT = b"data: [DONE]\n\n"
+# ``openai.reasoning_field``: the delta/message keys reasoning text goes under.
+REASONING_KEYS: dict[str, tuple[bytes, bytes | None]] = {
+    "reasoning_content": (b"reasoning_content", None),
+    "reasoning": (b"reasoning", None),
+    "both": (b"reasoning_content", b"reasoning"),
+}
+
+
+def reasoning_keys(field: str) -> tuple[bytes, bytes | None]:
+    """The key reasoning goes under first, and the second one for "both"."""
+    return REASONING_KEYS[field]
+
+
 _fast_read = FAST_READ.fullmatch
 _fast_line = FAST_LINE.match
 # A raw upstream read that is one whole HTTP chunk holding one such line (groups: size, data,
@@ -82,6 +95,7 @@ class SseReframer:
         "_max_line",
         "_max_read",
         "_reasoning_pre",
+        "_reasoning_twice",
         "_role_event",
         "_started",
         "_stream_pre",
@@ -103,6 +117,7 @@ class SseReframer:
         model: str,
         include_usage: bool,
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+        reasoning_field: str = "reasoning_content",
     ) -> None:
         # Rendered once per stream: everything a chunk has before its delta and after it.
         self._stream_pre = (
@@ -116,7 +131,11 @@ class SseReframer:
         )
         self._delta_pre = self._stream_pre + b'{"index":0,"delta":'
         self._content_pre = self._delta_pre + b'{"content":'
-        self._reasoning_pre = self._delta_pre + b'{"reasoning_content":'
+        # Reasoning under the configured name(s) (``openai.reasoning_field``); with "both",
+        # the escaped text is spliced twice: X,"reasoning":X.
+        first, twice = reasoning_keys(reasoning_field)
+        self._reasoning_pre = self._delta_pre + b'{"' + first + b'":'
+        self._reasoning_twice = None if twice is None else b',"' + twice + b'":'
         self._content_post = b"}" + _CHUNK_TAIL
         self._role_event = self._delta_pre + b'{"role":"assistant","content":""}' + _CHUNK_TAIL
         self._include_usage = include_usage
@@ -151,6 +170,8 @@ class SseReframer:
                 else:
                     text = m.group(2)
                     pre = self._reasoning_pre
+                    if self._reasoning_twice is not None and len(text) > 2:
+                        text = text + self._reasoning_twice + text
                 # b'""' is an empty token: Ollama sends these; the client needs nothing.
                 if len(text) == 2:
                     return b""
@@ -187,6 +208,8 @@ class SseReframer:
         else:
             text = m[4]
             pre = self._reasoning_pre
+            if self._reasoning_twice is not None and len(text) > 2:
+                text = text + self._reasoning_twice + text
         if len(text) == 2:
             return lead
         self.deltas += 1
@@ -241,6 +264,8 @@ class SseReframer:
                 if text is None:
                     text = m.group(2)
                     pre = reasoning_pre
+                    if self._reasoning_twice is not None and len(text) > 2:
+                        text = text + self._reasoning_twice + text
                 # b'""' is an empty token: Ollama sends these; the client needs nothing.
                 if len(text) > 2:
                     out += (pre, text, post)
@@ -297,7 +322,10 @@ class SseReframer:
             return True
         # Reasoning first, in its own chunk, as Ollama's own /v1 layer does (PROTOCOL 3.3).
         if thinking:
-            out += (self._reasoning_pre, orjson.dumps(thinking), self._content_post)
+            text = orjson.dumps(thinking)
+            if self._reasoning_twice is not None:
+                text = text + self._reasoning_twice + text
+            out += (self._reasoning_pre, text, self._content_post)
             self.deltas += 1
         if content:
             out += (self._content_pre, orjson.dumps(content), self._content_post)
