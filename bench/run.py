@@ -258,6 +258,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--limit-check", action="store_true", help="workers vs max_concurrent instead (limits.py)"
     )
+    parser.add_argument(
+        "--nodes",
+        type=int,
+        metavar="N",
+        help="node pool instead: routing cost and throughput with 1..N nodes (nodes.py)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         # A tiny load by default; load options given with --quick still apply.
@@ -336,9 +342,11 @@ def run_loadgen(
     fmt: str,
     cpu_pids: Sequence[int] = (),
     pair_port: int | None = None,
+    pair_format: str = "ndjson",
 ) -> dict[str, object]:
     """Run the load generator; ``cpu_pids``: process trees it reads around the probes;
-    ``pair_port``: N more streams straight to that simulator port, in the same run."""
+    ``pair_port``: N more streams straight to that simulator port (``pair_format``), in
+    the same run."""
     tokens = load.tokens or settings.tokens
     ramp = ramp_s(settings, load)
     stream_s = tokens / load.rate if load.rate > 0 else 0.0
@@ -354,7 +362,7 @@ def run_loadgen(
         window_end = probes_at + settings.probes * settings.probe_interval
         deadline = max(deadline, window_end + DEADLINE_SLACK_S)
     if pair_port is not None:
-        cmd += ["--pair-port", str(pair_port), "--pair-format", "ndjson"]
+        cmd += ["--pair-port", str(pair_port), "--pair-format", pair_format]
     cmd += ["--ramp", f"{ramp:.3f}", "--deadline", f"{deadline:.1f}"]
     done = subprocess.run(
         cmd,
@@ -718,6 +726,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from . import limits
 
         return limits.main(args)
+    if args.nodes is not None:
+        from . import nodes
+
+        return nodes.main(args, argv)
     raise_fd_limit()
     paths = [p for p in (",".join(PATHS) if args.paths is None else args.paths).split(",") if p]
     unknown = sorted(set(paths) - {*PATHS, *FLOOR_PATHS, "litellm", GO_PATH, BASELINE_PATH})
