@@ -344,15 +344,38 @@ def test_model_load_warms_the_named_nodes() -> None:
         assert status == 400 and body["error"]["param"] == "nodes"
 
 
-@pytest.mark.parametrize("affinity", ["session"])
+@pytest.mark.parametrize("affinity", ["session", "prefix"])
 def test_session_affinity_keeps_a_session_on_its_node(affinity: str) -> None:
     settings = {"routing.affinity": affinity, "routing.affinity_margin": 10}
     with NodesHarness([{}, {}], settings) as h:
+        warm_both(h)  # else "warm first" alone would keep every request on one node
         headers = {"X-Session-Id": "conv-42"}
-        for _ in range(6):
+        for _ in range(10):
             assert post_json(h, "/v1/chat/completions", CHAT, headers)[0] == 200
-        counts = sorted([generations(h, 0), generations(h, 1)])
-        assert counts == [0, 6]
+        # Equal nodes share by random tie-break: 10 on one node by chance is 1 in 512.
+        assert sorted([generations(h, 0), generations(h, 1)]) == [0, 10]
+
+
+def warm_both(h: NodesHarness) -> None:
+    status, body = admin_call(h, "POST", "/v1/model/load", {"model": "qwen3:32b"})
+    assert status == 200 and len(body["nodes"]) == 2
+    assert h.read(lambda: [sorted(n.loaded) for n in h.gateway.nodes.nodes()]) == [
+        ["qwen3:32b"],
+        ["qwen3:32b"],
+    ]
+
+
+def test_prefix_affinity_follows_the_conversation_without_a_header() -> None:
+    settings = {"routing.affinity": "prefix", "routing.affinity_margin": 10}
+    with NodesHarness([{}, {}], settings) as h:
+        warm_both(h)
+        start = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
+        turns = [*start, {"role": "assistant", "content": "hello"}]
+        for n in range(10):
+            # A growing conversation: same start, a new user turn each time.
+            body = {**CHAT, "messages": [*turns, {"role": "user", "content": f"q{n}"}]}
+            assert post_json(h, "/v1/chat/completions", body)[0] == 200
+        assert sorted([generations(h, 0), generations(h, 1)]) == [0, 10]
 
 
 def test_the_queue_is_shared_by_the_nodes() -> None:

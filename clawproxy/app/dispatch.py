@@ -21,7 +21,10 @@ and releases it when the exchange is over, whatever happens.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
+
+import orjson
 
 from clawproxy.app.services import Services
 from clawproxy.errors import (
@@ -43,6 +46,9 @@ NODE_HEADER = b"x-clawproxy-node"
 SESSION_HEADER = b"x-session-id"
 # Longer session ids are not ids: they are not remembered.
 MAX_SESSION_ID_BYTES = 256
+# Messages that identify a conversation for prefix affinity: the system prompt and the
+# first user turn (later turns differ, the start stays: Ollama's cache is a prefix cache).
+PREFIX_MESSAGES = 2
 
 
 def failover_reason(exc: GatewayError) -> str | None:
@@ -71,7 +77,7 @@ async def open_on_node(
     ``meanwhile`` and ``listener`` are ``UpstreamPool.send``'s; ``before_retry`` runs
     before the request moves to another node."""
     scheduler = svc.nodes.scheduler
-    session = _session(svc, request)
+    session = _session(svc, request, payload)
     attempts = 0
     while True:
         lease = await scheduler.acquire(route, svc.queue_timeout, session=session)
@@ -133,13 +139,33 @@ async def open_upstream(
     return upstream
 
 
-def _session(svc: Services, request: Request) -> str | None:
-    if not svc.nodes.session_affinity:
+def _session(svc: Services, request: Request, payload: bytes) -> str | None:
+    """The affinity key (``routing.affinity``): the client's ``X-Session-Id``, or, in
+    ``prefix`` mode without one, the conversation's start (model and first two messages),
+    so the turns of one chat find the node that has their prompt cached."""
+    mode = svc.nodes.affinity
+    if mode == "off":
         return None
     value = request.header(SESSION_HEADER)
-    if value is None or not value or len(value) > MAX_SESSION_ID_BYTES:
+    if value is not None and 0 < len(value) <= MAX_SESSION_ID_BYTES:
+        return value.decode("latin-1")
+    if mode != "prefix":
         return None
-    return value.decode("latin-1")
+    return conversation_key(payload)
+
+
+def conversation_key(payload: bytes) -> str | None:
+    """A digest of an Ollama chat body's model and first two messages (None without
+    messages: embeddings, completions)."""
+    try:
+        body = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    messages = body.get("messages") if isinstance(body, dict) else None
+    if not isinstance(messages, list) or not messages:
+        return None
+    start = orjson.dumps([body.get("model"), messages[:PREFIX_MESSAGES]])
+    return "prefix:" + hashlib.blake2b(start, digest_size=12).hexdigest()
 
 
 def _name_node(svc: Services, request: Request, node: Node) -> None:

@@ -255,7 +255,9 @@ RULES: Final[dict[str, Rule]] = {
     "routing.busy_backoff": _TIMEOUT,
     "routing.probe_interval": Rule("a duration of at least 100ms", lambda v: v >= 0.1),
     "routing.discovery_interval": Rule("a duration of at least 1s", lambda v: v >= 1),
-    "routing.affinity": Rule("one of off, session", ("off", "session").__contains__, str.lower),
+    "routing.affinity": Rule(
+        "one of off, session, prefix", ("off", "session", "prefix").__contains__, str.lower
+    ),
     "routing.affinity_margin": Rule("a number >= 0", lambda v: v >= 0),
     "openai.reasoning_field": Rule(
         "one of reasoning_content, reasoning, both",

@@ -210,8 +210,9 @@ class RoutingConfig:
     # The health probe (/api/version) of each node; /api/tags and /api/ps on discovery_interval.
     probe_interval: float = field(default=5.0, metadata=DURATION)
     discovery_interval: float = field(default=30.0, metadata=DURATION)
-    # "off", or "session": requests with the same X-Session-Id go to the same node while
-    # its load is within affinity_margin of the least loaded candidate.
+    # "off"; "session": requests with the same X-Session-Id go to the same node while its
+    # load is within affinity_margin of the least loaded candidate; "prefix": the same, and
+    # requests without the header by their conversation's start (model, first 2 messages).
     affinity: str = "off"
     affinity_margin: float = 0.5
 

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from clawproxy.errors import GatewayError, InvalidRequest, NotFound
 from clawproxy.nodes.node import Node
 from clawproxy.nodes.table import NodeTable
+from clawproxy.ollama.catalog import canonical
 from clawproxy.ollama.modelctl import HEALTH_TIMEOUT_S
 
 
@@ -46,6 +47,11 @@ class ModelLoads:
         targets = await self._targets(name, node_names)
         async with self._lock:
             results, loaded = await _on_each(targets, "loaded", lambda n: n.control.warm(name))
+            # Warm now: routing prefers these nodes for the model (no cold load).
+            warmed = {result["node"] for result in loaded}
+            for node in targets:
+                if node.name in warmed:
+                    node.loaded = node.loaded | {canonical(name)}
             default = self._default
             previous, default.model = default.model, name
         return {

@@ -80,7 +80,8 @@ class NodeTable:
             loop.time,
             affinity_margin=routing.affinity_margin,
         )
-        self.session_affinity = routing.affinity == "session"
+        # "off", "session" (X-Session-Id) or "prefix" (that, else the conversation's start).
+        self.affinity = routing.affinity
         for spec in node_specs(config):
             self._nodes[spec.name] = self._build(spec)
         self._changed()
