@@ -116,6 +116,8 @@ class Gateway:
         self.models = ModelLoads(nodes, state)
         # GPU telemetry with its alerts.
         alerts = GpuAlerts(config.alerts, state, loop)
+        # ...and the node alerts: a node ejected from the pool, or back in it.
+        nodes.scheduler.on_node_event = alerts.node_event
         self.gpu = GpuSampler(config.gpu, state, loop, alerts)
         self.services = Services(
             config=config,

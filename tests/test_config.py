@@ -761,7 +761,7 @@ def test_operations_values_load() -> None:
         ({"alerts": {"gpu_memory_percent": 0}}, "alerts.gpu_memory_percent: expected null (off)"),
         ({"alerts": {"gpu_memory_percent": 101}}, "alerts.gpu_memory_percent: expected"),
         ({"alerts": {"hysteresis_percent": 60}}, "alerts.hysteresis_percent: expected"),
-        ({"alerts": {"webhook_url": "https://x/"}}, "alerts.webhook_url: expected null or an"),
+        ({"alerts": {"webhook_url": "ftp://x/"}}, "alerts.webhook_url: expected null or an"),
         ({"alerts": {"webhook_url": "http://u:p@x/"}}, "alerts.webhook_url: expected"),
         ({"gateway": {"model_keep_alive": 0}}, "gateway.model_keep_alive: expected null (keep"),
         ({"gateway": {"model_load_timeout": 0}}, "gateway.model_load_timeout: expected"),

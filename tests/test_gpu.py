@@ -297,6 +297,7 @@ def receiver_gw(loop_kind: str) -> Iterator[tuple[Harness, Receiver, FakeNvml]]:
             "alerts.gpu_memory_percent": 95,
             "alerts.hysteresis_percent": 5,
             "alerts.webhook_url": receiver.url,
+            "alerts.webhook_retry_delay": "10ms",  # the 500 test retries without waiting
         }
         try:
             with Harness(settings, loop_kind=loop_kind) as h:
@@ -365,12 +366,16 @@ def test_alert_fires_once_and_rearms(receiver_gw: tuple[Harness, Receiver, FakeN
     assert alert["memory_percent"] == 96.0
     assert alert["threshold_percent"] == 95
     assert alert["model"] == "qwen3:32b"
-    for percent in (89, 96):  # below threshold - hysteresis: re-armed, fires again
+    for percent in (89, 96):  # below threshold - hysteresis: resolved, re-armed, fires again
         sample_at(percent)
-    assert [b["memory_percent"] for b in receiver.bodies] == [96.0, 96.0]
+    assert [(b["alert"], b["memory_percent"]) for b in receiver.bodies] == [
+        ("gpu_memory", 96.0),
+        ("gpu_memory_resolved", 89.0),
+        ("gpu_memory", 96.0),
+    ]
     counts = h.read(lambda: dict(h.gateway.state.alerts))
-    assert counts == {"gpu_memory": 2, "webhook_sent": 2}
-    assert 'clawproxy_alerts_total{event="webhook_sent"} 2' in admin_get(h, "/metrics").decode()
+    assert counts == {"gpu_memory": 2, "gpu_memory_resolved": 1, "webhook_sent": 3}
+    assert 'clawproxy_alerts_total{event="webhook_sent"} 3' in admin_get(h, "/metrics").decode()
 
 
 def test_failed_webhook_is_counted_not_fatal(

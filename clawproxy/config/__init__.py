@@ -19,6 +19,7 @@ from clawproxy.config.rules import (
 from clawproxy.config.schema import (
     DURATION,
     SIZE,
+    AlertEventsConfig,
     AlertsConfig,
     AuthConfig,
     Config,
@@ -35,6 +36,7 @@ from clawproxy.config.schema import (
     ServerConfig,
     UiConfig,
     UpstreamConfig,
+    WebhookConfig,
     queue_timeout_s,
 )
 
@@ -46,6 +48,7 @@ __all__ = [
     "RULES",
     "SECRET_KEYS",
     "SIZE",
+    "AlertEventsConfig",
     "AlertsConfig",
     "AuthConfig",
     "Config",
@@ -64,6 +67,7 @@ __all__ = [
     "ServerConfig",
     "UiConfig",
     "UpstreamConfig",
+    "WebhookConfig",
     "check_api_key",
     "check_key_label",
     "config_from_mapping",

@@ -98,6 +98,38 @@ def _valid_http_url(url: str) -> bool:
     return True
 
 
+def _valid_webhook_url(url: str) -> bool:
+    """http:// or https://, otherwise the rules of ``parse_http_url`` (telemetry.webhook)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in ("http", "https"):
+        raise ValueError("the URL must start with http:// or https://")
+    parse_http_url("http://" + rest)
+    return True
+
+
+# Alert events (alerts.events) and webhook formats (telemetry.alertformat.FORMATS).
+_ALERT_EVENTS: Final = (
+    "gpu_memory",
+    "gpu_memory_resolved",
+    "node_ejected",
+    "node_back",
+    "queue_full",
+    "upstream_errors",
+)
+_WEBHOOK_FORMATS: Final = ("generic", "wecom", "dingtalk", "feishu", "slack")
+
+
+def _valid_webhook(hook: Any) -> bool:
+    """What one ``alerts.webhooks`` entry needs beyond its keys' own rules."""
+    if not hook.url:
+        raise ValueError("'url' is required")
+    if hook.secret is not None and hook.format not in ("dingtalk", "feishu"):
+        raise ValueError(f"a secret signs dingtalk and feishu messages, not {hook.format}")
+    if hook.ca_file and not hook.url.lower().startswith("https://"):
+        raise ValueError("ca_file is set but the url is http://")
+    return True
+
+
 # A key is presented in one Authorization header, which clawproxy.auth caps at 4 KiB.
 MAX_API_KEY_BYTES: Final = 1024
 # Labels end up in logs and metrics: a conservative alphabet keeps them injection-free.
@@ -236,8 +268,21 @@ RULES: Final[dict[str, Rule]] = {
         "null (off) or a number greater than 0 and at most 100", lambda v: 0 < v <= 100
     ),
     "alerts.hysteresis_percent": Rule("a number from 0 to 50", lambda v: 0 <= v <= 50),
-    "alerts.webhook_url": Rule("null or an http://host[:port][/path] URL", _valid_http_url),
+    "alerts.webhook_url": Rule("null or an http[s]://host[:port][/path] URL", _valid_webhook_url),
     "alerts.webhook_timeout": _TIMEOUT,
+    "alerts.gpu_memory_used": _size_at_least(1),
+    "alerts.webhook_connect_timeout": _TIMEOUT,
+    "alerts.webhook_retries": _int_range(0, 5),
+    "alerts.webhook_retry_delay": Rule("a duration >= 0, such as '1s'", lambda v: v >= 0),
+    "alerts.webhooks.url": Rule("an http[s]://host[:port][/path] URL", _valid_webhook_url),
+    "alerts.webhooks.format": Rule(
+        f"one of {', '.join(_WEBHOOK_FORMATS)}", _WEBHOOK_FORMATS.__contains__, str.lower
+    ),
+    "alerts.webhooks.secret": Rule("null or a non-empty string", lambda v: bool(v.strip())),
+    "alerts.webhooks.ca_file": Rule("null or a non-empty path", lambda v: bool(v.strip())),
+    "alerts.min_interval": Rule("a duration >= 0, such as '5m'", lambda v: v >= 0),
+    "alerts.queue_full_per_minute": _int_at_least(1),
+    "alerts.upstream_errors_per_minute": _int_at_least(1),
     "nodes": Rule("a list of nodes with distinct names", _distinct_node_names),
     "nodes.name": Rule(
         "1 to 64 of the characters A-Z a-z 0-9 . _ -", lambda v: _NODE_NAME.fullmatch(v) is not None
@@ -296,6 +341,10 @@ ITEM_RULES: Final[dict[str, Rule]] = {
         origin_form,
     ),
     "nodes": Rule("a node with a name and a url", _valid_node),
+    "alerts.webhooks": Rule("a webhook with a url", _valid_webhook),
+    "alerts.webhooks.events": Rule(
+        f"one of {', '.join(_ALERT_EVENTS)}", _ALERT_EVENTS.__contains__, str.lower
+    ),
     "nodes.models": Rule("a model name", lambda v: bool(v.strip()) and len(v) <= 256),
     "auth.api_keys": Rule(
         f"a non-empty string of printable ASCII without whitespace, at most "
@@ -306,7 +355,19 @@ ITEM_RULES: Final[dict[str, Rule]] = {
 
 # Keys (and everything under them) whose values may be API keys: errors never show a value.
 # "auth" itself is here because "auth: sk-..." is an easy mistake to make.
-SECRET_KEYS: Final = frozenset({"auth", "auth.api_keys", "gateway.admin_token", "coordination.url"})
+# Webhook URLs too: a chat robot's URL is its credential (WeCom's key, DingTalk's
+# access_token, Slack's path), and alerts.webhooks items hold a signing secret.
+SECRET_KEYS: Final = frozenset(
+    {
+        "auth",
+        "auth.api_keys",
+        "gateway.admin_token",
+        "coordination.url",
+        "alerts.webhook_url",
+        "alerts.webhooks",
+        "alerts.webhooks.secret",
+    }
+)
 
 
 # An item's index in a dotted key: ``nodes[1].url`` has the rule of ``nodes.url``.

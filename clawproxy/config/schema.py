@@ -144,14 +144,61 @@ class GpuConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class WebhookConfig:
+    """One receiver of alerts (``alerts.webhooks``); see ``clawproxy.telemetry.alerts``."""
+
+    # http:// or https://; chat robots carry their token in it, so it is never logged.
+    url: str = ""
+    # generic (clawproxy's JSON), wecom, dingtalk, feishu or slack.
+    format: str = "generic"
+    # The robot's signing secret (dingtalk, feishu); None: unsigned.
+    secret: str | None = None
+    # The events it receives (names as in alerts.events); empty: all of them.
+    events: tuple[str, ...] = ()
+    # PEM bundle of the CA(s) for an https:// receiver; None: the system's CAs.
+    ca_file: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AlertEventsConfig:
+    """Which alerts are raised at all (each one logged, counted and sent)."""
+
+    gpu_memory: bool = True
+    # "GPU memory back to normal", when a GPU's alert re-arms.
+    gpu_memory_resolved: bool = True
+    node_ejected: bool = True
+    node_back: bool = True
+    queue_full: bool = True
+    upstream_errors: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class AlertsConfig:
     # Alert when a GPU's memory use reaches this percentage; None turns the alert off.
     gpu_memory_percent: float | None = 95.0
-    # Re-arm only once use falls this many points below the threshold (no flood at the line).
+    # Or when it reaches this many bytes ("76GiB"), on every GPU; replaces the percentage.
+    gpu_memory_used: int | None = field(default=None, metadata=SIZE)
+    # Re-arm only once use falls this many points (percent of the GPU's memory, for either
+    # threshold) below the threshold: no flood at the line.
     hysteresis_percent: float = 5.0
-    # http:// URL that receives each alert as a JSON POST; None: the log warning only.
+    # One generic webhook, kept from earlier releases: the same as an alerts.webhooks entry.
     webhook_url: str | None = None
+    # One delivery attempt, whole and its connect (TCP and TLS handshakes) alone.
     webhook_timeout: float = field(default=3.0, metadata=DURATION)
+    webhook_connect_timeout: float = field(default=2.0, metadata=DURATION)
+    # A failed delivery (no connection, a timeout, a 5xx) is tried again this many times,
+    # first after webhook_retry_delay, then twice as long each time.
+    webhook_retries: int = 2
+    webhook_retry_delay: float = field(default=1.0, metadata=DURATION)
+    webhooks: tuple[WebhookConfig, ...] = ()
+    events: AlertEventsConfig = field(default_factory=AlertEventsConfig)
+    # At most one message per event and node this often (node, queue and error alerts;
+    # a GPU's own alert has its hysteresis instead).
+    min_interval: float = field(default=300.0, metadata=DURATION)
+    # Alert when more requests than this were refused for a full queue (503) in a minute.
+    queue_full_per_minute: int = 10
+    # Alert when more than this many Ollama errors happened in a minute.
+    upstream_errors_per_minute: int = 10
 
 
 @dataclass(frozen=True, slots=True)

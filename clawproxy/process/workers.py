@@ -164,12 +164,18 @@ def worker_config(config: Config, index: int, workers: int, port: int) -> Config
         )
     )
     gpu = config.gpu
+    alerts = config.alerts
     if index != 0:
         gateway = dataclasses.replace(gateway, debug_host="127.0.0.1", debug_port=0)
-        # One sampler per host is enough, and N would send N webhooks per alert.
+        # One sampler per host is enough, and N would send N webhooks per alert; a node's
+        # ejection is seen by every worker, and worker 0 tells it.
         gpu = dataclasses.replace(gpu, enabled=False)
+        events = dataclasses.replace(alerts.events, node_ejected=False, node_back=False)
+        alerts = dataclasses.replace(alerts, events=events)
     server = dataclasses.replace(config.server, port=port)
-    return dataclasses.replace(config, gateway=gateway, server=server, gpu=gpu, nodes=nodes)
+    return dataclasses.replace(
+        config, gateway=gateway, server=server, gpu=gpu, nodes=nodes, alerts=alerts
+    )
 
 
 def reread_share(reread: Reread, index: int, workers: int, port: int) -> Config:
