@@ -48,6 +48,7 @@ from clawproxy.telemetry.logs import (
     log_access,
     refusal_line,
 )
+from clawproxy.telemetry.remotegpu import RemoteGpus
 from clawproxy.telemetry.state import LiveState
 
 log = logging.getLogger("clawproxy")
@@ -119,6 +120,8 @@ class Gateway:
         # ...and the node alerts: a node ejected from the pool, or back in it.
         nodes.scheduler.on_node_event = alerts.node_event
         self.gpu = GpuSampler(config.gpu, state, loop, alerts)
+        # Each node's GPUs from its exporter page (nodes[].gpu_metrics_url), same cadence.
+        self.remote_gpus = RemoteGpus(nodes.nodes, config.gpu.interval, state, alerts, loop)
         self.services = Services(
             config=config,
             loop=loop,
@@ -189,6 +192,8 @@ class Gateway:
         if warning:
             log.warning("%s", warning)
         self.gpu.start()
+        if self.config.gpu.enabled:
+            self.remote_gpus.start()
         return port
 
     async def stop(self, drain_timeout: float | None = None) -> None:
@@ -204,6 +209,7 @@ class Gateway:
         if self.coordination is not None:
             await self.coordination.stop()
         self.nodes.close()
+        await self.remote_gpus.stop()
         await self.gpu.stop()
         await self.connections.close(SHUTDOWN_EVENT)
         self.refusals.flush()

@@ -289,6 +289,7 @@ RULES: Final[dict[str, Rule]] = {
     ),
     "nodes.url": Rule("an http://host[:port] or https://host[:port] URL", _valid_node_url),
     "nodes.max_concurrent": _int_at_least(1),
+    "nodes.gpu_metrics_url": Rule("null or an http[s]://host[:port]/path URL", _valid_webhook_url),
     "nodes.weight": Rule("a number greater than 0", lambda v: v > 0),
     "nodes.tls.ca_file": Rule("null or a non-empty path", lambda v: bool(v.strip())),
     "nodes.tls.cert_file": Rule("null or a non-empty path", lambda v: bool(v.strip())),

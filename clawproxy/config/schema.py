@@ -237,6 +237,9 @@ class NodeConfig:
     models: tuple[str, ...] | None = None
     enabled: bool = True
     tls: NodeTlsConfig = field(default_factory=NodeTlsConfig)
+    # The Prometheus page of the node's dcgm-exporter or nvidia_gpu_exporter, for its GPU
+    # panel, metrics and alerts (http:// or https://; tls.ca_file applies); None: none.
+    gpu_metrics_url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

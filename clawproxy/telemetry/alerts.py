@@ -177,6 +177,13 @@ class GpuAlerts:
         for gpu in sample.gpus:
             self._check_memory(self.memory, "", gpu)
 
+    def observe_node(self, node: str, sample: GpuSample) -> None:
+        """One node's GPUs, from its exporter page (``telemetry.remotegpu``)."""
+        if self.memory is None or not sample.available:
+            return
+        for gpu in sample.gpus:
+            self._check_memory(self.memory, node, gpu)
+
     def node_event(self, event: str, node: Node, reason: str) -> None:
         """``Scheduler.on_node_event``: ``"ejected"`` or ``"back"``."""
         name = node.name

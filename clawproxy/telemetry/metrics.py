@@ -170,13 +170,17 @@ def _render_gpu(w: _Writer, state: LiveState) -> None:
     sample = state.gpu
     w.family("clawproxy_gpu_available", "gauge", "1 when NVML reports GPUs, else 0.")
     w.sample("clawproxy_gpu_available", (), int(sample.available))
+    # The gateway's own GPUs (NVML) without a node label, each node's (its exporter) with it.
+    readings = [(gpu, gpu.labels()) for gpu in sample.gpus]
+    for node, remote in sorted(state.node_gpus.items()):
+        readings += [(gpu, (*gpu.labels(), ("node", node))) for gpu in remote.gpus]
     w.family("clawproxy_gpu_memory_used_bytes", "gauge", "GPU memory in use, per GPU.")
-    for gpu in sample.gpus:
-        w.sample("clawproxy_gpu_memory_used_bytes", gpu.labels(), gpu.memory_used_bytes)
+    for gpu, labels in readings:
+        w.sample("clawproxy_gpu_memory_used_bytes", labels, gpu.memory_used_bytes)
     w.family("clawproxy_gpu_memory_total_bytes", "gauge", "GPU memory installed, per GPU.")
-    for gpu in sample.gpus:
-        w.sample("clawproxy_gpu_memory_total_bytes", gpu.labels(), gpu.memory_total_bytes)
+    for gpu, labels in readings:
+        w.sample("clawproxy_gpu_memory_total_bytes", labels, gpu.memory_total_bytes)
     w.family("clawproxy_gpu_utilization_ratio", "gauge", "GPU busy fraction (0-1), per GPU.")
-    for gpu in sample.gpus:
+    for gpu, labels in readings:
         if gpu.utilization_percent is not None:
-            w.sample("clawproxy_gpu_utilization_ratio", gpu.labels(), gpu.utilization_percent / 100)
+            w.sample("clawproxy_gpu_utilization_ratio", labels, gpu.utilization_percent / 100)

@@ -300,6 +300,8 @@ class LiveState:
         self._models: set[str] = set()
         # The latest GPU sample (the sampler replaces it whole) and alert counters.
         self.gpu = GpuSample.unavailable("not sampled yet")
+        # Each node's GPUs from its exporter page (telemetry.remotegpu), by node name.
+        self.node_gpus: dict[str, GpuSample] = {}
         self.alerts: Counter[str] = Counter()
 
     def uptime(self, now: float) -> float:
@@ -391,6 +393,7 @@ class LiveState:
         out["requests_per_second_series"] = self.window.per_second(now, 60)
         out["recent"] = list(reversed(self.recent))
         out["gpu"] = self.gpu.as_dict()
+        out["node_gpus"] = {name: sample.as_dict() for name, sample in self.node_gpus.items()}
         out["nodes"] = self.nodes()
         out["alerts"] = dict(self.alerts)
         return out

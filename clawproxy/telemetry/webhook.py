@@ -97,27 +97,25 @@ def tls_context(ca_file: str | None) -> ssl.SSLContext:
     return context
 
 
-def _request_bytes(
-    url: WebhookUrl, body: bytes, headers: Sequence[Header]
+def request_bytes(
+    url: WebhookUrl, body: bytes | None, headers: Sequence[Header]
 ) -> tuple[h11.Connection, bytes]:
-    """The client connection (now waiting for the response) and the request's bytes."""
+    """The client connection (now waiting for the response) and the request's bytes: a
+    JSON POST of ``body``, or a GET when ``body`` is None (``telemetry.scrape``)."""
     default_port = 443 if url.tls else 80
     host = f"[{url.host}]" if ":" in url.host else url.host
     host_header = host if url.port == default_port else f"{host}:{url.port}"
     conn = h11.Connection(h11.CLIENT)
+    fields = [(b"Host", host_header.encode()), (b"User-Agent", USER_AGENT)]
+    if body is not None:
+        fields += [(b"Content-Type", b"application/json"), (b"Content-Length", b"%d" % len(body))]
+    fields += [(b"Connection", b"close"), *headers]
     request = h11.Request(
-        method=b"POST",
-        target=url.target.encode(),
-        headers=[
-            (b"Host", host_header.encode()),
-            (b"User-Agent", USER_AGENT),
-            (b"Content-Type", b"application/json"),
-            (b"Content-Length", b"%d" % len(body)),
-            (b"Connection", b"close"),
-            *headers,
-        ],
+        method=b"GET" if body is None else b"POST", target=url.target.encode(), headers=fields
     )
-    out = (conn.send(request) or b"") + (conn.send(h11.Data(data=body)) or b"")
+    out = conn.send(request) or b""
+    if body is not None:
+        out += conn.send(h11.Data(data=body)) or b""
     return conn, out + (conn.send(h11.EndOfMessage()) or b"")
 
 
@@ -137,7 +135,7 @@ async def post_json(
     WebhookError or h11.ProtocolError.
     """
     where = parse_webhook_url(url)
-    conn, out = _request_bytes(where, body, headers)
+    conn, out = request_bytes(where, body, headers)
     async with asyncio.timeout(timeout):
         async with asyncio.timeout(connect_timeout or timeout):
             reader, writer = await asyncio.open_connection(

@@ -43,14 +43,8 @@ function renderModel(model) {
   facts(byId('model-facts'), rows);
 }
 
-function renderGpus(gpu) {
-  const target = byId('gpus');
-  if (!gpu.available) {
-    target.replaceChildren(el('p', {class: 'muted', id: 'no-gpu'},
-      `No GPU telemetry${gpu.reason ? `: ${gpu.reason}` : '.'}`));
-    return;
-  }
-  const rows = gpu.gpus.map((g) => el('tr', {},
+function gpuTable(gpus) {
+  const rows = gpus.map((g) => el('tr', {},
     el('td', {text: `${g.index}: ${g.name}`}),
     el('td', {},
       el('div', {class: 'meter', title: `${g.memory_percent}%`},
@@ -63,7 +57,27 @@ function renderGpus(gpu) {
     el('tbody', {}, ...rows));
   // Bar widths go through the CSSOM: the CSP refuses inline style attributes.
   for (const bar of table.querySelectorAll('[data-percent]')) bar.style.width = `${bar.dataset.percent}%`;
-  target.replaceChildren(table);
+  return table;
+}
+
+// This gateway's GPUs (NVML), then each node's from its exporter page (gpu_metrics_url).
+function renderGpus(gpu, nodeGpus) {
+  const target = byId('gpus');
+  const remote = Object.entries(nodeGpus || {});
+  const parts = [];
+  if (gpu.available) {
+    if (remote.length) parts.push(el('h3', {text: 'This gateway'}));
+    parts.push(gpuTable(gpu.gpus));
+  } else if (!remote.length) {
+    parts.push(el('p', {class: 'muted', id: 'no-gpu'},
+      `No GPU telemetry${gpu.reason ? `: ${gpu.reason}` : '.'}`));
+  }
+  for (const [name, sample] of remote) {
+    parts.push(el('h3', {'data-gpu-node': name, text: `Node ${name}`}));
+    parts.push(sample.available ? gpuTable(sample.gpus)
+      : el('p', {class: 'muted', text: `No GPU telemetry: ${sample.reason}`}));
+  }
+  target.replaceChildren(...parts);
 }
 
 // A node's state as a class the stylesheet already has; draining has none, so it takes the
@@ -175,7 +189,7 @@ function renderCounters(s) {
 poll(async () => {
   const s = await getJson('/ui/api/stats');
   renderModel(s.model_details || {name: s.model});
-  renderGpus(s.gpu);
+  renderGpus(s.gpu, s.node_gpus);
   renderNodes(s.nodes || []);
   renderCoordination(s.coordination || {mode: 'local'});
   renderRecent(s.recent);
