@@ -7,6 +7,7 @@ import asyncio
 import http.client
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -17,7 +18,8 @@ from hypothesis import strategies as st
 from playwright.sync_api import Browser, expect
 
 from clawproxy.telemetry.promtext import read_series
-from clawproxy.telemetry.remotegpu import sample_from_page
+from clawproxy.telemetry.remotegpu import MAX_PAGE_BYTES, sample_from_page
+from clawproxy.telemetry.scrape import ScrapeError, fetch_text
 
 # What dcgm-exporter 3.x serves (trimmed): MiB and percent, one series per gpu label.
 DCGM_PAGE = """\
@@ -182,3 +184,51 @@ def test_internals_page_has_a_gpu_table_per_node(browser: Browser, exporter_url:
             expect(page.locator("#gpus table").last).to_contain_text("1: NVIDIA H100 80GB HBM3")
         finally:
             context.close()
+
+
+@pytest.mark.parametrize(
+    ("page", "why"),
+    [
+        ("\x00\xff garbage \n" * 50, "no dcgm-exporter"),
+        ('DCGM_FI_DEV_FB_USED{gpu="0"} -5\nDCGM_FI_DEV_FB_FREE{gpu="0"} 10\n', "implausible"),
+        # Bytes where MiB are expected: 80 GiB read as MiB is 80 PiB.
+        (
+            f'DCGM_FI_DEV_FB_USED{{gpu="0"}} {80 * GIB}\nDCGM_FI_DEV_FB_FREE{{gpu="0"}} 0\n',
+            "implaus",
+        ),
+        ('nvidia_smi_memory_used_bytes{uuid="a"} NaN\n', "implausible"),
+        ('DCGM_FI_DEV_FB_USED{gpu="0" 12\n', "unreadable"),
+    ],
+)
+def test_hostile_pages_are_refused(page: str, why: str) -> None:
+    sample = sample_from_page(page, 1.0)
+    assert not sample.available and why in (sample.reason or "")
+
+
+def test_a_huge_page_is_refused_without_reading_it_all() -> None:
+    huge = "# " + "x" * (5 * 1024 * 1024) + "\n"
+    exporter = Exporter(huge)
+
+    async def scrape() -> str:
+        url = await exporter.start()
+        try:
+            return await fetch_text(url, timeout=5, connect_timeout=2, limit=MAX_PAGE_BYTES)
+        finally:
+            await exporter.close()
+
+    # On a thread of its own: Playwright may hold this one's event loop.
+    with ThreadPoolExecutor(1) as pool, pytest.raises(ScrapeError, match="larger than"):
+        pool.submit(asyncio.run, scrape()).result(CALL_TIMEOUT)
+
+
+def test_two_nodes_cross_the_76_gib_line_and_the_message_names_each(
+    exporter_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings: dict[str, Any] = {"gpu.interval": "50ms", "alerts.gpu_memory_used": "76GiB"}
+    nodes = [{"node": {"gpu_metrics_url": exporter_url}}] * 2
+    with NodesHarness(nodes, settings) as h:
+        state = h.gateway.state
+        assert h.call(lambda: h.wait_until(lambda: state.alerts["gpu_memory"] >= 2, 5))
+    messages = [r.getMessage() for r in caplog.records if "GPU 0" in r.getMessage()]
+    for node in ("n0", "n1"):
+        assert any(f"GPU 0 (NVIDIA H100 80GB HBM3) on {node} uses 76.0 GiB" in m for m in messages)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -35,6 +36,8 @@ log = logging.getLogger("clawproxy.gpu")
 MIB = 1024 * 1024
 # An exporter's page for an 8-GPU box is tens of KiB; this bounds a wrong URL's.
 MAX_PAGE_BYTES = 4 * MIB
+# No GPU has more memory than this (the largest today hold 288 GB); past it, wrong units.
+MAX_GPU_MEMORY_BYTES = 4 * 1024**4
 # A scrape may take at most this share of the cadence (and this long to connect).
 CONNECT_TIMEOUT_S = 2.0
 
@@ -61,7 +64,22 @@ def sample_from_page(text: str, sampled_at: float) -> GpuSample:
         gpus = _smi(samples)
     else:
         return GpuSample.unavailable("no dcgm-exporter or nvidia_gpu_exporter series on the page")
+    for gpu in gpus:
+        # Wrong units or a confused exporter: refuse the page rather than alert on nonsense.
+        if not 0 <= gpu.memory_used_bytes <= gpu.memory_total_bytes <= MAX_GPU_MEMORY_BYTES:
+            return GpuSample.unavailable(f"implausible memory figures for GPU {gpu.index}")
     return GpuSample(available=True, gpus=gpus, sampled_at=sampled_at)
+
+
+def _bytes(value: float) -> int:
+    """A byte count; NaN or infinite (a broken exporter) becomes -1, refused above."""
+    return int(value) if math.isfinite(value) else -1
+
+
+def _percent(value: float | None) -> int | None:
+    if value is None or not math.isfinite(value):
+        return None
+    return min(100, max(0, round(value)))
 
 
 def _dcgm(samples: list[Sample]) -> tuple[GpuReading, ...]:
@@ -80,9 +98,9 @@ def _dcgm(samples: list[Sample]) -> tuple[GpuReading, ...]:
             GpuReading(
                 index=int(gpu) if gpu.isdigit() else len(readings),
                 name=names[gpu],
-                memory_used_bytes=int(used * MIB),
-                memory_total_bytes=int(total * MIB),
-                utilization_percent=None if util is None else int(util),
+                memory_used_bytes=_bytes(used * MIB),
+                memory_total_bytes=_bytes(total * MIB),
+                utilization_percent=_percent(util),
             )
         )
     return tuple(sorted(readings, key=lambda r: r.index))
@@ -106,9 +124,9 @@ def _smi(samples: list[Sample]) -> tuple[GpuReading, ...]:
             GpuReading(
                 index=int(index) if index.isdigit() else position,
                 name=labels.get("name", "GPU"),
-                memory_used_bytes=int(values.get(SMI_USED, 0.0)),
-                memory_total_bytes=int(values.get(SMI_TOTAL, 0.0)),
-                utilization_percent=None if util is None else round(util * 100),
+                memory_used_bytes=_bytes(values.get(SMI_USED, 0.0)),
+                memory_total_bytes=_bytes(values.get(SMI_TOTAL, 0.0)),
+                utilization_percent=None if util is None else _percent(util * 100),
             )
         )
     return tuple(sorted(readings, key=lambda r: r.index))
