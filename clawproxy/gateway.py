@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from functools import partial
 
 from clawproxy.app.admin import admin_router
 from clawproxy.app.public import public_router
@@ -31,6 +32,7 @@ from clawproxy.coordination.backend import Coordination
 from clawproxy.http.listener import Listener, ListenError
 from clawproxy.http.request import Request
 from clawproxy.nodes.models import ModelLoads
+from clawproxy.nodes.node import Node
 from clawproxy.nodes.prober import Prober
 from clawproxy.nodes.table import NodeChangeError, NodeTable, node_specs
 from clawproxy.ollama.pool import UpstreamPool
@@ -118,7 +120,7 @@ class Gateway:
         # GPU telemetry with its alerts.
         alerts = GpuAlerts(config.alerts, state, loop)
         # ...and the node alerts: a node ejected from the pool, or back in it.
-        nodes.scheduler.on_node_event = alerts.node_event
+        nodes.scheduler.on_node_event = partial(node_event, nodes, alerts)
         self.gpu = GpuSampler(config.gpu, state, loop, alerts)
         # Each node's GPUs from its exporter page (nodes[].gpu_metrics_url), same cadence.
         self.remote_gpus = RemoteGpus(nodes.nodes, config.gpu.interval, state, alerts, loop)
@@ -278,3 +280,13 @@ def forwarded_for_warning(
         "or tunnel (ssh -L, socat) can choose its address, and so its bucket, with "
         "X-Forwarded-For; use API keys, or trust only nginx's address (README, Behind nginx)"
     )
+
+
+def node_event(nodes: NodeTable, alerts: GpuAlerts, event: str, node: Node, reason: str) -> None:
+    """A node ejected or back: its alert, and, for an ejection, the models it leaves with
+    no healthy node."""
+    alerts.node_event(event, node, reason)
+    if event == "ejected":
+        down = nodes.models_down(node)
+        if down:
+            alerts.models_down(down, node)

@@ -21,7 +21,7 @@ from alert_schemas import (
     check_wecom,
     verify_dingtalk_query,
 )
-from harness import Harness, Runner
+from harness import Harness, NodesHarness, Runner
 from tls_certs import TlsCerts, server_context, session_certs
 
 from clawproxy.config import ConfigError, config_from_mapping
@@ -508,7 +508,32 @@ def test_gateway_wires_node_events_to_the_alerts(gateway: Harness) -> None:
     alerts = h.gateway.gpu.alerts
     assert isinstance(alerts, GpuAlerts)
     scheduler = h.gateway.nodes.scheduler
-    assert scheduler.on_node_event == alerts.node_event
-    h.read(lambda: scheduler.on_node_event and scheduler.on_node_event("ejected", node("n"), "x"))
+    assert scheduler.on_node_event is not None
+    real = h.gateway.nodes.first
+    h.read(lambda: scheduler.on_node_event and scheduler.on_node_event("ejected", real, "x"))
     assert h.read(lambda: alerts.state.alerts["node_ejected"]) == 1
     assert alerts.delivery.delays == (0.01, 0.02)
+
+
+def test_a_model_left_without_a_healthy_node_is_an_alert() -> None:
+    """Two nodes, a model only n1 serves: n1's ejection says so, n0's does not."""
+    nodes = [
+        {"node": {"models": ["qwen3:32b"]}},
+        {"node": {"models": ["qwen3:32b", "only-on-n1"]}},
+    ]
+    settings = {"routing.eject_after": 1, "routing.eject_base": "60s", "gpu.enabled": False}
+    with NodesHarness(nodes, settings) as h:
+        state = h.gateway.state
+        scheduler = h.gateway.nodes.scheduler
+
+        def eject(name: str) -> None:
+            async def go() -> None:
+                scheduler.node_failed(h.gateway.nodes.get(name), "refused")  # type: ignore[arg-type]
+
+            h.call(go)
+
+        eject("n0")
+        assert h.read(lambda: state.alerts["model_down"]) == 0  # n1 still serves qwen3:32b
+        eject("n1")
+        assert h.read(lambda: state.alerts["model_down"]) == 2  # both models now, one each
+        assert h.read(lambda: state.alerts["node_ejected"]) == 2

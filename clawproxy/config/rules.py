@@ -113,6 +113,7 @@ _ALERT_EVENTS: Final = (
     "gpu_memory_resolved",
     "node_ejected",
     "node_back",
+    "model_down",
     "queue_full",
     "upstream_errors",
 )

@@ -168,6 +168,8 @@ class AlertEventsConfig:
     gpu_memory_resolved: bool = True
     node_ejected: bool = True
     node_back: bool = True
+    # A node's ejection left a model with no healthy node that serves it.
+    model_down: bool = True
     queue_full: bool = True
     upstream_errors: bool = True
 

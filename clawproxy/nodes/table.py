@@ -241,6 +241,18 @@ class NodeTable:
                 if node is not None:
                     self._forget(node)
 
+    def models_down(self, node: Node) -> list[str]:
+        """The models ``node`` serves that no other node in service serves (after its
+        ejection: the models now without a healthy node)."""
+        others = [
+            other for other in self._routable if other is not node and not other.health.ejected
+        ]
+        return sorted(
+            model
+            for model in node.catalog.known_names()
+            if not any(other.catalog.lists(model) for other in others)
+        )
+
     def describe(self, *, with_url: bool = True) -> list[dict[str, Any]]:
         """Each node for ``GET /nodes`` and ``/stats``; the UI's copy leaves the URLs out
         (the topology is the operator's business)."""

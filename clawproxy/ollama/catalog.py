@@ -93,6 +93,10 @@ class ModelCatalog:
             return wanted in self._static
         return self._listing is EMPTY or wanted in self._listing.names
 
+    def known_names(self) -> frozenset[str]:
+        """The canonical names it serves, as last known (asking nothing)."""
+        return self._static or self._listing.names
+
     @property
     def static(self) -> bool:
         return bool(self._static)

@@ -184,6 +184,20 @@ class GpuAlerts:
         for gpu in sample.gpus:
             self._check_memory(self.memory, node, gpu)
 
+    def models_down(self, models: list[str], node: Node) -> None:
+        """``node``'s ejection left each of ``models`` without a healthy node."""
+        for model in models:
+            self._raise_limited(
+                Alert(
+                    "model_down",
+                    f"clawproxy: no node serves {model}",
+                    f"Every node that serves {model} on {self._host} is out of service (the "
+                    f"last was {node.name}); requests for it get 503 until one is back.",
+                    self._fields(node=node.name, model=model),
+                ),
+                model,
+            )
+
     def node_event(self, event: str, node: Node, reason: str) -> None:
         """``Scheduler.on_node_event``: ``"ejected"`` or ``"back"``."""
         name = node.name
