@@ -23,12 +23,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from functools import partial
+from typing import TYPE_CHECKING
 
 from clawproxy.app.admin import admin_router
 from clawproxy.app.public import public_router
 from clawproxy.app.services import Services
 from clawproxy.config import Config, ConfigError, queue_timeout_s
-from clawproxy.coordination.backend import Coordination
 from clawproxy.http.listener import Listener, ListenError
 from clawproxy.http.request import Request
 from clawproxy.nodes.models import ModelLoads
@@ -52,6 +52,9 @@ from clawproxy.telemetry.logs import (
 )
 from clawproxy.telemetry.remotegpu import RemoteGpus
 from clawproxy.telemetry.state import LiveState
+
+if TYPE_CHECKING:
+    from clawproxy.coordination.backend import Coordination
 
 log = logging.getLogger("clawproxy")
 
@@ -108,6 +111,9 @@ class Gateway:
         # Slots and rate limits shared with other instances through Redis, or none.
         self.coordination: Coordination | None = None
         if config.coordination.backend == "redis":
+            # Imported here: six modules only a Redis fleet needs (and redis-py itself).
+            from clawproxy.coordination.backend import Coordination
+
             try:
                 self.coordination = Coordination(
                     config.coordination, config.gateway.rate_limit, nodes, guard, loop
