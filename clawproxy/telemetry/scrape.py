@@ -10,16 +10,15 @@ asks again).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import h11
 
 from clawproxy.telemetry.webhook import (
     READ_CHUNK_BYTES,
     WebhookError,
+    connected,
     parse_webhook_url,
     request_bytes,
-    tls_context,
 )
 
 
@@ -34,22 +33,11 @@ async def fetch_text(
     where = parse_webhook_url(url)
     conn, out = request_bytes(where, None, ())
     try:
-        async with asyncio.timeout(timeout):
-            async with asyncio.timeout(connect_timeout):
-                reader, writer = await asyncio.open_connection(
-                    where.host,
-                    where.port,
-                    ssl=tls_context(ca_file) if where.tls else None,
-                    server_hostname=where.host if where.tls else None,
-                )
-            try:
-                writer.write(out)
-                await writer.drain()
-                return await _read_body(conn, reader, limit)
-            finally:
-                writer.close()
-                with contextlib.suppress(OSError):
-                    await writer.wait_closed()
+        async with asyncio.timeout(timeout), connected(where, connect_timeout, ca_file) as stream:
+            reader, writer = stream
+            writer.write(out)
+            await writer.drain()
+            return await _read_body(conn, reader, limit)
     except TimeoutError:
         raise ScrapeError(f"no answer from {where.where} within {timeout:g}s") from None
     except (OSError, WebhookError, h11.ProtocolError) as exc:

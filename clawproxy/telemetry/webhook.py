@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 
@@ -119,6 +119,27 @@ def request_bytes(
     return conn, out + (conn.send(h11.EndOfMessage()) or b"")
 
 
+@contextlib.asynccontextmanager
+async def connected(
+    where: WebhookUrl, connect_timeout: float | None, ca_file: str | None
+) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """A stream to ``where`` (TLS for https, the host name checked), the connect bounded by
+    ``connect_timeout``; closed when the block ends. The caller bounds the whole exchange."""
+    async with asyncio.timeout(connect_timeout):
+        reader, writer = await asyncio.open_connection(
+            where.host,
+            where.port,
+            ssl=tls_context(ca_file) if where.tls else None,
+            server_hostname=where.host if where.tls else None,
+        )
+    try:
+        yield reader, writer
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
 async def post_json(
     url: str,
     body: bytes,
@@ -136,31 +157,20 @@ async def post_json(
     """
     where = parse_webhook_url(url)
     conn, out = request_bytes(where, body, headers)
-    async with asyncio.timeout(timeout):
-        async with asyncio.timeout(connect_timeout or timeout):
-            reader, writer = await asyncio.open_connection(
-                where.host,
-                where.port,
-                ssl=tls_context(ca_file) if where.tls else None,
-                server_hostname=where.host if where.tls else None,
-            )
-        try:
-            writer.write(out)
-            await writer.drain()
-            while True:
-                event = conn.next_event()
-                if event is h11.NEED_DATA:
-                    data = await reader.read(READ_CHUNK_BYTES)
-                    if not data:
-                        raise WebhookError("the receiver closed the connection without answering")
-                    conn.receive_data(data)
-                elif isinstance(event, h11.Response):
-                    return event.status_code
-                # InformationalResponse (100 Continue): keep reading.
-        finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+    async with asyncio.timeout(timeout), connected(where, connect_timeout, ca_file) as stream:
+        reader, writer = stream
+        writer.write(out)
+        await writer.drain()
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                data = await reader.read(READ_CHUNK_BYTES)
+                if not data:
+                    raise WebhookError("the receiver closed the connection without answering")
+                conn.receive_data(data)
+            elif isinstance(event, h11.Response):
+                return event.status_code
+            # InformationalResponse (100 Continue): keep reading.
 
 
 Poster = Callable[..., Awaitable[int]]
