@@ -639,16 +639,41 @@ ERROR_CASES: list[tuple[str, dict[str, Any], str | None, str]] = [
         "must be a string",
     ),
     (
-        "tool_choice required",
+        "tool_choice required without tools",
         {"tool_choice": "required"},
         "tool_choice",
-        "'required' is not supported: Ollama cannot force a tool call",
+        "forces a tool call, so tools must not be empty",
     ),
     (
-        "tool_choice function",
+        "tool_choice function without tools",
         {"tool_choice": {"type": "function", "function": {"name": "f"}}},
         "tool_choice",
-        "Ollama cannot force a tool call",
+        "forces a tool call, so tools must not be empty",
+    ),
+    (
+        "tool_choice names an unknown function",
+        {
+            "tool_choice": {"type": "function", "function": {"name": "g"}},
+            "tools": [{"type": "function", "function": {"name": "f"}}],
+        },
+        "tool_choice.function.name",
+        "must name a function in tools",
+    ),
+    (
+        "tool_choice function shape",
+        {"tool_choice": {"type": "x"}, "tools": [{"type": "function", "function": {"name": "f"}}]},
+        "tool_choice",
+        "must name a function",
+    ),
+    (
+        "tool_choice forced with response_format",
+        {
+            "tool_choice": "required",
+            "tools": [{"type": "function", "function": {"name": "f"}}],
+            "response_format": {"type": "json_object"},
+        },
+        "response_format",
+        "cannot be combined with a forced tool_choice",
     ),
     ("tool_choice other", {"tool_choice": "sometimes"}, "tool_choice", "one of auto, none"),
     # reasoning

@@ -25,11 +25,20 @@ import time
 
 import orjson
 
-from clawproxy.app.relay import SseRelay, new_completion_id, relay_stream, relay_whole
+from clawproxy.app.relay import (
+    Accumulator,
+    ForcedRelay,
+    SseRelay,
+    StreamRelay,
+    new_completion_id,
+    relay_stream,
+    relay_whole,
+)
 from clawproxy.app.services import Services
 from clawproxy.http.request import Request
 from clawproxy.http.server import HttpConnection
 from clawproxy.openai.aggregate import ChatAccumulator
+from clawproxy.openai.forced import ForcedAccumulator
 from clawproxy.openai.mapping import ChatPlan, build_chat_plan, parse_json_body
 
 CHAT_TARGET = b"/api/chat"
@@ -42,17 +51,34 @@ async def chat_completions(svc: Services, request: Request, conn: HttpConnection
     route = await svc.route_model(plan.model)
     request.model = route.model
     payload = orjson.dumps(plan.payload)
+    # A forced tool call (tool_choice required or named) has its own re-framers, picked
+    # here once: the ordinary per-token path never asks.
     if plan.stream:
-        relay = SseRelay(svc, request, conn, plan)
+        relay: StreamRelay
+        if plan.forced is None:
+            relay = SseRelay(svc, request, conn, plan)
+        else:
+            relay = ForcedRelay(svc, request, conn, plan)
         await relay_stream(svc, request, conn, route, CHAT_TARGET, payload, relay)
         return
-    acc = ChatAccumulator(
-        completion_id=new_completion_id(),
-        created=int(time.time()),
-        model=plan.model,
-        max_line_bytes=svc.config.upstream.max_line_bytes,
-        reasoning_field=svc.config.openai.reasoning_field,
-    )
+    acc: Accumulator
+    if plan.forced is None:
+        acc = ChatAccumulator(
+            completion_id=new_completion_id(),
+            created=int(time.time()),
+            model=plan.model,
+            max_line_bytes=svc.config.upstream.max_line_bytes,
+            reasoning_field=svc.config.openai.reasoning_field,
+        )
+    else:
+        acc = ForcedAccumulator(
+            forced=plan.forced,
+            completion_id=new_completion_id(),
+            created=int(time.time()),
+            model=plan.model,
+            max_line_bytes=svc.config.upstream.max_line_bytes,
+            reasoning_field=svc.config.openai.reasoning_field,
+        )
     await relay_whole(svc, request, conn, route, CHAT_TARGET, payload, acc)
 
 

@@ -54,6 +54,7 @@ async def responses(svc: Services, request: Request, conn: HttpConnection) -> No
         model=plan.model,
         echo=plan.echo,
         max_line_bytes=svc.config.upstream.max_line_bytes,
+        forced=plan.forced,
     )
     await relay_whole(svc, request, conn, route, CHAT_TARGET, payload, acc)
 
@@ -88,5 +89,6 @@ class ResponsesRelay(StreamRelay):
             model=plan.model,
             echo=plan.echo,
             max_line_bytes=self.svc.config.upstream.max_line_bytes,
+            forced=plan.forced,
         )
         self.on_data = decoded_reader(self, stream)

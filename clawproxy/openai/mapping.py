@@ -34,6 +34,7 @@ import orjson
 
 from clawproxy.config import ModelConfig
 from clawproxy.errors import InvalidRequest
+from clawproxy.openai.forced import ForcedCall, build_forced
 from clawproxy.openai.messages import (
     JsonLimit,
     copy_json_object,
@@ -78,21 +79,22 @@ _THINK_LEVELS: dict[str, bool | str] = {
 }
 _THINK_LEVEL_LIST = ", ".join(_THINK_LEVELS)
 
-_NO_FORCED_TOOL = "is not supported: Ollama cannot force a tool call"
-
 
 @dataclass(frozen=True, slots=True)
 class ChatPlan:
     """What the gateway needs to run one chat completion.
 
     ``stream`` and ``include_usage`` describe what the *client* asked for; ``payload`` is
-    the complete ``/api/chat`` JSON body, which always streams from Ollama.
+    the complete ``/api/chat`` JSON body, which always streams from Ollama. ``forced`` is
+    set when ``tool_choice`` forces a call (``forced``): the payload then asks for its schema
+    as ``format`` and the answer is re-framed as that call.
     """
 
     model: str
     stream: bool
     include_usage: bool
     payload: dict[str, Any]
+    forced: ForcedCall | None = None
 
 
 def parse_json_body(body: bytes) -> object:
@@ -140,13 +142,23 @@ def build_chat_plan(body: object, defaults: ModelConfig) -> ChatPlan:
         fmt = copy_json_object(fmt, "response_format.json_schema.schema", schemas)
     if fmt is not None:
         payload["format"] = fmt
+    forced = None
     if tools is not None:
         tools.check_parameters(schemas)
-        if tools.wanted and tools.entries:
+        forced = build_forced(tools.choice, tools.entries)
+        if forced is not None:
+            if fmt is not None:
+                # Both would be the format; the forced call leaves no content to shape.
+                raise invalid("response_format", "cannot be combined with a forced tool_choice")
+            # Only the format, no tools: Ollama's tool parsers would fight the grammar.
+            payload["format"] = forced.schema
+        elif tools.wanted and tools.entries:
             payload["tools"] = tools.entries
     if think is not None:
         payload["think"] = think
-    return ChatPlan(model=model, stream=stream, include_usage=include_usage, payload=payload)
+    return ChatPlan(
+        model=model, stream=stream, include_usage=include_usage, payload=payload, forced=forced
+    )
 
 
 # --- model ---------------------------------------------------------------------------------
@@ -350,17 +362,13 @@ def _read_format(value: object) -> str | dict[str, Any] | None:
 
 
 def _tools_wanted(choice: object) -> bool:
-    """Whether tools go to Ollama, from ``tool_choice``; forcing a call is refused."""
-    if choice is None or choice == "auto":
+    """Whether tools go to Ollama as tools, from ``tool_choice``. A forced call (``required``
+    or a named function, checked by ``forced.build_forced``) goes as a ``format`` instead."""
+    if choice is None or choice == "auto" or choice == "required" or isinstance(choice, dict):
         return True
     if choice == "none":
         return False
-    # Ollama cannot enforce a forced call; a silent plain-text answer is worse than a 400.
-    if choice == "required":
-        raise invalid("tool_choice", f"'required' {_NO_FORCED_TOOL}")
-    if isinstance(choice, dict):
-        raise invalid("tool_choice", f"naming a tool {_NO_FORCED_TOOL}")
-    raise invalid("tool_choice", "must be one of auto, none")
+    raise invalid("tool_choice", "must be one of auto, none, required or a named function")
 
 
 def _tool(tool: object, param: str) -> dict[str, Any]:
@@ -394,6 +402,7 @@ class _Tools:
 
     entries: list[dict[str, Any]]
     wanted: bool
+    choice: object = None
 
     def check_parameters(self, schemas: JsonLimit) -> None:
         for i, entry in enumerate(self.entries):
@@ -404,16 +413,19 @@ class _Tools:
 
 
 def _read_tools(body: dict[str, Any]) -> _Tools | None:
-    wanted = _tools_wanted(body.get("tool_choice"))
+    choice = body.get("tool_choice")
+    wanted = _tools_wanted(choice)
     raw = body.get("tools")
     if raw is None:
+        if choice == "required" or isinstance(choice, dict):
+            raise invalid("tool_choice", "forces a tool call, so tools must not be empty")
         return None
     if not isinstance(raw, list):
         raise invalid("tools", "must be an array")
     if len(raw) > MAX_TOOLS:
         raise invalid("tools", f"must have at most {MAX_TOOLS} entries")
     # Validated even when tool_choice is none: a malformed request is a 400 either way.
-    return _Tools([_tool(tool, f"tools[{i}]") for i, tool in enumerate(raw)], wanted)
+    return _Tools([_tool(tool, f"tools[{i}]") for i, tool in enumerate(raw)], wanted, choice)
 
 
 # --- reasoning -----------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from typing import Any
 
 from clawproxy.config import ModelConfig
 from clawproxy.errors import InvalidRequest
+from clawproxy.openai.forced import ForcedCall
 from clawproxy.openai.mapping import MAX_TOOLS, build_chat_plan, read_token_limit
 from clawproxy.openai.messages import (
     MAX_CONTENT_PARTS,
@@ -79,18 +80,20 @@ _RENAMES: tuple[tuple[str, str], ...] = (
     ("response_format.json_schema", "text.format"),
     ("response_format", "text.format"),
     ("max_completion_tokens", "max_output_tokens"),
+    ("tool_choice.function.name", "tool_choice.name"),
 )
 
 
 @dataclass(frozen=True, slots=True)
 class ResponsesPlan:
     """One response: what the client asked for, the ``/api/chat`` body, and the request
-    fields every response object repeats (``echo``)."""
+    fields every response object repeats (``echo``); ``forced`` as in ``ChatPlan``."""
 
     model: str
     stream: bool
     payload: dict[str, Any]
     echo: dict[str, Any]
+    forced: ForcedCall | None = None
 
 
 def build_responses_plan(body: object, defaults: ModelConfig) -> ResponsesPlan:
@@ -111,8 +114,10 @@ def build_responses_plan(body: object, defaults: ModelConfig) -> ResponsesPlan:
     tools, chat_tools = _read_tools(body.get("tools"))
     if chat_tools:
         chat["tools"] = chat_tools
-    choice = _read_tool_choice(body.get("tool_choice"))
-    chat["tool_choice"] = choice
+    choice = body.get("tool_choice")
+    chat["tool_choice"] = _read_tool_choice(choice)
+    if choice is None:
+        choice = "auto"
     text_format = _read_text(body.get("text"), chat)
     reasoning = _read_reasoning(body.get("reasoning"), chat)
     parallel = body.get("parallel_tool_calls")
@@ -155,7 +160,7 @@ def build_responses_plan(body: object, defaults: ModelConfig) -> ResponsesPlan:
         "truncation": truncation,
         "user": user,
     }
-    return ResponsesPlan(plan.model, plan.stream, plan.payload, echo)
+    return ResponsesPlan(plan.model, plan.stream, plan.payload, echo, plan.forced)
 
 
 # --- the small fields ----------------------------------------------------------------------
@@ -166,15 +171,18 @@ def _one_of(value: object, allowed: frozenset[str]) -> bool:
     return isinstance(value, str) and value in allowed
 
 
-def _read_tool_choice(value: object) -> str:
-    if value is None or value == "auto":
-        return "auto"
-    if value == "none":
-        return "none"
-    # Ollama cannot enforce a call; a plain-text answer the client did not allow is worse.
-    if value == "required" or isinstance(value, dict):
-        raise invalid("tool_choice", "is not supported: Ollama cannot force a tool call")
-    raise invalid("tool_choice", "must be one of auto, none")
+def _read_tool_choice(value: object) -> object:
+    """Chat's ``tool_choice`` for the Responses one: ``{"type": "function", "name": N}``
+    becomes ``{"type": "function", "function": {"name": N}}``; chat checks the rest."""
+    if value is None or value in ("auto", "none", "required"):
+        return value
+    if isinstance(value, dict) and value.get("type") == "function":
+        name = value.get("name")
+        if not isinstance(name, str) or not name:
+            raise invalid("tool_choice.name", "must be a non-empty string")
+        return {"type": "function", "function": {"name": name}}
+    # allowed_tools, hosted tools (file_search...), mcp, custom: nothing here runs them.
+    raise invalid("tool_choice", "must be one of auto, none, required or a named function")
 
 
 def _read_tools(value: object) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

@@ -14,6 +14,11 @@ item (its text as the summary), content a ``message`` item, and a change of kind
 the open item and opens the other; each tool call is a whole ``function_call`` item (Ollama
 sends calls whole). The done line closes the open item and the response: ``completed``, or
 ``incomplete`` with reason ``max_output_tokens`` when Ollama stopped at the token limit.
+With a forced tool call (``forced``) the content is the call's JSON document: it is held,
+checked at the done line (``ForcedCall.check``) and becomes one ``function_call`` item, or
+``response.failed`` when it does not fit the tool's schema. Held, not streamed, even for a
+named function: the Responses stream repeats the arguments in ``.done`` events anyway, and
+an item once added cannot be retracted.
 
 The stream is the documented event sequence, every event ``event: <type>`` and ``data:``
 with a ``sequence_number`` counting from 0: ``response.created`` and
@@ -39,7 +44,7 @@ from typing import Any
 
 import orjson
 
-from clawproxy.errors import UpstreamFailed
+from clawproxy.errors import GatewayError, UpstreamFailed
 from clawproxy.ollama.ndjson import (
     CODE_UPSTREAM_BROKEN,
     CODE_UPSTREAM_ERROR,
@@ -55,6 +60,7 @@ from clawproxy.ollama.ndjson import (
     usage_counts,
 )
 from clawproxy.openai.aggregate import DEFAULT_MAX_CONTENT_BYTES
+from clawproxy.openai.forced import ForcedCall, ForcedCallFailed, new_call_id
 
 MESSAGE = "message"
 REASONING = "reasoning"
@@ -86,6 +92,7 @@ class _ResponseLines:
         max_line_bytes: int,
         max_content_bytes: int,
         emit: bool,
+        forced: ForcedCall | None,
     ) -> None:
         self.response_id = response_id
         self.created_at = created_at
@@ -96,6 +103,10 @@ class _ResponseLines:
         self._max_content = max_content_bytes
         self._kept = 0
         self._emit = emit
+        # A forced tool call (``forced``): the content is the call's JSON, held whole and
+        # checked at the done line, then one function_call item (no message item).
+        self._forced = forced
+        self._forced_text = bytearray()
         self._out: list[bytes] = []
         self._sequence = 0
         self._started = False
@@ -107,7 +118,7 @@ class _ResponseLines:
         self.done = False
         self.incomplete = False
         self.extra_after_done = False
-        self.error: UpstreamFailed | None = None
+        self.error: GatewayError | None = None
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.deltas = 0
@@ -150,7 +161,12 @@ class _ResponseLines:
         if thinking:
             self._piece(REASONING, thinking)
         if content:
-            self._piece(MESSAGE, content)
+            if self._forced is None:
+                self._piece(MESSAGE, content)
+            else:
+                encoded = content.encode()
+                self._keep(len(encoded))
+                self._forced_text += encoded
         for call in calls:
             self._close_item()
             self._function_call(call["id"], call["function"])
@@ -159,7 +175,19 @@ class _ResponseLines:
             self.incomplete = obj.get("done_reason") == "length"
             self.prompt_tokens, self.completion_tokens = usage_counts(obj)
             self._close_item()
+            if self._forced is not None:
+                self._forced_call(self._forced)
             self.done = True
+
+    def _forced_call(self, forced: ForcedCall) -> None:
+        text = self._forced_text.decode()
+        self._forced_text.clear()
+        try:
+            name, arguments = forced.check(text)
+        except ForcedCallFailed as exc:
+            self.error = exc
+            raise
+        self._function_call(new_call_id(), {"name": name, "arguments": arguments})
 
     def _keep(self, size: int) -> None:
         self._kept += size
@@ -338,9 +366,10 @@ class ResponseStream(_ResponseLines):
         echo: dict[str, Any],
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
         max_content_bytes: int = DEFAULT_MAX_CONTENT_BYTES,
+        forced: ForcedCall | None = None,
     ) -> None:
         super().__init__(
-            response_id, created_at, model, echo, max_line_bytes, max_content_bytes, True
+            response_id, created_at, model, echo, max_line_bytes, max_content_bytes, True, forced
         )
         self._closed = False
 
@@ -353,7 +382,7 @@ class ResponseStream(_ResponseLines):
         out = self._out
         try:
             self._walk(data)
-        except UpstreamFailed as exc:
+        except (UpstreamFailed, ForcedCallFailed) as exc:
             return self._close_with(exc)
         else:
             if self.done:
@@ -365,7 +394,7 @@ class ResponseStream(_ResponseLines):
         out.clear()
         return result
 
-    def _close_with(self, exc: UpstreamFailed) -> bytes:
+    def _close_with(self, exc: GatewayError) -> bytes:
         self.error = exc
         self._closed = True
         self._text.clear()
@@ -401,9 +430,10 @@ class ResponseAccumulator(_ResponseLines):
         echo: dict[str, Any],
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
         max_content_bytes: int = DEFAULT_MAX_CONTENT_BYTES,
+        forced: ForcedCall | None = None,
     ) -> None:
         super().__init__(
-            response_id, created_at, model, echo, max_line_bytes, max_content_bytes, False
+            response_id, created_at, model, echo, max_line_bytes, max_content_bytes, False, forced
         )
 
     def feed(self, data: bytes) -> None:

@@ -97,6 +97,8 @@ class Fault:
     end_delay: float | None = None
     # Close the keep-alive connection after this many idle seconds following the response.
     close_idle_after: float | None = None
+    # With ``format`` in the request: valid JSON that does not match it (see formats).
+    bad_format: bool = False
 
     @property
     def break_after(self) -> int | None:

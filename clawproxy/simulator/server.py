@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import ssl
 from collections import deque
@@ -33,6 +34,7 @@ from typing import Any
 
 import orjson
 
+from . import formats
 from .catalog import (
     DEFAULT_KEEP_ALIVE_NS,
     DEFAULT_MODELS,
@@ -425,11 +427,16 @@ class OllamaSimulator(Recorder):
         """Pick the reply and fault, play them; whether keep-alive holds, and the fault."""
         header_fault = self._header_fault(rec)
         try:
+            # A queued reply is played as given (a test's fixed content); the script's
+            # text gives way to the document ``format`` asks for, as a grammar would force.
+            scripted = not self._replies
             reply = self._replies.popleft() if self._replies else self.script(body)
         except Exception as exc:
             _log.exception("simulator script failed")
             raise RequestError(500, f"simulator script failed: {exc!r}") from None
         fault = header_fault or reply.fault or self.default_fault or _NO_FAULT
+        if "format" in body and (scripted or fault.bad_format):
+            reply = _formatted(reply, body["format"], fault.bad_format)
         streaming = stream is not False and not fault.short_body
         record = self._begin_stream(rec, name, streaming, None if fault is _NO_FAULT else fault)
         conn.stream = record
@@ -476,3 +483,12 @@ _ROUTES: dict[str, dict[str, _Handler]] = {
     "/api/generate": {"POST": OllamaSimulator._generate},
     "/api/embed": {"POST": OllamaSimulator._embed},
 }
+
+
+def _formatted(reply: Reply, fmt: object, bad: bool) -> Reply:
+    """``reply`` with its text replaced by the JSON ``format`` asks for (or, ``bad``, JSON
+    that does not fit it); thinking, counts and the fault stay."""
+    if fmt is None or fmt == "":
+        return reply
+    text = formats.bad_json(fmt) if bad else formats.document(fmt)
+    return dataclasses.replace(reply, tokens=formats.pieces(text), done_content="")
