@@ -27,7 +27,7 @@ import orjson
 
 from clawproxy.app.relay import (
     Accumulator,
-    ForcedRelay,
+    DecodedRelay,
     SseRelay,
     StreamRelay,
     new_completion_id,
@@ -38,7 +38,7 @@ from clawproxy.app.services import Services
 from clawproxy.http.request import Request
 from clawproxy.http.server import HttpConnection
 from clawproxy.openai.aggregate import ChatAccumulator
-from clawproxy.openai.forced import ForcedAccumulator
+from clawproxy.openai.forced import ForcedAccumulator, ForcedReframer
 from clawproxy.openai.mapping import ChatPlan, build_chat_plan, parse_json_body
 
 CHAT_TARGET = b"/api/chat"
@@ -58,7 +58,21 @@ async def chat_completions(svc: Services, request: Request, conn: HttpConnection
         if plan.forced is None:
             relay = SseRelay(svc, request, conn, plan)
         else:
-            relay = ForcedRelay(svc, request, conn, plan)
+            forced = plan.forced
+            relay = DecodedRelay(
+                svc,
+                request,
+                conn,
+                lambda: ForcedReframer(
+                    forced=forced,
+                    completion_id=new_completion_id(),
+                    created=int(time.time()),
+                    model=plan.model,
+                    include_usage=plan.include_usage,
+                    max_line_bytes=svc.config.upstream.max_line_bytes,
+                    reasoning_field=svc.config.openai.reasoning_field,
+                ),
+            )
         await relay_stream(svc, request, conn, route, CHAT_TARGET, payload, relay)
         return
     acc: Accumulator

@@ -18,10 +18,11 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
+from functools import partial
 
 import orjson
 
-from clawproxy.app.relay import StreamRelay, decoded_reader, relay_stream, relay_whole
+from clawproxy.app.relay import DecodedRelay, relay_stream, relay_whole
 from clawproxy.app.services import Services
 from clawproxy.http.request import Request
 from clawproxy.http.server import HttpConnection
@@ -46,7 +47,7 @@ async def completions(svc: Services, request: Request, conn: HttpConnection) -> 
     request.model = route.model
     payload = orjson.dumps(plan.payload)
     if plan.stream:
-        relay = CompletionRelay(svc, request, conn, plan)
+        relay = DecodedRelay(svc, request, conn, partial(completion_stream, svc, plan))
         await relay_stream(svc, request, conn, route, GENERATE_TARGET, payload, relay)
         return
     acc = CompletionAccumulator(
@@ -63,30 +64,12 @@ def new_completion_id() -> str:
     return f"cmpl-{random.getrandbits(96):024x}"
 
 
-class CompletionRelay(StreamRelay):
-    """Ollama's generate NDJSON to ``text_completion`` SSE: every read decoded, re-framed
-    and written in its callback."""
-
-    __slots__ = ("on_data", "plan")
-
-    # Every read goes to on_data (no one-token fast path for legacy completions).
-    on_raw = None
-
-    def __init__(
-        self, svc: Services, request: Request, conn: HttpConnection, plan: CompletionPlan
-    ) -> None:
-        super().__init__(svc, request, conn)
-        self.plan = plan
-
-    def prepare(self) -> None:
-        if self.stream is not None:
-            return
-        plan = self.plan
-        stream = self.stream = CompletionStream(
-            completion_id=new_completion_id(),
-            created=int(time.time()),
-            model=plan.model,
-            include_usage=plan.include_usage,
-            max_line_bytes=self.svc.config.upstream.max_line_bytes,
-        )
-        self.on_data = decoded_reader(self, stream)
+def completion_stream(svc: Services, plan: CompletionPlan) -> CompletionStream:
+    """The re-framer of one streamed reply (built once a node took the request)."""
+    return CompletionStream(
+        completion_id=new_completion_id(),
+        created=int(time.time()),
+        model=plan.model,
+        include_usage=plan.include_usage,
+        max_line_bytes=svc.config.upstream.max_line_bytes,
+    )

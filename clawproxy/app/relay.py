@@ -38,7 +38,6 @@ from clawproxy.http.request import Request
 from clawproxy.http.server import HttpConnection
 from clawproxy.nodes.scheduler import Route
 from clawproxy.ollama.connection import BodyReader, UpstreamConnection
-from clawproxy.openai.forced import ForcedReframer
 from clawproxy.openai.heartbeat import Heartbeat
 from clawproxy.openai.mapping import ChatPlan
 from clawproxy.openai.reframe import SseReframer, error_event
@@ -394,34 +393,30 @@ class SseRelay(StreamRelay):
         self.on_raw = on_raw
 
 
-class ForcedRelay(StreamRelay):
-    """Chat with a forced tool call (``plan.forced``): ``forced.ForcedReframer``, every read
-    decoded (no one-token fast path: the tokens become call arguments). Chosen once per
-    request by the handler, so ``SseRelay``'s per-token path never tests for it."""
+class DecodedRelay(StreamRelay):
+    """A relay without a one-token fast path (forced tool calls, legacy completions,
+    Responses): every read decoded and re-framed by the stream ``make`` builds once a node
+    took the request. Chosen once per request by the handler, so ``SseRelay``'s per-token
+    path never tests for these."""
 
-    __slots__ = ("on_data", "plan")
+    __slots__ = ("make", "on_data")
 
     on_raw = None
 
-    def __init__(self, svc: Services, request: Request, conn: HttpConnection, plan: ChatPlan):
+    def __init__(
+        self,
+        svc: Services,
+        request: Request,
+        conn: HttpConnection,
+        make: Callable[[], DecodedStream],
+    ) -> None:
         super().__init__(svc, request, conn)
-        self.plan = plan
+        self.make = make
 
     def prepare(self) -> None:
-        if self.stream is not None:
-            return
-        plan = self.plan
-        assert plan.forced is not None
-        stream = self.stream = ForcedReframer(
-            forced=plan.forced,
-            completion_id=new_completion_id(),
-            created=int(time.time()),
-            model=plan.model,
-            include_usage=plan.include_usage,
-            max_line_bytes=self.svc.config.upstream.max_line_bytes,
-            reasoning_field=self.svc.config.openai.reasoning_field,
-        )
-        self.on_data = decoded_reader(self, stream)
+        if self.stream is None:
+            stream = self.stream = self.make()
+            self.on_data = decoded_reader(self, stream)
 
 
 def new_completion_id() -> str:

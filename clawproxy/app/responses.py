@@ -21,11 +21,12 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
+from functools import partial
 
 import orjson
 
 from clawproxy.app.chat import CHAT_TARGET
-from clawproxy.app.relay import StreamRelay, decoded_reader, relay_stream, relay_whole
+from clawproxy.app.relay import DecodedRelay, relay_stream, relay_whole
 from clawproxy.app.services import Services
 from clawproxy.http.request import Request
 from clawproxy.http.server import HttpConnection
@@ -45,7 +46,7 @@ async def responses(svc: Services, request: Request, conn: HttpConnection) -> No
     request.model = route.model
     payload = orjson.dumps(plan.payload)
     if plan.stream:
-        relay = ResponsesRelay(svc, request, conn, plan)
+        relay = DecodedRelay(svc, request, conn, partial(response_stream, svc, plan))
         await relay_stream(svc, request, conn, route, CHAT_TARGET, payload, relay)
         return
     acc = ResponseAccumulator(
@@ -64,31 +65,13 @@ def new_response_id() -> str:
     return f"resp_{random.getrandbits(96):024x}"
 
 
-class ResponsesRelay(StreamRelay):
-    """Ollama's chat NDJSON to Responses SSE events: every read decoded, re-framed and
-    written in its callback."""
-
-    __slots__ = ("on_data", "plan")
-
-    # Every read goes to on_data (no one-token fast path for responses).
-    on_raw = None
-
-    def __init__(
-        self, svc: Services, request: Request, conn: HttpConnection, plan: ResponsesPlan
-    ) -> None:
-        super().__init__(svc, request, conn)
-        self.plan = plan
-
-    def prepare(self) -> None:
-        if self.stream is not None:
-            return
-        plan = self.plan
-        stream = self.stream = ResponseStream(
-            response_id=new_response_id(),
-            created_at=int(time.time()),
-            model=plan.model,
-            echo=plan.echo,
-            max_line_bytes=self.svc.config.upstream.max_line_bytes,
-            forced=plan.forced,
-        )
-        self.on_data = decoded_reader(self, stream)
+def response_stream(svc: Services, plan: ResponsesPlan) -> ResponseStream:
+    """The re-framer of one streamed reply (built once a node took the request)."""
+    return ResponseStream(
+        response_id=new_response_id(),
+        created_at=int(time.time()),
+        model=plan.model,
+        echo=plan.echo,
+        max_line_bytes=svc.config.upstream.max_line_bytes,
+        forced=plan.forced,
+    )
