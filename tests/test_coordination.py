@@ -174,7 +174,7 @@ def test_metrics_show_the_mode_and_redis_latency(redis: RedisServer) -> None:
         assert "clawproxy_lease_lost_total 0" in text
 
 
-def test_local_is_the_default_and_asks_nothing_of_redis() -> None:
+def test_local_is_the_default_and_says_so_on_health() -> None:
     with Harness() as h:
         assert h.gateway.coordination is None
         assert coordination_of(h) == {"mode": "local"}

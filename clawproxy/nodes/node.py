@@ -47,7 +47,6 @@ class Node:
         "requests",
         "room",
         "spec",
-        "static_models",
         "url",
         "version",
         "weight",
@@ -82,7 +81,6 @@ class Node:
         self.catalog = catalog
         # Canonical names of the models Ollama has in memory (/api/ps, and each success).
         self.loaded: frozenset[str] = frozenset()
-        self.static_models = spec.models is not None
         self.requests = 0
         # Requests moved away from this node before any byte reached the client, by reason.
         self.failovers: Counter[str] = Counter()

@@ -285,6 +285,9 @@ class NodeTable:
         self._routable = tuple(node for node in self._nodes.values() if node.routable)
 
     def _update(self, node: Node, spec: NodeConfig) -> None:
+        # A changed models list is a new catalog (static, or back to /api/tags).
+        if spec.models != node.spec.models:
+            node.catalog = self._catalog(spec, node.pool)
         node.spec = spec
         node.cap = node.room = self._cap(spec)
         node.weight = spec.weight
@@ -292,9 +295,6 @@ class NodeTable:
         node.enabled = spec.enabled
         node.draining = False
         self._retiring.discard(spec.name)
-        if (spec.models is not None) != node.static_models or spec.models is not None:
-            node.catalog = self._catalog(spec, node.pool)
-            node.static_models = spec.models is not None
 
     def _cap(self, spec: NodeConfig) -> int:
         cap = spec.max_concurrent
