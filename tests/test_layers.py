@@ -25,7 +25,10 @@ PACKAGE_ROOT = Path(__file__).resolve().parent.parent / "clawproxy"
 # The layers, top first: a layer may import only the layers before it, plus itself.
 # "name" matches that module only; "name.*" matches the package and everything under it.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("core", ("clawproxy", "clawproxy.errors", "clawproxy.units", "clawproxy.net")),
+    (
+        "core",
+        ("clawproxy", "clawproxy.errors", "clawproxy.units", "clawproxy.net", "clawproxy.tasks"),
+    ),
     ("config", ("clawproxy.config.*",)),
     ("http", ("clawproxy.http.*",)),
     ("ollama", ("clawproxy.ollama.*",)),

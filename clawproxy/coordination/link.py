@@ -115,6 +115,8 @@ class RedisLink:
 
     async def close(self) -> None:
         try:
-            await self.client.aclose()
+            # Bounded like every other call: a shutdown never waits on a Redis that hangs.
+            async with asyncio.timeout(self.op_timeout):
+                await self.client.aclose()
         except Exception as exc:  # closing a broken connection may fail; nothing to do
             log.debug("closing the Redis client: %s", exc)

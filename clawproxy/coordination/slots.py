@@ -34,6 +34,7 @@ from clawproxy.coordination import scripts
 from clawproxy.coordination.link import CoordinationError, RedisLink
 from clawproxy.nodes.node import Node
 from clawproxy.nodes.scheduler import LedgerDown
+from clawproxy.tasks import stop_tasks
 
 log = logging.getLogger("clawproxy.coordination")
 
@@ -179,11 +180,7 @@ class SharedSlots:
             await asyncio.sleep(RESUBSCRIBE_S)
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await stop_tasks(self._tasks)
 
     # -- internals --------------------------------------------------------------------------
 

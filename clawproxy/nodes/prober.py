@@ -17,7 +17,6 @@ here once their last request ended.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from clawproxy.errors import GatewayError
@@ -25,6 +24,7 @@ from clawproxy.nodes.node import Node
 from clawproxy.nodes.table import NodeTable
 from clawproxy.ollama.catalog import canonical
 from clawproxy.ollama.modelctl import HEALTH_TIMEOUT_S
+from clawproxy.tasks import stop_task
 
 log = logging.getLogger("clawproxy.nodes")
 
@@ -53,10 +53,7 @@ class Prober:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_task(task)
 
     async def probe_all(self, discover: bool) -> None:
         """One round: every enabled node, side by side."""

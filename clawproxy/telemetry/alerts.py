@@ -37,6 +37,7 @@ from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any
 
 from clawproxy.config import WebhookConfig
+from clawproxy.tasks import stop_tasks
 from clawproxy.telemetry.alertformat import Alert, render, with_query
 from clawproxy.telemetry.webhook import Delivery, WebhookError, post_json
 
@@ -359,6 +360,4 @@ class GpuAlerts:
             await asyncio.gather(*list(self._pending), return_exceptions=True)
 
     async def close(self) -> None:
-        for task in list(self._pending):
-            task.cancel()
-        await self.wait_idle()
+        await stop_tasks(self._pending)

@@ -31,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, cast
 
 from clawproxy.config import GpuConfig
+from clawproxy.tasks import stop_task
 from clawproxy.telemetry.gpusample import GpuReading, GpuSample
 
 log = logging.getLogger("clawproxy.gpu")
@@ -219,10 +220,7 @@ class GpuSampler:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_task(task)
         executor, self._executor = self._executor, None
         if executor is not None:
             # Shut NVML down on its own thread, after any read still running there.

@@ -18,7 +18,6 @@ Off the hot path: one background task, nothing on a request's way.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -27,6 +26,7 @@ from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from clawproxy.nodes.node import Node
+from clawproxy.tasks import stop_task
 from clawproxy.telemetry.gpusample import GpuReading, GpuSample
 from clawproxy.telemetry.promtext import Sample, read_series
 from clawproxy.telemetry.scrape import ScrapeError, fetch_text
@@ -166,10 +166,7 @@ class RemoteGpus:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_task(task)
 
     async def sample_all(self) -> None:
         """One round: every node with a ``gpu_metrics_url``, side by side."""
