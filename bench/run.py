@@ -54,6 +54,7 @@ import dataclasses
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -66,6 +67,7 @@ from . import paired, profile, report
 from .proctree import cpu_seconds, cpu_ticks_seconds, peak_rss_bytes, rss_bytes, schedstat_available
 from .report import MIB, RunResult
 from .services import (
+    PINS,
     REPO,
     Service,
     ServiceError,
@@ -76,6 +78,7 @@ from .services import (
     nginx_path,
     nginx_version,
     niced,
+    pinned,
     raise_fd_limit,
     simulator_stats,
     start_floor_proxy,
@@ -162,6 +165,22 @@ class Settings:
     baseline: Path | None = None
 
 
+PIN_ROLES = ("middle", "sim", "lg")
+
+
+def pin_layout(text: str) -> dict[str, str]:
+    """``--pin middle=2,sim=4-5,lg=6-7``: each role's CPUs, as taskset lists them."""
+    layout: dict[str, str] = {}
+    for part in filter(None, text.split(",")):
+        role, _, cpus = part.partition("=")
+        if role not in PIN_ROLES or not re.fullmatch(r"[0-9]+(-[0-9]+)?(:[0-9]+)?", cpus):
+            raise argparse.ArgumentTypeError(
+                f"{part!r}: expected ROLE=CPUS, ROLE one of {PIN_ROLES}"
+            )
+        layout[role] = cpus
+    return layout
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
@@ -201,6 +220,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=0,
         metavar="N",
         help="run the simulator and the load generator at nice N (0: as the middle; see README)",
+    )
+    parser.add_argument(
+        "--pin",
+        type=pin_layout,
+        default={},
+        metavar="ROLE=CPUS,...",
+        help="run each role on its own CPUs with taskset, e.g. middle=2,sim=4-5,lg=6-7 "
+        "(roles: middle, sim, lg; bench/pinned-ttft.sh picks a layout)",
     )
     parser.add_argument(
         "--with-litellm",
@@ -265,6 +292,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="node pool instead: routing cost and throughput with 1..N nodes (nodes.py)",
     )
     args = parser.parse_args(argv)
+    PINS.clear()
+    PINS.update(args.pin)
     if args.quick:
         # A tiny load by default; load options given with --quick still apply.
         parser.set_defaults(paced=[3], unpaced=[2], tokens=13, rate=10.0, short=3)
@@ -352,7 +381,7 @@ def run_loadgen(
     stream_s = tokens / load.rate if load.rate > 0 else 0.0
     deadline = ramp + 3 * stream_s + DEADLINE_SLACK_S
     cmd = [sys.executable, "-m", "bench.loadgen", "--port", str(port), "--format", fmt]
-    cmd = niced(cmd, settings.nice)
+    cmd = pinned("lg", niced(cmd, settings.nice))
     cmd += ["--streams", str(load.streams), "--tokens", str(tokens)]
     probes_at = probe_start(settings, load)
     if probes_at is not None:
@@ -675,12 +704,15 @@ def header(
         if args.paired
         else "no paired runs (--no-paired)"
     )
+    pins = ", ".join(f"{role} on CPUs {cpus}" for role, cpus in args.pin.items())
     harness = (
         f"the simulator and the load generator ran at nice {args.harness_nice}, the middle "
         "at 0\n  (`--harness-nice`: the harness yields the CPU to the process measured)"
         if args.harness_nice
         else "all processes at the same priority (no `--harness-nice`)"
     )
+    if args.pin:
+        harness = f"pinned with taskset ({pins}); {harness}"
     return f"""# Benchmark results
 
 Written by `{command}` on {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}.

@@ -132,6 +132,18 @@ def _wait_port(service: Service, timeout: float = START_TIMEOUT_S) -> None:
     raise ServiceError(f"{service.name} did not listen within {timeout:g}s; see {service.log}")
 
 
+# --pin: the CPUs each role runs on ("middle", "sim", "lg": taskset lists such as "2" or
+# "4-5"); empty: wherever the scheduler puts them (the published 2-vCPU runs).
+PINS: dict[str, str] = {}
+
+
+def pinned(role: str, cmd: list[str]) -> list[str]:
+    """``cmd`` on its role's CPUs (``--pin``), as ``taskset -c LIST`` runs it; every process
+    it forks (nginx's worker, the gateway's workers) inherits them."""
+    cpus = PINS.get(role)
+    return ["taskset", "-c", cpus, *cmd] if cpus else cmd
+
+
 def niced(cmd: list[str], nice: int) -> list[str]:
     """``cmd`` at a lower CPU priority (``nice`` > 0), as ``nice -n N`` runs it."""
     return ["nice", "-n", str(nice), *cmd] if nice else cmd
@@ -141,7 +153,7 @@ def start_simulator(run_dir: Path, rate: float, tokens: int, nice: int = 0) -> S
     """The simulator; ``nice``: its CPU priority lowered by that much (``--harness-nice``)."""
     log = run_dir / "simulator.log"
     cmd = [sys.executable, "-m", "bench.simproc", "--rate", str(rate), "--tokens", str(tokens)]
-    return _start_announcing("simulator", niced(cmd, nice), log)
+    return _start_announcing("simulator", pinned("sim", niced(cmd, nice)), log)
 
 
 def _start_announcing(
@@ -231,6 +243,7 @@ def start_nginx(run_dir: Path, upstream_port: int, streams: int) -> Service:
     conf.write_text(nginx_conf(prefix, port, upstream_port, connections))
     log = prefix / "stderr.log"
     cmd = [binary, "-p", f"{prefix}/", "-c", str(conf), "-g", "daemon off; master_process on;"]
+    cmd = pinned("middle", cmd)
     service = Service("nginx", _spawn(cmd, log), port, log)
     _wait_port(service)
     return service
@@ -239,7 +252,9 @@ def start_nginx(run_dir: Path, upstream_port: int, streams: int) -> Service:
 def start_floor_proxy(run_dir: Path, upstream_port: int, heads: str) -> Service:
     """``bench.floorproxy``, the least a Python proxy does (heads: ``scan`` or ``h11``)."""
     log = run_dir / f"floor-{heads}.log"
-    cmd = [sys.executable, "-m", "bench.floorproxy", "--upstream", str(upstream_port)]
+    cmd = pinned(
+        "middle", [sys.executable, "-m", "bench.floorproxy", "--upstream", str(upstream_port)]
+    )
     proc = _spawn([*cmd, "--heads", heads], log, stdout=subprocess.PIPE)
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -314,7 +329,7 @@ def start_gateway(
     (run_dir / "gateway.log").unlink(missing_ok=True)
     log = run_dir / "gateway.stderr.log"
     cmd = [sys.executable, "-m", "clawproxy", "--config", str(config), "--port", str(port)]
-    cmd += ["--workers", str(workers)]
+    cmd = pinned("middle", [*cmd, "--workers", str(workers)])
     if source is None:
         service = Service("gateway", _spawn(cmd, log), port, log)
     else:
@@ -378,7 +393,7 @@ def start_goreframe(run_dir: Path, binary: Path, upstream_port: int) -> Service:
     """The Go re-framing proxy in front of the simulator, on one OS thread for Go code
     (GOMAXPROCS=1: one core's worth, as nginx's one worker and the gateway's process)."""
     log = run_dir / "goreframe.log"
-    cmd = [str(binary), "-upstream", f"http://127.0.0.1:{upstream_port}"]
+    cmd = pinned("middle", [str(binary), "-upstream", f"http://127.0.0.1:{upstream_port}"])
     return _start_announcing("goreframe", cmd, log, env={"GOMAXPROCS": "1"})
 
 
@@ -416,7 +431,9 @@ def start_litellm(run_dir: Path, binary: str, upstream_port: int) -> Service:
     config = run_dir / "litellm.yaml"
     config.write_text(litellm_config(upstream_port))
     log = run_dir / "litellm.log"
-    cmd = [binary, "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
+    cmd = pinned(
+        "middle", [binary, "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
+    )
     cmd += ["--num_workers", "1", "--telemetry", "False"]
     # Quiet logs, no calls home: neither belongs in a measurement. Its own environment,
     # without this repository on its import path.

@@ -26,14 +26,11 @@ from functools import partial
 import orjson
 
 from clawproxy.app.chat import chat_completions
-from clawproxy.app.completions import completions
-from clawproxy.app.embeddings import embeddings
-from clawproxy.app.responses import responses
 from clawproxy.app.services import Services
 from clawproxy.app.ui import SECURITY_HEADERS, ui_routes
 from clawproxy.errors import NotFound
 from clawproxy.http.request import Request, request_id_for
-from clawproxy.http.router import Router, RouteTable
+from clawproxy.http.router import Deferred, Router, RouteTable
 from clawproxy.http.server import Handler, HttpConnection
 from clawproxy.openai.models import find_model, model_id
 from clawproxy.policy.crosssite import CrossSite, check_json_type
@@ -130,9 +127,10 @@ def public_router(svc: Services) -> PublicRouter:
     health_handler = partial(health, svc)
     table: RouteTable = {
         b"/v1/chat/completions": {b"POST": partial(chat_completions, svc)},
-        b"/v1/completions": {b"POST": partial(completions, svc)},
-        b"/v1/embeddings": {b"POST": partial(embeddings, svc)},
-        b"/v1/responses": {b"POST": partial(responses, svc)},
+        # Imported on first use: most deployments call chat alone (``http.router``).
+        b"/v1/completions": {b"POST": Deferred("clawproxy.app.completions", "completions", svc)},
+        b"/v1/embeddings": {b"POST": Deferred("clawproxy.app.embeddings", "embeddings", svc)},
+        b"/v1/responses": {b"POST": Deferred("clawproxy.app.responses", "responses", svc)},
         b"/v1/models": {b"GET": partial(list_models, svc)},
         b"/health": {b"GET": health_handler, b"HEAD": health_handler},
     }

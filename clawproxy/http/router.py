@@ -10,11 +10,40 @@ handler, whatever the rest says.
 
 from __future__ import annotations
 
+from functools import partial
+from importlib import import_module
+from typing import Any
+
 from clawproxy.errors import MethodNotAllowed, NotFound
 from clawproxy.http.request import Request
-from clawproxy.http.server import Handler
+from clawproxy.http.server import Handler, HttpConnection
 
 RouteTable = dict[bytes, dict[bytes, Handler]]
+
+
+class Deferred:
+    """A route whose handler's module is imported on the route's first request.
+
+    Why: endpoints most deployments never call (Responses, completions, embeddings, the
+    admin node API) cost time to listening and idle memory when imported at start. The
+    first request to one pays the import once (a few ms); every later one calls the
+    handler directly. ``bound`` is what the handler takes before (request, conn).
+    """
+
+    __slots__ = ("_module", "_name", "_bound", "_handler")
+
+    def __init__(self, module: str, name: str, *bound: Any) -> None:
+        self._module = module
+        self._name = name
+        self._bound = bound
+        self._handler: Handler | None = None
+
+    async def __call__(self, request: Request, conn: HttpConnection) -> None:
+        handler = self._handler
+        if handler is None:
+            function = getattr(import_module(self._module), self._name)
+            handler = self._handler = partial(function, *self._bound)
+        await handler(request, conn)
 
 
 def not_allowed(allowed: list[bytes]) -> MethodNotAllowed:
