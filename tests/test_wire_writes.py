@@ -136,6 +136,7 @@ def test_the_request_to_ollama_is_rendered_whole_and_exact(gw: Harness) -> None:
     ]
 
 
+@pytest.mark.pure_python("it wraps SseRelay.run, a method of a compiled class")
 def test_what_came_with_ollamas_head_is_written_before_the_task_wakes(
     gw: Harness, writes: list[bytes], monkeypatch: pytest.MonkeyPatch
 ) -> None:

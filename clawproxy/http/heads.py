@@ -6,6 +6,8 @@ client side on every request, the upstream side on every Ollama reply.
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import h11
 
 Headers = list[tuple[bytes, bytes]]
@@ -17,6 +19,14 @@ def header_list(event: h11.Request | h11.Response) -> Headers:
     Built from ``raw_items()`` in one pass: iterating h11's ``Headers`` goes through the
     Sequence ABC, two Python calls per field, on a path every request takes twice."""
     return [(name.lower(), value) for name, value in event.headers.raw_items()]
+
+
+def body_data(event: h11.Data) -> bytes | bytearray:
+    """A body event's bytes, typed as what h11 hands out: a bytearray slice of its buffer,
+    though its annotation says bytes (the compiled build checks annotations when it reads
+    an attribute, so the read goes through ``Any``)."""
+    data: bytes | bytearray = cast(Any, event).data
+    return data
 
 
 def header_value(headers: Headers, name: bytes) -> bytes | None:

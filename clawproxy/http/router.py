@@ -30,7 +30,7 @@ class Deferred:
     handler directly. ``bound`` is what the handler takes before (request, conn).
     """
 
-    __slots__ = ("_module", "_name", "_bound", "_handler")
+    __slots__ = ("_bound", "_handler", "_module", "_name")
 
     def __init__(self, module: str, name: str, *bound: Any) -> None:
         self._module = module

@@ -50,7 +50,7 @@ import h11
 from clawproxy.config import ServerConfig
 from clawproxy.errors import GatewayError, Overloaded, error_body, retry_headers
 from clawproxy.http.flow import WRITE_HIGH_WATER_BYTES, WRITE_LOW_WATER_BYTES, FlowControl
-from clawproxy.http.heads import header_list
+from clawproxy.http.heads import body_data, header_list
 from clawproxy.http.limits import (
     OBS_FOLD,
     Refusal,
@@ -306,7 +306,7 @@ class HttpConnection(asyncio.Protocol):
                     return
             elif kind is h11.Data:
                 assert isinstance(event, h11.Data)
-                self._body += event.data
+                self._body += body_data(event)
                 if len(self._body) > self.cfg.max_body_bytes:
                     self._refuse(body_too_large(self.cfg))
                     return

@@ -59,7 +59,7 @@ import h11
 
 from clawproxy.errors import GatewayError, UpstreamFailed, UpstreamTimeout, UpstreamUnavailable
 from clawproxy.http.chunked import ChunkedDecoder, ChunkedError
-from clawproxy.http.heads import is_chunked
+from clawproxy.http.heads import body_data, is_chunked
 
 log = logging.getLogger("clawproxy.upstream")
 
@@ -257,14 +257,15 @@ class UpstreamConnection(asyncio.Protocol):
     def _receive_with_h11(self, data: bytes) -> None:
         """The response head, and bodies that are not chunked (errors, model lists)."""
         conn = self._h11
-        parts: list[bytes] = []
+        # h11 hands body data out as bytearray (typed bytes): made bytes once, at delivery.
+        parts: list[bytes | bytearray] = []
         try:
             conn.receive_data(data)
             while True:
                 event = conn.next_event()
                 kind = type(event)
                 if kind is h11.Data:
-                    parts.append(event.data)  # type: ignore[union-attr]
+                    parts.append(body_data(event))  # type: ignore[arg-type]
                 elif event is h11.NEED_DATA:
                     break
                 elif kind is h11.Response:
@@ -288,7 +289,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._fail(UpstreamUnavailable(f"Ollama sent an invalid HTTP response ({exc})"))
             return
         if parts:
-            self._deliver(parts[0] if len(parts) == 1 else b"".join(parts))
+            self._deliver(bytes(parts[0]) if len(parts) == 1 else b"".join(parts))
         if self.complete:
             self._finish_exchange()
 
@@ -378,7 +379,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._install(listener)
         for part in early:
             self._deliver(part)
-            if self._listener is not listener:
+            if self._current_listener() is not listener:
                 return  # its on_data failed the exchange, and it was told
         if self._failure is not None:
             self._report(listener, self._failure)
@@ -498,6 +499,12 @@ class UpstreamConnection(asyncio.Protocol):
             self._install(offered)
         if self._head is not None and not self._head.done():
             self._head.set_result(None)
+
+    def _current_listener(self) -> ExchangeListener | None:
+        # Read through a call: after listen()'s check that none was installed, a plain read
+        # would keep the type checker's "None" past the installing call (and the compiled
+        # build checks it).
+        return self._listener
 
     def _install(self, listener: ExchangeListener) -> None:
         self._listener = listener

@@ -402,7 +402,7 @@ class _Tools:
 
     entries: list[dict[str, Any]]
     wanted: bool
-    choice: object = None
+    choice: Any = None  # the client's tool_choice, checked by build_forced
 
     def check_parameters(self, schemas: JsonLimit) -> None:
         for i, entry in enumerate(self.entries):

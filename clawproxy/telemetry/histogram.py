@@ -10,7 +10,7 @@ from __future__ import annotations
 import bisect
 
 
-def prom_number(value: float) -> str:
+def prom_number(value: int | float) -> str:
     """A sample value or bucket bound as Prometheus text."""
     # repr() is the shortest text that reads back as the same float; ints stay exact.
     return str(value) if isinstance(value, int) else repr(float(value))

@@ -36,7 +36,7 @@ class _Writer:
         self.lines.append(f"# HELP {name} {help_text}")
         self.lines.append(f"# TYPE {name} {kind}")
 
-    def sample(self, name: str, labels: Iterable[tuple[str, str]], value: float) -> None:
+    def sample(self, name: str, labels: Iterable[tuple[str, str]], value: int | float) -> None:
         self.lines.append(f"{name}{_labels(labels)} {prom_number(value)}")
 
     def histogram(self, name: str, labels: tuple[tuple[str, str], ...], hist: Histogram) -> None:
