@@ -1,6 +1,6 @@
-"""The mypyc experiment's build (``scripts/compile``): when the suite is asked to run on
-it (``PYTHONPATH=build/compiled CLAWPROXY_EXPECT_COMPILED=1``), it does; this test is what
-makes that run fail if the compiled modules were not the ones imported.
+"""The optional compiled build (``scripts/compile``): ``scripts/test`` runs the whole
+suite on it too (``PYTHONPATH=build/compiled CLAWPROXY_EXPECT_COMPILED=1``), and this test
+is what makes that run fail if the compiled modules were not the ones imported.
 """
 
 from __future__ import annotations
