@@ -92,17 +92,7 @@ def one_start(source: Path | None, folder: Path) -> Start:
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(
-                        f"the gateway did not listen (exit {proc.returncode})"
-                    ) from None
-                time.sleep(POLL_S)
+        wait_until_listening(proc, port)
         listening_ms = (time.perf_counter() - started) * 1000
         time.sleep(SETTLE_S)
         rss, uss = memory_kib(proc.pid)
@@ -110,6 +100,22 @@ def one_start(source: Path | None, folder: Path) -> Start:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def wait_until_listening(proc: subprocess.Popen[bytes], port: int) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not accepts(port):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"the gateway did not listen (exit {proc.returncode})")
+        time.sleep(POLL_S)
 
 
 def floor(imports: str) -> tuple[int, int]:

@@ -89,6 +89,9 @@ class Exporter:
         self.page = page
         self.server: asyncio.Server | None = None
         self.hits = 0
+        # Connections being served: a scrape may be cut by the gateway's stop mid-request,
+        # and a connection left open when this loop stops is an unclosed transport.
+        self.serving: set[asyncio.StreamWriter] = set()
 
     async def start(self) -> str:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -96,20 +99,31 @@ class Exporter:
         return f"http://127.0.0.1:{port}/metrics"
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        self.hits += 1
-        body = self.page.encode()
-        writer.write(
-            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
-            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
-        )
-        await writer.drain()
-        writer.close()
+        self.serving.add(writer)
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            self.hits += 1
+            body = self.page.encode()
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
+                b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+            )
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the scraper went away mid-request (the gateway stopped)
+        finally:
+            self.serving.discard(writer)
+            writer.close()
 
     async def close(self) -> None:
         if self.server is not None:
             self.server.close()
+            for writer in list(self.serving):
+                writer.close()
             await self.server.wait_closed()
+        deadline = asyncio.get_running_loop().time() + CALL_TIMEOUT
+        while self.serving and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)  # the handlers see their connection closed
 
 
 @pytest.fixture
