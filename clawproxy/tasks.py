@@ -6,6 +6,8 @@ into its own ``TimeoutError``: CPython gh-86296, async-timeout #229; redis-py's 
 out the same way). The task then carries on to its next ``sleep`` as if nothing happened,
 and the unbounded ``await task`` of a shutdown waits forever. Cancelling again on each short
 turn until the task is done stops it at its next await; the deadline bounds the rest.
+A task's own clean-up on its way out is cancelled again too if it awaits past a turn: keep
+such clean-up synchronous, or shielded (as redis-py's ``PubSub.aclose`` is).
 """
 
 from __future__ import annotations

@@ -24,8 +24,8 @@ RouteTable = dict[bytes, dict[bytes, Handler]]
 class Deferred:
     """A route whose handler's module is imported on the route's first request.
 
-    Why: endpoints most deployments never call (Responses, completions, embeddings, the
-    admin node API) cost time to listening and idle memory when imported at start. The
+    Why: endpoints most deployments never call (Responses, completions, embeddings) cost
+    time to listening and idle memory when imported at start. The
     first request to one pays the import once (a few ms); every later one calls the
     handler directly. ``bound`` is what the handler takes before (request, conn).
     """
