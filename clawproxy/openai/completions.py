@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from clawproxy.config import ModelConfig
-from clawproxy.errors import InvalidRequest, UpstreamFailed
+from clawproxy.errors import GatewayError, InvalidRequest, UpstreamFailed
 from clawproxy.ollama.ndjson import (
     CODE_UPSTREAM_BROKEN,
     CODE_UPSTREAM_ERROR,
@@ -38,6 +38,7 @@ from clawproxy.ollama.ndjson import (
     usage_counts,
 )
 from clawproxy.openai.aggregate import DEFAULT_MAX_CONTENT_BYTES
+from clawproxy.openai.ending import EndsWithError
 from clawproxy.openai.mapping import (
     parse_model_name,
     read_seed,
@@ -143,7 +144,7 @@ class _GenerateLines:
         self._splitter = LineSplitter(max_line_bytes)
         self.done = False
         self.extra_after_done = False
-        self.error: UpstreamFailed | None = None
+        self.error: GatewayError | None = None
         self.finish_reason = "stop"
         self.prompt_tokens = 0
         self.completion_tokens = 0
@@ -161,8 +162,8 @@ class _GenerateLines:
         return lines
 
     def _failed(self, message: str, code: str) -> UpstreamFailed:
-        self.error = UpstreamFailed(message, code=code)
-        return self.error
+        error = self.error = UpstreamFailed(message, code=code)
+        return error
 
     def _walk(self, data: bytes) -> None:
         for line in self._lines(data):
@@ -193,7 +194,7 @@ class _GenerateLines:
         raise NotImplementedError
 
 
-class CompletionStream(_GenerateLines):
+class CompletionStream(_GenerateLines, EndsWithError):
     """Ollama's generate NDJSON to ``text_completion`` SSE chunks: ``feed`` per read.
 
     After an error line, a broken line or a cut (``eof``/``fail``) the output is one SSE
@@ -246,22 +247,10 @@ class CompletionStream(_GenerateLines):
         out.clear()
         return result
 
-    def _close_with(self, exc: UpstreamFailed) -> bytes:
+    def _close_with(self, exc: GatewayError) -> bytes:
         self.error = exc
         self._closed = True
         return error_event(exc.message, exc.code or CODE_UPSTREAM_BROKEN)
-
-    def eof(self) -> bytes:
-        """The body ended: nothing after the done line, else an error event."""
-        if self._closed:
-            return b""
-        return self._close_with(UpstreamFailed(MSG_STREAM_CUT, code=CODE_UPSTREAM_BROKEN))
-
-    def fail(self, message: str, code: str) -> bytes:
-        """An outside failure (timeout, reset): an error event, unless already finished."""
-        if self._closed:
-            return b""
-        return self._close_with(UpstreamFailed(message, code=code))
 
 
 class CompletionAccumulator(_GenerateLines):

@@ -59,8 +59,9 @@ from clawproxy.ollama.ndjson import (
     parse_line,
     usage_counts,
 )
+from clawproxy.openai.ending import EndsWithError
 from clawproxy.openai.messages import invalid
-from clawproxy.openai.reframe import error_event, reasoning_keys
+from clawproxy.openai.reframe import chunk_prefix, error_event, reasoning_keys
 
 # Same bound as the chat accumulator (aggregate.DEFAULT_MAX_CONTENT_BYTES): the document is
 # held whole until it is checked.
@@ -291,7 +292,7 @@ class _ForcedLines:
         pass
 
 
-class ForcedReframer(_ForcedLines):
+class ForcedReframer(_ForcedLines, EndsWithError):
     """A forced call's Ollama stream as ``chat.completion.chunk`` SSE (``SseReframer``'s
     interface: ``feed`` per read, ``eof``, ``fail``; ``error`` once failed)."""
 
@@ -308,15 +309,7 @@ class ForcedReframer(_ForcedLines):
         reasoning_field: str = "reasoning_content",
     ) -> None:
         super().__init__(forced, max_line_bytes, max_content_bytes)
-        self._stream_pre = (
-            b'data: {"id":'
-            + orjson.dumps(completion_id)
-            + b',"object":"chat.completion.chunk","created":'
-            + orjson.dumps(created)
-            + b',"model":'
-            + orjson.dumps(model)
-            + b',"choices":['
-        )
+        self._stream_pre = chunk_prefix(completion_id, created, model)
         self._delta_pre = self._stream_pre + b'{"index":0,"delta":'
         self._reasoning = reasoning_keys(reasoning_field)
         self._include_usage = include_usage
@@ -343,18 +336,6 @@ class ForcedReframer(_ForcedLines):
         out = b"".join(self._out)
         self._out.clear()
         return out
-
-    def eof(self) -> bytes:
-        """The upstream body ended: ``b""`` after the done line, else an error event."""
-        if self._closed:
-            return b""
-        return self._close_with(UpstreamFailed(MSG_STREAM_CUT, code=CODE_UPSTREAM_BROKEN))
-
-    def fail(self, message: str, code: str) -> bytes:
-        """An outside failure (timeout, reset): an error event, unless already finished."""
-        if self._closed:
-            return b""
-        return self._close_with(UpstreamFailed(message, code=code))
 
     def _close_with(self, exc: GatewayError) -> bytes:
         self.error = exc

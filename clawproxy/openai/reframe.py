@@ -74,6 +74,20 @@ def error_event(message: str, code: str) -> bytes:
     return b"data: " + errors.error_body(message, "api_error", None, code) + b"\n\n"
 
 
+def chunk_prefix(completion_id: str, created: int, model: str) -> bytes:
+    """A ``chat.completion.chunk`` SSE event up to its ``choices`` list, rendered once per
+    stream (the same for every chunk of it)."""
+    return (
+        b'data: {"id":'
+        + orjson.dumps(completion_id)
+        + b',"object":"chat.completion.chunk","created":'
+        + orjson.dumps(created)
+        + b',"model":'
+        + orjson.dumps(model)
+        + b',"choices":['
+    )
+
+
 class SseReframer:
     """Turn one Ollama chat stream into the SSE body for one OpenAI streaming response.
 
@@ -120,15 +134,7 @@ class SseReframer:
         reasoning_field: str = "reasoning_content",
     ) -> None:
         # Rendered once per stream: everything a chunk has before its delta and after it.
-        self._stream_pre = (
-            b'data: {"id":'
-            + orjson.dumps(completion_id)
-            + b',"object":"chat.completion.chunk","created":'
-            + orjson.dumps(created)
-            + b',"model":'
-            + orjson.dumps(model)
-            + b',"choices":['
-        )
+        self._stream_pre = chunk_prefix(completion_id, created, model)
         self._delta_pre = self._stream_pre + b'{"index":0,"delta":'
         self._content_pre = self._delta_pre + b'{"content":'
         # Reasoning under the configured name(s) (``openai.reasoning_field``); with "both",

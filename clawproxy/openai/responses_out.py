@@ -60,6 +60,7 @@ from clawproxy.ollama.ndjson import (
     usage_counts,
 )
 from clawproxy.openai.aggregate import DEFAULT_MAX_CONTENT_BYTES
+from clawproxy.openai.ending import EndsWithError
 from clawproxy.openai.forced import ForcedCall, ForcedCallFailed, new_call_id
 
 MESSAGE = "message"
@@ -351,7 +352,7 @@ class _ResponseLines:
             self._event("response.in_progress", {"response": created})
 
 
-class ResponseStream(_ResponseLines):
+class ResponseStream(_ResponseLines, EndsWithError):
     """Ollama's chat NDJSON to Responses SSE events: ``feed`` per read.
 
     After an error line, a broken line or a cut (``eof``/``fail``) the output ends with
@@ -404,18 +405,6 @@ class ResponseStream(_ResponseLines):
         result = b"".join(self._out)
         self._out.clear()
         return result
-
-    def eof(self) -> bytes:
-        """The body ended: nothing after the done line, else ``response.failed``."""
-        if self._closed:
-            return b""
-        return self._close_with(UpstreamFailed(MSG_STREAM_CUT, code=CODE_UPSTREAM_BROKEN))
-
-    def fail(self, message: str, code: str) -> bytes:
-        """An outside failure (timeout, reset): ``response.failed``, unless finished."""
-        if self._closed:
-            return b""
-        return self._close_with(UpstreamFailed(message, code=code))
 
 
 class ResponseAccumulator(_ResponseLines):
