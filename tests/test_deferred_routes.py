@@ -9,6 +9,8 @@ import sys
 
 from harness import Harness, post_json
 
+from clawproxy.http.router import Deferred
+
 DEFERRED = ("clawproxy.app.responses", "clawproxy.app.completions", "clawproxy.app.embeddings")
 
 
@@ -26,10 +28,16 @@ def test_the_process_starts_without_the_deferred_endpoints() -> None:
 def test_a_deferred_endpoint_answers_its_first_request_and_the_next() -> None:
     body = {"model": "qwen3:32b", "input": "hi"}
     with Harness() as h:
+        route = h.gateway.public.table[b"/v1/responses"][b"POST"]
+        assert isinstance(route, Deferred)
+        assert route._handler is None  # nothing imported for this gateway yet
         first = post_json(h, "/v1/responses", body)
+        loaded = route._handler
         second = post_json(h, "/v1/responses", body)
         assert first[0] == second[0] == 200
-        assert "clawproxy.app.responses" in sys.modules
+        # Imported and bound by the first request, and the same handler served the next.
+        assert loaded is not None and route._handler is loaded
+        assert loaded.func is sys.modules["clawproxy.app.responses"].responses
         # A bad body is refused by the handler itself, loaded or not.
         status, _, raw = post_json(h, "/v1/completions", {"model": "qwen3:32b"})
         assert status == 400 and json.loads(raw)["error"]["param"] == "prompt"
