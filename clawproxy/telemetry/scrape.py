@@ -14,9 +14,9 @@ import asyncio
 import h11
 
 from clawproxy.telemetry.webhook import (
-    READ_CHUNK_BYTES,
     WebhookError,
     connected,
+    next_event,
     parse_webhook_url,
     request_bytes,
 )
@@ -48,13 +48,8 @@ async def _read_body(conn: h11.Connection, reader: asyncio.StreamReader, limit: 
     body = bytearray()
     status = 0
     while True:
-        event = conn.next_event()
-        if event is h11.NEED_DATA:
-            data = await reader.read(READ_CHUNK_BYTES)
-            if not data:
-                raise WebhookError("the server closed the connection mid-answer")
-            conn.receive_data(data)
-        elif isinstance(event, h11.Response):
+        event = await next_event(conn, reader, "the server closed the connection mid-answer")
+        if isinstance(event, h11.Response):
             status = event.status_code
             if status != 200:
                 raise WebhookError(f"HTTP {status}")

@@ -140,6 +140,19 @@ async def connected(
             await writer.wait_closed()
 
 
+async def next_event(conn: h11.Connection, reader: asyncio.StreamReader, gone: str) -> object:
+    """h11's next event, reading from ``reader`` while h11 needs more; ``WebhookError(gone)``
+    when the server closes first."""
+    while True:
+        event = conn.next_event()
+        if event is not h11.NEED_DATA:
+            return event
+        data = await reader.read(READ_CHUNK_BYTES)
+        if not data:
+            raise WebhookError(gone)
+        conn.receive_data(data)
+
+
 async def post_json(
     url: str,
     body: bytes,
@@ -162,13 +175,10 @@ async def post_json(
         writer.write(out)
         await writer.drain()
         while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                data = await reader.read(READ_CHUNK_BYTES)
-                if not data:
-                    raise WebhookError("the receiver closed the connection without answering")
-                conn.receive_data(data)
-            elif isinstance(event, h11.Response):
+            event = await next_event(
+                conn, reader, "the receiver closed the connection without answering"
+            )
+            if isinstance(event, h11.Response):
                 return event.status_code
             # InformationalResponse (100 Continue): keep reading.
 
